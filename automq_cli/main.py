@@ -1,0 +1,28 @@
+"""The `amq` command line: `amq <noun> <verb>`."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="amq",
+    help="Run and measure a diskless, Kafka-compatible cluster on this machine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Each noun lives in its own module; importing here keeps `amq --help` complete.
+    from automq_cli import cost
+
+    app.add_typer(cost.app, name="cost")
+
+
+def main() -> None:
+    _register()
+    app()
+
+
+if __name__ == "__main__":
+    main()
