@@ -1,0 +1,222 @@
+"""SQLite implementation of MetadataStore: one file, shared by every process of a local cluster.
+
+Writes run on one thread with synchronous=FULL, so a returned commit is on
+disk. current_epochs() runs on the caller's thread with its own connection
+and re-reads only when `PRAGMA data_version` says another connection wrote,
+which keeps the per-group-commit fencing check at a few microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from engine.storage.errors import FencedError, StorageError
+from engine.storage.metadata import ObjectCommit, ObjectRange, StreamMeta, WalOwner
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id INTEGER PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL,
+    end_offset INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+    object_id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS object_ranges (
+    stream_id INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL,
+    end_offset INTEGER NOT NULL,
+    object_id INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, start_offset)
+);
+CREATE TABLE IF NOT EXISTS wal_owners (
+    wal_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    epoch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class SqliteMetadataStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = _connect(self.path)
+        with self._writer:
+            self._writer.executescript(_SCHEMA)
+        self._reader = _connect(self.path)
+        self._reader_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata")
+        self._seen_version = -1
+        self._epochs: dict[int, int] = {}
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._tx, fn)
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    # --- streams ---------------------------------------------------------------------------
+
+    async def open_stream(self, stream_id: int, epoch: int) -> StreamMeta:
+        def tx(c: sqlite3.Connection) -> StreamMeta:
+            row = c.execute(
+                "SELECT epoch, start_offset, end_offset FROM streams WHERE stream_id=?", (stream_id,)
+            ).fetchone()
+            if row is None:
+                c.execute("INSERT INTO streams VALUES (?, ?, 0, 0)", (stream_id, epoch))
+                return StreamMeta(stream_id, epoch, 0, 0)
+            if epoch < row[0]:
+                raise FencedError(f"stream {stream_id}: epoch {epoch} is older than the current epoch {row[0]}")
+            c.execute("UPDATE streams SET epoch=? WHERE stream_id=?", (epoch, stream_id))
+            return StreamMeta(stream_id, epoch, row[1], row[2])
+
+        meta = await self._run(tx)
+        self._epochs[stream_id] = meta.epoch
+        return meta
+
+    async def get_stream(self, stream_id: int) -> StreamMeta | None:
+        def tx(c: sqlite3.Connection) -> StreamMeta | None:
+            row = c.execute(
+                "SELECT epoch, start_offset, end_offset FROM streams WHERE stream_id=?", (stream_id,)
+            ).fetchone()
+            return None if row is None else StreamMeta(stream_id, row[0], row[1], row[2])
+
+        return await self._run(tx)
+
+    def current_epochs(self, stream_ids: Iterable[int]) -> dict[int, int]:
+        ids = list(stream_ids)
+        with self._reader_lock:
+            version = self._reader.execute("PRAGMA data_version").fetchone()[0]
+            missing = [s for s in ids if s not in self._epochs]
+            if version != self._seen_version or missing:
+                if version != self._seen_version:
+                    # Another connection wrote: any cached epoch may be stale, not just these.
+                    self._epochs.clear()
+                self._seen_version = version
+                rows = self._reader.execute(
+                    f"SELECT stream_id, epoch FROM streams WHERE stream_id IN ({','.join('?' * len(ids))})", ids
+                ).fetchall()
+                self._epochs.update(rows)
+            return {s: self._epochs.get(s, -1) for s in ids}
+
+    async def trim_stream(self, stream_id: int, epoch: int, new_start: int) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT epoch, start_offset FROM streams WHERE stream_id=?", (stream_id,)).fetchone()
+            if row is None:
+                raise StorageError(f"stream {stream_id} does not exist")
+            if row[0] != epoch:
+                raise FencedError(f"stream {stream_id}: epoch {epoch} is not the current epoch {row[0]}")
+            if new_start > row[1]:
+                c.execute("UPDATE streams SET start_offset=? WHERE stream_id=?", (new_start, stream_id))
+
+        await self._run(tx)
+
+    # --- objects ---------------------------------------------------------------------------
+
+    async def next_object_id(self) -> int:
+        def tx(c: sqlite3.Connection) -> int:
+            c.execute("INSERT INTO counters VALUES ('object_id', 1) ON CONFLICT(name) DO UPDATE SET value = value + 1")
+            value: int = c.execute("SELECT value FROM counters WHERE name='object_id'").fetchone()[0]
+            return value
+
+        return await self._run(tx)
+
+    async def commit_objects(self, objects: Sequence[ObjectCommit]) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            for obj in objects:
+                c.execute(
+                    "INSERT INTO objects VALUES (?, ?, ?, ?, 'committed')", (obj.object_id, obj.key, obj.size, obj.kind)
+                )
+                for r in obj.ranges:
+                    row = c.execute(
+                        "SELECT epoch, end_offset FROM streams WHERE stream_id=?", (r.stream_id,)
+                    ).fetchone()
+                    if row is None:
+                        raise StorageError(f"stream {r.stream_id} does not exist")
+                    if row[0] != r.epoch:
+                        raise FencedError(f"stream {r.stream_id}: epoch {r.epoch} was fenced by epoch {row[0]}")
+                    if row[1] != r.start_offset:
+                        raise StorageError(
+                            f"stream {r.stream_id}: object range starts at {r.start_offset}, "
+                            f"but the stream's committed end is {row[1]}"
+                        )
+                    c.execute(
+                        "INSERT INTO object_ranges VALUES (?, ?, ?, ?)",
+                        (r.stream_id, r.start_offset, r.end_offset, obj.object_id),
+                    )
+                    c.execute("UPDATE streams SET end_offset=? WHERE stream_id=?", (r.end_offset, r.stream_id))
+
+        await self._run(tx)
+
+    async def find_objects(self, stream_id: int, offset: int, limit: int = 16) -> list[ObjectRange]:
+        def tx(c: sqlite3.Connection) -> list[ObjectRange]:
+            rows = c.execute(
+                "SELECT o.object_id, o.key, o.size, r.start_offset, r.end_offset FROM object_ranges r "
+                "JOIN objects o ON o.object_id = r.object_id "
+                "WHERE r.stream_id=? AND r.end_offset > ? ORDER BY r.start_offset LIMIT ?",
+                (stream_id, offset, limit),
+            ).fetchall()
+            return [ObjectRange(oid, key, size, stream_id, s, e) for oid, key, size, s, e in rows]
+
+        return await self._run(tx)
+
+    # --- WAL ownership ---------------------------------------------------------------------
+
+    async def acquire_wal(self, wal_id: str, owner: str) -> int:
+        def tx(c: sqlite3.Connection) -> int:
+            row = c.execute("SELECT epoch FROM wal_owners WHERE wal_id=?", (wal_id,)).fetchone()
+            epoch = 1 if row is None else row[0] + 1
+            c.execute(
+                "INSERT INTO wal_owners VALUES (?, ?, ?) ON CONFLICT(wal_id) DO UPDATE SET owner=?, epoch=?",
+                (wal_id, owner, epoch, owner, epoch),
+            )
+            return epoch
+
+        return await self._run(tx)
+
+    async def wal_owner(self, wal_id: str) -> WalOwner | None:
+        def tx(c: sqlite3.Connection) -> WalOwner | None:
+            row = c.execute("SELECT owner, epoch FROM wal_owners WHERE wal_id=?", (wal_id,)).fetchone()
+            return None if row is None else WalOwner(wal_id, row[0], row[1])
+
+        return await self._run(tx)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._writer.close()
+        self._reader.close()

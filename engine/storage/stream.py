@@ -1,0 +1,143 @@
+"""A stream: the ordered, offset-addressed log behind one Kafka partition.
+
+Offsets are handed out when append() is called, in call order; the append's
+future resolves once the WAL says the batch is durable (and this owner was not
+fenced meanwhile). Readers see only durable data: `end_offset` is the first
+offset not yet acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from engine.storage.cache import CacheEntry, StreamCache
+from engine.storage.errors import FencedError, OffsetOutOfRange, StorageError, StreamClosed
+from engine.storage.metadata import StreamMeta
+from engine.storage.objects import Batch
+from engine.storage.wal.base import WalRecord
+
+if TYPE_CHECKING:
+    from engine.storage.engine import StorageEngine
+
+
+class Stream:
+    def __init__(self, engine: StorageEngine, meta: StreamMeta) -> None:
+        self._engine = engine
+        self.stream_id = meta.stream_id
+        self.epoch = meta.epoch
+        self.start_offset = meta.start_offset
+        # The engine recovers and uploads its WAL before any stream opens, so the committed end is the end.
+        self.committed_offset = meta.end_offset
+        self.next_offset = meta.end_offset
+        self.end_offset = meta.end_offset
+        self._error: StorageError | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._cache = engine.log_cache.streams.setdefault(self.stream_id, StreamCache())
+
+    @property
+    def fenced(self) -> bool:
+        return isinstance(self._error, FencedError)
+
+    def append(self, payload: bytes, record_count: int) -> asyncio.Future[int]:
+        """Append a batch of `record_count` records; resolves to its base offset once durable."""
+        if record_count <= 0:
+            raise ValueError("a batch holds at least one record")
+        if self._error is not None:
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            fut.set_exception(self._error)
+            return fut
+        base = self.next_offset
+        self.next_offset += record_count
+        batch = Batch(base, record_count, payload)
+        entry = CacheEntry(self.stream_id, batch)
+        wal_fut = self._engine.submit(entry, WalRecord(self.stream_id, self.epoch, base, record_count, payload))
+        result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        wal_fut.add_done_callback(lambda f: self._on_durable(f, entry, result))
+        return result
+
+    def _on_durable(self, wal_fut: asyncio.Future[int], entry: CacheEntry, result: asyncio.Future[int]) -> None:
+        err: BaseException | None = wal_fut.exception() if not wal_fut.cancelled() else StorageError("cancelled")
+        if err is None and self._error is None:
+            current = self._engine.metadata.current_epochs((self.stream_id,))[self.stream_id]
+            if current != self.epoch:
+                err = FencedError(f"stream {self.stream_id}: epoch {self.epoch} was fenced by epoch {current}")
+        if err is None and self._error is not None:
+            err = self._error
+        if err is not None:
+            # Offsets after a failed append would leave a hole: the stream takes no more appends.
+            if self._error is None:
+                self._error = err if isinstance(err, StorageError) else StorageError(str(err))
+            entry.dropped = True
+            self._engine.entry_done(entry)
+            if not result.done():
+                result.set_exception(self._error)
+            return
+        entry.wal_end = wal_fut.result()
+        self.end_offset = entry.batch.end_offset
+        self._engine.entry_done(entry)
+        if not result.done():
+            result.set_result(entry.batch.base_offset)
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def wait_for_data(self, offset: int, timeout: float) -> bool:
+        """For long polls: wait until data at `offset` is readable, up to `timeout` seconds."""
+        if self.end_offset > offset or self._error is not None:
+            return self.end_offset > offset
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fut, timeout)
+        return self.end_offset > offset
+
+    async def read(self, offset: int, max_bytes: int = 1 << 20) -> list[Batch]:
+        """Durable batches from the one holding `offset`; at least one if any, then up to max_bytes."""
+        if offset < self.start_offset or offset > self.end_offset:
+            raise OffsetOutOfRange(self.stream_id, offset, self.start_offset, self.end_offset)
+        if offset == self.end_offset:
+            return []
+        out: list[Batch] = []
+        first_cached = self._cache.first_offset()
+        if first_cached is None or offset < first_cached:
+            out = await self._engine.reader.read(self.stream_id, offset, max_bytes, self.committed_offset)
+            size = sum(len(b.payload) for b in out)
+            if out:
+                offset = out[-1].end_offset
+            if size >= max_bytes or offset >= self.end_offset:
+                return out
+            max_bytes -= size
+        more = self._cache.read(offset, max_bytes, self.end_offset)
+        if not out:
+            return more
+        return out + [b for b in more if b.base_offset >= offset] if more else out
+
+    async def trim(self, new_start: int) -> None:
+        """Make offsets below new_start unreadable (Kafka's DeleteRecords)."""
+        if new_start > self.end_offset:
+            raise OffsetOutOfRange(self.stream_id, new_start, self.start_offset, self.end_offset)
+        if new_start <= self.start_offset:
+            return
+        await self._engine.metadata.trim_stream(self.stream_id, self.epoch, new_start)
+        self.start_offset = new_start
+
+    async def close(self) -> None:
+        """Upload what the WAL holds for this stream, commit it, and let go of the stream."""
+        if isinstance(self._error, StreamClosed):
+            return
+        await self._engine.close_stream(self)
+
+    def mark_closed(self) -> None:
+        if self._error is None:
+            self._error = StreamClosed(f"stream {self.stream_id} is closed")
+        for w in self._waiters:
+            if not w.done():
+                w.set_result(None)
+        self._waiters.clear()
+
+    def fence(self, err: FencedError) -> None:
+        if self._error is None or not isinstance(self._error, FencedError):
+            self._error = err

@@ -1,0 +1,124 @@
+"""What every WAL kind shares: the record frame and the interface.
+
+A frame is a fixed header and the payload:
+
+    magic u32 | payload length u32 | crc32c u32 | position u64 | wal epoch u64
+    | stream id u64 | stream epoch u64 | base offset u64 | record count u32 | kind u32 | payload
+
+The CRC covers everything after itself, so a torn or corrupt frame is never
+replayed. `position` is the frame's logical place in the WAL (it only grows)
+and `wal epoch` the owner generation that wrote it; recovery stops at the
+first frame whose position is not the expected one or whose epoch goes
+backwards, which is how stale frames of an earlier lap or an earlier
+incarnation are told apart from live ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+import crc32c
+
+MAGIC = 0xA3171A1F
+HEADER = struct.Struct("<IIIQQQQQII")
+HEADER_SIZE = HEADER.size
+_AFTER_CRC = 12  # magic, length and crc come first
+
+KIND_DATA = 1
+KIND_PAD = 2  # the rest of the ring's lap is unused: continue at the next lap
+
+MAX_PAYLOAD = 1 << 30
+
+
+@dataclass(slots=True)
+class WalRecord:
+    stream_id: int
+    stream_epoch: int
+    base_offset: int
+    record_count: int
+    payload: bytes
+    position: int = -1  # assigned by the WAL when written
+
+    @property
+    def frame_size(self) -> int:
+        return HEADER_SIZE + len(self.payload)
+
+
+def encode_frame(rec: WalRecord, position: int, wal_epoch: int, kind: int = KIND_DATA) -> bytes:
+    head = HEADER.pack(
+        MAGIC,
+        len(rec.payload),
+        0,
+        position,
+        wal_epoch,
+        rec.stream_id,
+        rec.stream_epoch,
+        rec.base_offset,
+        rec.record_count,
+        kind,
+    )
+    crc = crc32c.crc32c(rec.payload, crc32c.crc32c(head[_AFTER_CRC:]))
+    return head[:8] + struct.pack("<I", crc) + head[_AFTER_CRC:] + rec.payload
+
+
+def pad_frame(position: int, wal_epoch: int) -> bytes:
+    return encode_frame(WalRecord(0, 0, 0, 0, b""), position, wal_epoch, KIND_PAD)
+
+
+@dataclass(slots=True)
+class DecodedFrame:
+    record: WalRecord
+    wal_epoch: int
+    kind: int
+    size: int
+
+
+def decode_frame(buf: bytes | memoryview, at: int, expected_position: int) -> DecodedFrame | None:
+    """Decode the frame at buf[at:], or None if it is torn, corrupt or not the expected one."""
+    if len(buf) - at < HEADER_SIZE:
+        return None
+    magic, length, crc, position, wal_epoch, stream_id, stream_epoch, base, count, kind = HEADER.unpack_from(buf, at)
+    if magic != MAGIC or position != expected_position or length > MAX_PAYLOAD:
+        return None
+    end = at + HEADER_SIZE + length
+    if end > len(buf):
+        return None
+    view = memoryview(buf)
+    if crc32c.crc32c(view[at + HEADER_SIZE : end], crc32c.crc32c(view[at + _AFTER_CRC : at + HEADER_SIZE])) != crc:
+        return None
+    payload = bytes(view[at + HEADER_SIZE : end])
+    rec = WalRecord(stream_id, stream_epoch, base, count, payload, position)
+    return DecodedFrame(rec, wal_epoch, kind, HEADER_SIZE + length)
+
+
+@dataclass
+class WalStats:
+    bytes_written: int = 0
+    records_written: int = 0
+    syncs: int = 0
+    full_waits: int = 0
+
+
+class Wal(Protocol):
+    """A write-ahead log owned by one broker at a time.
+
+    append() returns a future that resolves, in append order, once the record is
+    durable; trim(position) says everything before `position` is safely in S3.
+    """
+
+    stats: WalStats
+
+    async def open(self) -> list[WalRecord]:
+        """Take ownership (fencing any older owner) and return the records still in the WAL."""
+        ...
+
+    def append(self, record: WalRecord) -> asyncio.Future[int]: ...
+
+    async def trim(self, position: int) -> None: ...
+
+    def used_bytes(self) -> int: ...
+
+    async def close(self) -> None: ...
