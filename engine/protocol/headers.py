@@ -1,0 +1,80 @@
+"""Request header parsing (v0/v1/v2) and response header encoding (v0/v1)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from engine.protocol._wire import INT16, INT32, Buffer, skip_tagged_fields
+from engine.protocol.apis import request_header_version, response_header_version
+
+_HEAD = struct.Struct(">hhi")
+
+
+@dataclass(slots=True)
+class RequestHeader:
+    api_key: int
+    api_version: int
+    correlation_id: int
+    client_id: str | None = None
+    #: 0, 1 or 2, as chosen by ``apis.request_header_version``.
+    header_version: int = 1
+
+
+def parse_request_header(frame: Buffer) -> tuple[RequestHeader, int]:
+    """Parse the header at the start of ``frame``; return it and where the body starts.
+
+    Raises ``struct.error``/``IndexError``/``ValueError`` on a short or bad header; use
+    ``codec.decode_request`` for typed errors.
+    """
+    api_key, api_version, correlation_id = _HEAD.unpack_from(frame, 0)
+    hv = request_header_version(api_key, api_version)
+    header = RequestHeader(api_key, api_version, correlation_id, None, hv)
+    pos = 8
+    if hv >= 1:
+        # client_id is a legacy (non-compact) nullable string even in header v2, so that
+        # any broker can read it before knowing whether the api version is flexible.
+        (n,) = INT16.unpack_from(frame, pos)
+        pos += 2
+        if n >= 0:
+            end = pos + n
+            if end > len(frame):
+                raise ValueError("client_id runs past the end of the frame")
+            header.client_id = str(frame[pos:end], "utf-8")
+            pos = end
+    if hv >= 2:
+        pos = skip_tagged_fields(frame, pos)
+    return header, pos
+
+
+def peek_api(frame: Buffer) -> tuple[int, int, int]:
+    """(api_key, api_version, correlation_id) of a frame, for logging and error replies."""
+    return _HEAD.unpack_from(frame, 0)  # type: ignore[return-value]
+
+
+def encode_response_header(correlation_id: int, header_version: int) -> bytes:
+    # v1 adds an (always empty, for amq) tagged-field section.
+    if header_version >= 1:
+        return INT32.pack(correlation_id) + b"\x00"
+    return INT32.pack(correlation_id)
+
+
+def response_header_for(header: RequestHeader) -> bytes:
+    return encode_response_header(
+        header.correlation_id, response_header_version(header.api_key, header.api_version)
+    )
+
+
+def encode_request_header(header: RequestHeader) -> bytes:
+    """Client side of the header; used by tests and tools that talk to a broker."""
+    out = bytearray(_HEAD.pack(header.api_key, header.api_version, header.correlation_id))
+    hv = request_header_version(header.api_key, header.api_version)
+    if hv >= 1:
+        if header.client_id is None:
+            out += b"\xff\xff"
+        else:
+            cid = header.client_id.encode()
+            out += INT16.pack(len(cid)) + cid
+    if hv >= 2:
+        out.append(0)
+    return bytes(out)
