@@ -52,16 +52,20 @@ class ObjectReader:
                 break
             before = pos
             for rng in ranges:
-                for batch in await self._read_object(rng, stream_id, pos):
-                    if batch.end_offset <= pos:
-                        continue
-                    if out and size + len(batch.payload) > max_bytes:
+                while pos < rng.end_offset:
+                    block_start = pos
+                    for batch in await self._read_object(rng, stream_id, pos):
+                        if batch.end_offset <= pos:
+                            continue
+                        if out and size + len(batch.payload) > max_bytes:
+                            return out
+                        out.append(batch)
+                        size += len(batch.payload)
+                        pos = batch.end_offset
+                    if size >= max_bytes:
                         return out
-                    out.append(batch)
-                    size += len(batch.payload)
-                    pos = batch.end_offset
-                if size >= max_bytes:
-                    return out
+                    if pos == block_start:
+                        break
             if pos == before:
                 raise StorageError(f"stream {stream_id}: objects claim offset {pos} but hold no batch for it")
         return out

@@ -214,12 +214,14 @@ class RingWal:
                 self._cond.wait()
             if not self._queue:
                 return None
+            # A group must fit the ring with room to spare, or it could wait for space forever.
+            limit = min(_MAX_GROUP_BYTES, self.capacity // 4)
             size = 0
             n = 0
             for rec, _ in self._queue:
                 size += rec.frame_size
                 n += 1
-                if size >= _MAX_GROUP_BYTES:
+                if size >= limit:
                     break
             group, self._queue = self._queue[:n], self._queue[n:]
             return group
