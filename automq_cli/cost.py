@@ -102,6 +102,7 @@ def _apply_run(
         work["zones"] = run.zones
     if flags["wal"] is None and run.wal_kind is not None:
         spec.setdefault("amq", {})["wal"] = run.wal_kind
+    spec["title"] = f"Measured run {Path(run.path).name}, priced at {target:,.0f} MiB/s written"
     notes.append(f"from run {run.path}: {run.produce_mib_s:,.2f} MiB/s produced, {run.consume_mib_s:,.2f} MiB/s "
                  f"consumed over {run.duration_s:,.0f} s, scaled ×{factor:,.4g} to {target:,.1f} MiB/s written")
     measured = run.measured

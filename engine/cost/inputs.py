@@ -109,6 +109,13 @@ def _count(what: str, value: Any) -> int | None:
     return int(number)
 
 
+def _whole(what: str, value: Any) -> int:
+    number = _float(what, value)
+    if number != int(number) or number < 1:
+        raise CostError(f"{what} wants a whole number >= 1, got {value!r}")
+    return int(number)
+
+
 def _float(what: str, value: Any) -> float:
     try:
         return float(value)
@@ -142,10 +149,10 @@ def build_workload(spec: Mapping[str, Any]) -> Workload:
         raise CostError("give either read (MiB/s) or read_fanout, not both")
     kwargs: dict[str, Any] = {
         "retention_hours": parse_hours(w.get("retention", "3d"), "retention"),
-        "zones": _count("zones", w.get("zones", 3)) or 1,
+        "zones": _whole("zones", w.get("zones", 3)),
     }
     if w.get("partitions") is not None:
-        kwargs["partitions"] = int(_float("partitions", w["partitions"]))
+        kwargs["partitions"] = _whole("partitions", w["partitions"])
     if w.get("requests_per_s") is not None:
         kwargs["requests_per_s"] = _float("requests_per_s", w["requests_per_s"])
     if w.get("profile") is not None:
