@@ -17,6 +17,9 @@ def _register() -> None:
     from automq_cli import cost
 
     app.add_typer(cost.app, name="cost")
+    from automq_cli import perf
+
+    app.add_typer(perf.app, name="perf")
 
 
 def main() -> None:

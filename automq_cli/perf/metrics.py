@@ -1,0 +1,193 @@
+"""The result's "cluster" block: counters the cluster publishes, plus broker CPU/RSS.
+
+Counter source: each URL in cluster.json's "metrics" list answers GET with a
+flat JSON object of monotonically increasing counters (one per broker, or
+one for the whole cluster). The run reads every URL when the measured phase
+starts and when it ends and records the difference, summed over URLs.
+Broker CPU and RSS come from psutil, by the pids cluster.json lists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from automq_cli.perf.target import Target
+
+# Counter name at the metrics endpoint -> where it lands in the result.
+COUNTERS = (
+    "s3_put_requests",
+    "s3_put_bytes",
+    "s3_get_requests",
+    "s3_get_bytes",
+    "s3_list_requests",
+    "s3_delete_requests",
+    "wal_bytes_written",
+    "cross_zone_bytes",
+)
+NO_SOURCE_NOTE = (
+    "no cluster metrics source (cluster.json lists no metrics URLs or broker pids); counters omitted"
+)
+
+
+def fetch_counters(url: str, timeout: float = 2.0) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        data = json.loads(resp.read().decode())
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+@dataclass
+class _Proc:
+    pid: int
+    broker_id: int | None
+    zone: str | None
+    handle: Any = None
+    cpu_start: float = 0.0
+    cpu_end: float = 0.0
+    rss_peak: int = 0
+    alive: bool = True
+
+
+@dataclass
+class ClusterMetrics:
+    target: Target
+    warnings: list[str] = field(default_factory=list)
+    _start: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _end: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _procs: list[_Proc] = field(default_factory=list)
+    _t_start: float = 0.0
+    _t_end: float = 0.0
+
+    @property
+    def available(self) -> bool:
+        return bool(self.target.metrics_urls or self.target.broker_pids)
+
+    def _read_all(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for url in self.target.metrics_urls:
+            try:
+                out[url] = fetch_counters(url)
+            except (OSError, ValueError, urllib.error.URLError) as exc:
+                self.warnings.append(f"metrics source {url} did not answer: {exc}")
+        return out
+
+    def start(self) -> None:
+        import psutil
+
+        self._t_start = time.monotonic()
+        self._start = self._read_all()
+        self._procs = []
+        for broker in self.target.brokers:
+            if broker.pid is None:
+                continue
+            proc = _Proc(pid=broker.pid, broker_id=broker.id, zone=broker.zone)
+            try:
+                proc.handle = psutil.Process(broker.pid)
+                times = proc.handle.cpu_times()
+                proc.cpu_start = proc.cpu_end = times.user + times.system
+                proc.rss_peak = proc.handle.memory_info().rss
+            except (psutil.Error, OSError) as exc:
+                proc.alive = False
+                self.warnings.append(f"broker pid {broker.pid} cannot be sampled: {exc}")
+            self._procs.append(proc)
+
+    def sample(self) -> dict[str, float] | None:
+        """Per-interval CPU/RSS sample; also tracks each broker's peak RSS."""
+        if not self._procs:
+            return None
+        import psutil
+
+        rss_total = 0
+        cpu_total = 0.0
+        for proc in self._procs:
+            if not proc.alive:
+                continue
+            try:
+                times = proc.handle.cpu_times()
+                rss = proc.handle.memory_info().rss
+            except (psutil.Error, OSError):
+                proc.alive = False
+                self.warnings.append(f"broker pid {proc.pid} exited during the run")
+                continue
+            cpu_total += times.user + times.system
+            proc.cpu_end = times.user + times.system
+            proc.rss_peak = max(proc.rss_peak, rss)
+            rss_total += rss
+        return {"broker_rss_bytes": rss_total, "broker_cpu_seconds": cpu_total}
+
+    def finish(self) -> None:
+        self.sample()
+        self._t_end = time.monotonic()
+        self._end = self._read_all()
+
+    def result(self) -> dict[str, Any]:
+        target = self.target
+        if not self.available:
+            return {"metrics_available": False, "note": NO_SOURCE_NOTE}
+        wall = max(self._t_end - self._t_start, 1e-9)
+        deltas: dict[str, float] = {}
+        static: dict[str, Any] = {}
+        for url in target.metrics_urls:
+            begin, end = self._start.get(url), self._end.get(url)
+            if begin is None or end is None:
+                continue
+            for key, value in end.items():
+                if isinstance(value, bool):
+                    continue
+                if isinstance(value, int | float) and isinstance(begin.get(key), int | float):
+                    deltas[key] = deltas.get(key, 0) + (value - begin[key])
+                elif isinstance(value, str):
+                    static.setdefault(key, value)
+        counters_seen = bool(self._start) and bool(self._end)
+        per_broker = [
+            {
+                "id": p.broker_id,
+                "pid": p.pid,
+                "zone": p.zone,
+                "cpu_percent": round((p.cpu_end - p.cpu_start) / wall * 100.0, 1),
+                "rss_peak_bytes": p.rss_peak,
+            }
+            for p in self._procs
+        ]
+        zones = target.zones or sorted({str(z) for z in [static.get("zone")] if z})
+        out: dict[str, Any] = {
+            "metrics_available": counters_seen,
+            "wal_kind": target.wal_kind or static.get("wal_kind"),
+            "zones": zones,
+            "brokers": len(target.brokers) or len(target.metrics_urls),
+            "sources": list(target.metrics_urls),
+        }
+        if counters_seen:
+
+            def count(key: str) -> int:
+                return int(deltas.get(key, 0))
+
+            out["s3"] = {
+                "put": count("s3_put_requests"),
+                "get": count("s3_get_requests"),
+                "list": count("s3_list_requests"),
+                "delete": count("s3_delete_requests"),
+                "put_bytes": count("s3_put_bytes"),
+                "get_bytes": count("s3_get_bytes"),
+            }
+            out["wal_bytes_written"] = count("wal_bytes_written")
+            out["cross_zone_bytes"] = count("cross_zone_bytes")
+            # Counters the cluster publishes beyond the documented ones, kept for whoever needs them.
+            out["other_counters"] = {k: v for k, v in sorted(deltas.items()) if k not in COUNTERS}
+        else:
+            out["note"] = "no metrics URL answered; S3/WAL/cross-zone counters omitted"
+        if per_broker:
+            # cpu: sum over brokers (100 = one core busy); rss: the largest broker's peak,
+            # because the memory goal is per broker.
+            out["broker_cpu_percent"] = round(sum(b["cpu_percent"] for b in per_broker), 1)
+            out["broker_rss_bytes"] = max(b["rss_peak_bytes"] for b in per_broker)
+            out["per_broker"] = per_broker
+        if self.warnings:
+            out["warnings"] = list(dict.fromkeys(self.warnings))
+        return out
