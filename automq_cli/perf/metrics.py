@@ -159,8 +159,10 @@ class ClusterMetrics:
         out: dict[str, Any] = {
             "metrics_available": counters_seen,
             "wal_kind": target.wal_kind or static.get("wal_kind"),
-            "zones": zones,
-            "brokers": len(target.brokers) or len(target.metrics_urls),
+            # Counts, as `amq cost --from-run` reads them; the names are kept beside.
+            "zones": len(zones) or None,
+            "zone_names": zones,
+            "brokers": len(target.brokers) or len(target.metrics_urls) or None,
             "sources": list(target.metrics_urls),
         }
         if counters_seen:

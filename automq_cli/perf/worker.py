@@ -91,6 +91,7 @@ def producer_main(spec: ProducerSpec, reports: Any, go: Any, stop: Any, epoch: A
 def _produce(spec: ProducerSpec, reports: Any, go: Any, stop: Any, epoch: Any, parent_pid: int) -> None:
     from confluent_kafka import Producer
 
+    from automq_cli.perf.ratelimit import TokenBucket
     from automq_cli.perf.stats import new_histogram, record_many
 
     conf: dict[str, Any] = dict(spec.config)
@@ -160,30 +161,22 @@ def _produce(spec: ProducerSpec, reports: Any, go: Any, stop: Any, epoch: Any, p
     else:
         keys = None
 
-    rate = spec.rate
     clock = time.time
     next_report = _next_boundary(epoch.value, spec.interval_s, clock())
-    # A token bucket that may bank 50 ms of sends: enough to ride out scheduler
-    # hiccups on a busy 2-core machine without turning into bursts.
-    burst = max(1.0, rate * 0.05)
-    tokens = 0.0
-    last = time.perf_counter()
+    bucket = TokenBucket(spec.rate, time.perf_counter()) if spec.rate > 0 else None
     while not stop.is_set():
         if clock() >= next_report:
             report(False)
             next_report = _next_boundary(epoch.value, spec.interval_s, clock())
             if _orphaned(parent_pid):
                 return
-        now = time.perf_counter()
-        if rate > 0:
-            tokens = min(burst, tokens + (now - last) * rate)
-            last = now
-            if tokens < 1.0:
+        if bucket is not None:
+            n = bucket.available(time.perf_counter())
+            if n < 1:
                 # Sleep in librdkafka's poll so delivery callbacks run meanwhile;
                 # its timeout has 1 ms resolution, so never ask for less.
-                poll(min(max((1.0 - tokens) / rate, 0.001), 0.05))
+                poll(min(max(bucket.wait_s(), 0.001), 0.05))
                 continue
-            n = int(tokens)
         else:
             n = 1000
         done_now = 0
@@ -200,8 +193,8 @@ def _produce(spec: ProducerSpec, reports: Any, go: Any, stop: Any, epoch: Any, p
             # librdkafka's queue is full: the broker is the bottleneck, wait for acks.
             poll(0.005)
         sent += done_now
-        if rate > 0:
-            tokens -= done_now
+        if bucket is not None:
+            bucket.spend(done_now)
         poll(0)
 
     undelivered = producer.flush(30.0)
