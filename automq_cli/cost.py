@@ -190,6 +190,8 @@ def _console() -> Console:
 
 
 def _usd(x: float) -> str:
+    if x == 0:
+        return "$0"
     return f"${x:,.0f}" if abs(x) >= 1000 else f"${x:,.2f}"
 
 

@@ -323,7 +323,7 @@ def _none(key: str) -> Line:
 
 
 def _money(x: float) -> str:
-    return f"${x:,.4f}".rstrip("0").rstrip(".") if x < 1 else f"${x:,.2f}"
+    return f"${x:,.5f}".rstrip("0").rstrip(".") if x < 1 else f"${x:,.2f}"
 
 
 def _n(x: float) -> str:
@@ -390,7 +390,7 @@ def amq_brokers_needed(workload: Workload, opts: AmqOptions, prices: PriceTable)
         ingress = w * (1 + a.compaction_rewrite_ratio) + r * read_ratio
         bounds = {"network": max(egress, ingress) / net}
         if opts.wal == "file":
-            bounds["ebs"] = w / (sizing.ebs_mib_s(inst) * room)
+            bounds["WAL volume bandwidth"] = w / (sizing.ebs_mib_s(inst) * room)
         needs.append(sizing.brokers_for(bounds, minimum=workload.zones))
     return needs
 
@@ -487,7 +487,7 @@ def estimate_amq(workload: Workload, opts: AmqOptions, prices: PriceTable,
     quantity = f"{puts + gets + lists:,.0f} calls = {puts:,.0f} PUT + {gets:,.0f} GET"
     if lists:
         quantity += f" + {lists:,.0f} LIST"
-    quantity += f" ({put_s + get_s + list_s:,.1f}/s)"
+    quantity += f" ({put_s + get_s + list_s:,.1f}/s" + (", rates counted in the run)" if source == "run" else ")")
     lines.append(Line("s3_api", LINE_LABELS["s3_api"], quantity,
                       f"{_money(s3.usd_per_1000_put)} PUT, {_money(s3.usd_per_1000_get)} GET per 1,000", usd,
                       {"calls": puts + gets + lists, "put": puts, "get": gets, "list": lists,
