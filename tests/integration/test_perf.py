@@ -1,0 +1,250 @@
+"""`amq perf run` end to end, as a user runs it: a subprocess against a real Kafka-compatible broker.
+
+The broker is the `perf_target` fixture. Until the amq broker exists it is
+Tansu (memory storage) from tests/peers.py; set AMQ_PERF_BOOTSTRAP (and
+optionally AMQ_PERF_BROKER_PIDS=pid,pid) to point these tests at a running
+cluster instead, or replace the fixture with one that starts `amq cluster up`.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from automq_cli.perf.target import NO_CLUSTER
+from tests.peers import Tansu, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+LATENCY_KEYS = ("p50", "p75", "p90", "p95", "p99", "p999", "max")
+
+
+@dataclass
+class PerfTarget:
+    bootstrap: str
+    broker_pids: list[int] = field(default_factory=list)
+    # Client settings this broker needs to behave in a few-second test (not part of what is measured).
+    client_args: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def perf_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PerfTarget]:
+    bootstrap = os.environ.get("AMQ_PERF_BOOTSTRAP")
+    if bootstrap:
+        pids = [int(p) for p in os.environ.get("AMQ_PERF_BROKER_PIDS", "").split(",") if p.strip()]
+        yield PerfTarget(bootstrap, pids)
+        return
+    tansu = Tansu(tmp_path_factory.mktemp("tansu")).start()
+    try:
+        assert tansu.pid is not None
+        # Tansu forms consumer groups only after about half a session timeout.
+        yield PerfTarget(
+            tansu.bootstrap,
+            [tansu.pid],
+            ["-C", "session.timeout.ms=3000", "-C", "heartbeat.interval.ms=300"],
+        )
+    finally:
+        tansu.stop()
+
+
+def run_perf(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("AMQ_PERF_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "automq_cli.main", "perf", "run", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def counters_url() -> Iterator[str]:
+    """Stands in for the amq broker's metrics endpoint: counters that grow on every GET."""
+    hits = {"n": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits["n"] += 1
+            n = hits["n"]
+            body = json.dumps(
+                {
+                    "s3_put_requests": 7 * n,
+                    "s3_put_bytes": 7_000_000 * n,
+                    "s3_get_requests": n,
+                    "s3_get_bytes": 1_000 * n,
+                    "s3_list_requests": 0,
+                    "s3_delete_requests": 0,
+                    "wal_bytes_written": 8_000_000 * n,
+                    "cross_zone_bytes": 0,
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics.json"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def check_common(result: dict[str, Any]) -> None:
+    prod, cons = result["produce"], result["consume"]
+    assert prod["errors"] == 0, prod.get("last_error")
+    assert cons["errors"] == 0, cons.get("last_error")
+    assert prod["messages"] > 0 and prod["total_messages"] >= prod["messages"]
+    assert cons["drained"] is True
+    for sub in cons["per_subscription"]:
+        # Every acknowledged record reached every subscription, exactly once.
+        assert sub["expected"] == prod["total_messages"]
+        assert sub["unique"] == sub["expected"], sub
+        assert sub["received"] == sub["expected"], sub
+    for key in ("publish_latency_ms", "e2e_latency_ms"):
+        lat = result[key]
+        values = [lat[k] for k in LATENCY_KEYS]
+        assert all(v is not None and v > 0 for v in values), (key, lat)
+        assert values == sorted(values), (key, lat)
+        assert lat["p50"] <= lat["avg"] * 3
+    assert result["intervals"] and all(
+        set(row) >= {"t", "phase", "produce_msg_per_s", "consume_mib_per_s", "backlog_messages", "errors"}
+        for row in result["intervals"]
+    )
+
+
+def test_steady_run_on_the_local_cluster_state(
+    perf_target: PerfTarget, counters_url: str, tmp_path: Path
+) -> None:
+    """No --bootstrap: the target, metrics URL and broker pids come from $AMQ_HOME/cluster.json."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cluster.json").write_text(
+        json.dumps(
+            {
+                "bootstrap": perf_target.bootstrap,
+                "metrics": [counters_url],
+                "brokers": [{"id": 0, "pid": pid, "zone": "az1"} for pid in perf_target.broker_pids],
+                "wal_kind": "file",
+            }
+        )
+    )
+    out, chart = tmp_path / "run.json", tmp_path / "run.png"
+    args = ["--rate", "1000", "--record-size", "512B", "--duration", "3s", "--warmup", "1s"]
+    args += ["--partitions", "4", "--subscriptions", "2", "--consumers", "1", "--name", "itest-steady"]
+    proc = run_perf(
+        [*args, *perf_target.client_args, "--json-out", str(out), "--chart-out", str(chart)],
+        env={"AMQ_HOME": str(home)},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    check_common(result)
+    assert result["mode"] == "steady" and result["duration_s"] == pytest.approx(3.0)
+    assert result["workload"]["name"] == "itest-steady" and result["workload"]["messageSize"] == 512
+    assert len(result["consume"]["per_subscription"]) == 2
+    # Rate limiting holds: 1000 msg/s target.
+    assert 800 <= result["produce"]["msg_per_s"] <= 1100
+    assert result["consume"]["msg_per_s"] == pytest.approx(2 * result["produce"]["msg_per_s"], rel=0.35)
+    cluster = result["cluster"]
+    assert cluster["metrics_available"] is True
+    assert cluster["s3"]["put"] == 7 and cluster["wal_bytes_written"] == 8_000_000
+    assert cluster["wal_kind"] == "file" and cluster["zones"] == 1
+    if perf_target.broker_pids:
+        assert cluster["broker_rss_bytes"] > 0 and cluster["broker_cpu_percent"] >= 0
+    # Not a terminal: one plain line per interval on stdout.
+    lines = [ln for ln in proc.stdout.splitlines() if " msg/s " in ln and "| backlog" in ln]
+    assert len(lines) == len(result["intervals"])
+    assert chart.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_catch_up_run(perf_target: PerfTarget, tmp_path: Path) -> None:
+    out = tmp_path / "catchup.json"
+    args = ["--bootstrap", perf_target.bootstrap, "--rate", "3000", "--backlog", "2MiB", "--duration", "2s"]
+    args += ["--warmup", "0", "--partitions", "4", "--json-out", str(out)]
+    proc = run_perf([*args, *perf_target.client_args])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    check_common(result)
+    cu = result["catch_up"]
+    assert result["mode"] == "catch-up" and cu["caught_up"] is True
+    assert cu["backlog_messages"] > 0 and cu["backlog_bytes"] >= 1 * 1024 * 1024
+    assert cu["read_mib_per_s"] > 0
+    assert cu["publish_latency_ms_before"]["p99"] and cu["publish_latency_ms_during"]["p99"]
+    assert [p["name"] for p in result["phases"]][:3] == ["backlog", "catch-up", "measure"]
+    # Against a cluster without a metrics endpoint the counters are omitted, and the result says so.
+    assert result["cluster"]["metrics_available"] is False and result["cluster"]["note"]
+    assert "counters omitted" in proc.stdout
+
+
+def _write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BAD_INPUTS = {
+    "unknown key": (["{wl_unknown}"], "unknown workload key 'partitionsPerTopik'"),
+    "unreadable yaml": (["{wl_broken}"], "is not valid YAML"),
+    "missing file": (["{tmp}/nope.yaml"], "does not exist"),
+    "negative rate": (["--rate", "-5"], "rate must be >= 0"),
+    "zero duration": (["--duration", "0s"], "duration must be positive"),
+    "bad duration": (["--duration", "soon"], "cannot read --duration"),
+    "bad client property": (["-P", "no.such.property=1"], "No such configuration property"),
+    "tiny records": (["--record-size", "4B"], "at least 8 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_fails_with_one_line(case: str, tmp_path: Path) -> None:
+    wl_unknown = _write(tmp_path, "unknown.yaml", "topics: 1\npartitionsPerTopik: 3\n")
+    wl_broken = _write(tmp_path, "broken.yaml", "topics: [1, 2\nmessageSize: 3\n")
+    args, expected = BAD_INPUTS[case]
+    args = [a.format(wl_unknown=wl_unknown, wl_broken=wl_broken, tmp=tmp_path) for a in args]
+    # An unreachable bootstrap: every one of these must fail before connecting anywhere.
+    proc = run_perf([*args, "--bootstrap", f"127.0.0.1:{free_port()}"], timeout=60)
+    assert_one_line_failure(proc, expected)
+
+
+def test_no_local_cluster_and_no_bootstrap(tmp_path: Path) -> None:
+    proc = run_perf(["--duration", "1s"], env={"AMQ_HOME": str(tmp_path)})
+    assert_one_line_failure(proc, NO_CLUSTER)
+
+
+def test_unreachable_bootstrap_is_detected_quickly(tmp_path: Path) -> None:
+    start = time.monotonic()
+    proc = run_perf(
+        ["--bootstrap", f"127.0.0.1:{free_port()}", "--connect-timeout", "3s", "--duration", "1s"]
+    )
+    assert_one_line_failure(proc, "cannot reach the Kafka bootstrap")
+    assert time.monotonic() - start < 15
+
+
+def assert_one_line_failure(proc: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "\n" not in err, err
+    assert expected in err, err
