@@ -123,6 +123,9 @@ def _apply_run(
 
 def _build_spec(scenario: str | None, flags: dict[str, Any]) -> dict[str, Any]:
     spec = copy.deepcopy(load_scenario(scenario) if scenario else DEFAULT_SCENARIO)
+    if any(value not in (None, False, []) for key, value in flags.items() if key not in ("pricing", "price")):
+        # The title describes the file's inputs; once flags change them it would mislead.
+        spec["title"] = f"{spec['title']} (changed by flags)" if scenario and spec.get("title") else ""
     work = spec.setdefault("workload", {})
     amq = spec.setdefault("amq", {})
     kafka = spec.setdefault("kafka", {})
@@ -277,54 +280,60 @@ def cost(
     ctx: typer.Context,
     scenario: Annotated[
         str | None,
-        _Opt("--scenario", "-s", help="Scenario NAME in templates/cost/ or a YAML path."),
+        _Opt("--scenario", "-s", metavar="NAME", help="Scenario NAME in templates/cost/ or a YAML path."),
     ] = None,
     write: Annotated[
         str | None,
-        _Opt("--write", "-w", help="Write throughput, e.g. 100MiB/s, 1GiB/s (bare = MiB/s)."),
+        _Opt("--write", "-w", metavar="RATE", help="Write throughput, e.g. 100MiB/s, 1GiB/s (bare = MiB/s)."),
     ] = None,
-    read: Annotated[str | None, _Opt("--read", help="Read throughput (instead of --fanout).")] = None,
+    read: Annotated[str | None, _Opt("--read", metavar="RATE", help="Read throughput (instead of --fanout).")] = None,
     fanout: Annotated[
         str | None,
-        _Opt("--fanout", help="Read fan-out: MiB read per MiB written (default 1)."),
+        _Opt("--fanout", metavar="X", help="Read fan-out: MiB read per MiB written (default 1)."),
     ] = None,
-    retention: Annotated[str | None, _Opt("--retention", "-r", help="Retention, e.g. 24h, 3d, 1w.")] = None,
-    zones: Annotated[str | None, _Opt("--zones", "-z", help="Availability zones (default 3).")] = None,
+    retention: Annotated[
+        str | None,
+        _Opt("--retention", "-r", metavar="DURATION", help="Retention, e.g. 24h, 3d, 1w."),
+    ] = None,
+    zones: Annotated[str | None, _Opt("--zones", "-z", metavar="N", help="Availability zones (default 3).")] = None,
     wal: Annotated[
         str | None,
-        _Opt("--wal", help="amq WAL kind: s3, file, nfs or all (default all)."),
+        _Opt("--wal", metavar="KIND", help="amq WAL kind: s3, file, nfs or all (default all)."),
     ] = None,
     instance: Annotated[
         str | None,
-        _Opt("--instance", help="amq broker instance type (default m7g.large)."),
+        _Opt("--instance", metavar="TYPE", help="amq broker instance type (default m7g.large)."),
     ] = None,
     instances: Annotated[
         str | None,
-        _Opt("--instances", help="amq broker count, or 'auto' to size it."),
+        _Opt("--instances", metavar="N|auto", help="amq broker count, or 'auto' to size it."),
     ] = None,
     kafka_instance: Annotated[
         str | None,
-        _Opt("--kafka-instance", help="Kafka broker instance type."),
+        _Opt("--kafka-instance", metavar="TYPE", help="Kafka broker instance type."),
     ] = None,
     kafka_instances: Annotated[
         str | None,
-        _Opt("--kafka-instances", help="Kafka broker count or 'auto'."),
+        _Opt("--kafka-instances", metavar="N|auto", help="Kafka broker count or 'auto'."),
     ] = None,
     over_provisioning: Annotated[
         str | None,
-        _Opt("--over-provisioning", help="Capacity kept free, both systems: 0.5 or 50%."),
+        _Opt("--over-provisioning", metavar="FRACTION", help="Capacity kept free, both systems: 0.5 or 50%."),
     ] = None,
     kafka_over_provisioning: Annotated[
         str | None,
-        _Opt("--kafka-over-provisioning", help="Same, Kafka only (0.2 = 80% disk watermark)."),
+        _Opt("--kafka-over-provisioning", metavar="FRACTION", help="Same, Kafka only (0.2 = 80% disk watermark)."),
     ] = None,
     profile: Annotated[
         str | None,
-        _Opt("--profile", help="Hourly write rates over a day: '24,24,...,1GiB/s' or a YAML file."),
+        _Opt(
+            "--profile", metavar="RATES|FILE",
+            help="Hourly write rates over a day: '24,24,...,1GiB/s' or a YAML file.",
+        ),
     ] = None,
     partitions: Annotated[
         str | None,
-        _Opt("--partitions", help="Partition count (for AKU sizing)."),
+        _Opt("--partitions", metavar="N", help="Partition count (for AKU sizing)."),
     ] = None,
     rack_aware: Annotated[
         bool,
@@ -336,23 +345,26 @@ def cost(
     ] = False,
     assume: Annotated[
         list[str] | None,
-        _Opt("--assume", help="Model assumption KEY=VALUE, e.g. upload_object_mib=16."),
+        _Opt("--assume", metavar="KEY=VALUE", help="Model assumption KEY=VALUE, e.g. upload_object_mib=16."),
     ] = None,
     pricing: Annotated[
         str | None,
-        _Opt("--pricing", help="Pricing table: NAME in templates/pricing/ or a YAML path."),
+        _Opt("--pricing", metavar="NAME|FILE", help="Pricing table: NAME in templates/pricing/ or a YAML path."),
     ] = None,
     price: Annotated[
         list[str] | None,
-        _Opt("--price", help="Override a price KEY=VALUE, e.g. s3_standard.usd_per_1000_put=0.0055."),
+        _Opt(
+            "--price", metavar="KEY=VALUE",
+            help="Override a price KEY=VALUE, e.g. s3_standard.usd_per_1000_put=0.0055.",
+        ),
     ] = None,
     from_run: Annotated[
         str | None,
-        _Opt("--from-run", help="Price a measured `amq perf` result JSON."),
+        _Opt("--from-run", metavar="FILE", help="Price a measured `amq perf` result JSON."),
     ] = None,
     scale_to: Annotated[
         str | None,
-        _Opt("--scale-to", help="With --from-run: target write throughput, e.g. 1GiB/s."),
+        _Opt("--scale-to", metavar="RATE", help="With --from-run: target write throughput, e.g. 1GiB/s."),
     ] = None,
     as_json: Annotated[bool, _Opt("--json", help="Print JSON instead of tables.")] = False,
     brief: Annotated[bool, _Opt("--brief", help="Print only the side-by-side table.")] = False,
