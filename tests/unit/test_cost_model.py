@@ -269,8 +269,10 @@ def test_parse_run_rates() -> None:
     assert "cross_zone_bytes" in run.missing and "s3.list" in run.missing
     with pytest.raises(CostError, match="no produce throughput"):
         parse_run({"duration_s": 10, "produce": {}})
-    with pytest.raises(CostError, match="wal_kind"):
-        parse_run({"produce": {"mib_per_s": 1}, "cluster": {"wal_kind": "tape"}})
+    other = parse_run({"duration_s": 10, "produce": {"mib_per_s": 1},
+                       "cluster": {"wal_kind": "tansu-s3", "s3": {"put": 5, "get": 5}}})
+    assert other.wal_kind is None and other.measured.s3_put_per_mib is None
+    assert any("tansu-s3" in m for m in other.missing)
 
 
 def test_default_inputs_and_json_view() -> None:
