@@ -46,6 +46,8 @@ class ObjectStoreConfig:
     multipart_part_size: int = 8 << 20
     # Every key gets this prefix, so several clusters (or tests) can share one bucket.
     prefix: str = ""
+    # obstore or boto3: same interface; BENCHMARKS.md has the measurement behind the default.
+    client: str = "obstore"
 
 
 @dataclass
@@ -239,3 +241,129 @@ class S3ObjectStore:
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class ObstoreObjectStore:
+    """The same interface on obstore (Rust, natively async): no thread hop per call.
+
+    Measured against S3ObjectStore in benchmarks/storage_bench.py; see BENCHMARKS.md.
+    """
+
+    def __init__(self, config: ObjectStoreConfig) -> None:
+        from datetime import timedelta
+
+        from obstore.store import S3Store
+
+        self.config = config
+        self.stats = ObjectStoreStats()
+        self._store = S3Store(
+            config.bucket,
+            endpoint=config.endpoint,
+            access_key_id=config.access_key,
+            secret_access_key=config.secret_key,
+            region=config.region,
+            virtual_hosted_style_request=not config.path_style,
+            client_options={
+                "allow_http": config.endpoint.startswith("http://"),
+                "connect_timeout": f"{config.connect_timeout_s}s",
+                "timeout": f"{config.read_timeout_s}s",
+            },
+            retry_config={
+                "max_retries": max(0, config.max_attempts - 1),
+                "retry_timeout": timedelta(seconds=config.read_timeout_s),
+                "backoff": {
+                    "init_backoff": timedelta(milliseconds=100),
+                    "max_backoff": timedelta(seconds=2),
+                    "base": 2,
+                },
+            },
+        )
+
+    async def _call(self, op: str, key: str, coro: Any) -> Any:
+        import obstore.exceptions as oe
+
+        try:
+            return await coro
+        except FileNotFoundError as e:
+            raise NoSuchKey(f"s3 {op} {key}: no such key") from e
+        except oe.NotFoundError as e:
+            raise NoSuchKey(f"s3 {op} {key}: no such key") from e
+        except (oe.BaseError, OSError, RuntimeError) as e:
+            raise ObjectStoreError(f"s3 {op} {key} failed: {e}") from e
+
+    async def put(self, key: str, data: bytes | memoryview) -> None:
+        import obstore
+
+        key = self.config.prefix + key
+        size = len(data)
+        multipart = size > self.config.multipart_threshold
+        await self._call(
+            "PUT",
+            key,
+            obstore.put_async(
+                self._store,
+                key,
+                bytes(data),
+                use_multipart=multipart,
+                chunk_size=self.config.multipart_part_size,
+                max_concurrency=self.config.max_concurrency,
+            ),
+        )
+        parts = -(-size // self.config.multipart_part_size) + 2 if multipart else 1
+        self.stats.add("put", parts, size)
+
+    async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        import obstore
+
+        key = self.config.prefix + key
+        if start is None and end is None:
+            result = await self._call("GET", key, obstore.get_async(self._store, key))
+            body = bytes(await result.bytes_async())
+        else:
+            first = start or 0
+            if end is None:
+                result = await self._call(
+                    "GET", key, obstore.get_async(self._store, key, options={"range": {"offset": first}})
+                )
+                body = bytes(await result.bytes_async())
+            else:
+                body = bytes(
+                    await self._call("GET", key, obstore.get_range_async(self._store, key, start=first, end=end))
+                )
+        self.stats.add("get", 1, len(body))
+        return body
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        import obstore
+
+        strip = len(self.config.prefix)
+        full = self.config.prefix + prefix
+        out: list[ObjectInfo] = []
+
+        async def collect() -> None:
+            async for chunk in obstore.list(self._store, full, chunk_size=1000):
+                self.stats.add("list")
+                out.extend(ObjectInfo(str(m["path"])[strip:], int(m["size"])) for m in chunk)
+
+        await self._call("LIST", full, collect())
+        return out
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        import obstore
+
+        full = [self.config.prefix + k for k in keys]
+        for i in range(0, len(full), 1000):
+            await self._call("DELETE", full[i], obstore.delete_async(self._store, full[i : i + 1000]))
+            self.stats.add("delete")
+
+    async def close(self) -> None:
+        return None
+
+
+def make_object_store(config: ObjectStoreConfig, client: str | None = None) -> ObjectStore:
+    client = client or config.client
+    if client == "boto3":
+        return S3ObjectStore(config)
+    if client == "obstore":
+        return ObstoreObjectStore(config)
+    raise ValueError(f"unknown S3 client {client!r}: use boto3 or obstore")

@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.storage.config import StorageConfig, WalConfig, WalKind
 from engine.storage.engine import StorageEngine
 from engine.storage.metadata_sqlite import SqliteMetadataStore
-from engine.storage.objectstore import ObjectStoreConfig, S3ObjectStore
+from engine.storage.objectstore import ObjectStoreConfig, make_object_store
 
 
 def storage_config(data_dir: Path, kind: WalKind, **overrides: object) -> StorageConfig:
@@ -25,7 +25,7 @@ async def make_engine(
     data_dir: Path, s3: ObjectStoreConfig, kind: WalKind, start: bool = True, **overrides: object
 ) -> StorageEngine:
     cfg = storage_config(data_dir, kind, **overrides)
-    engine = StorageEngine(cfg, S3ObjectStore(s3), SqliteMetadataStore(data_dir / "metadata.db"))
+    engine = StorageEngine(cfg, make_object_store(s3), SqliteMetadataStore(data_dir / "metadata.db"))
     if start:
         await engine.start()
     return engine
