@@ -195,3 +195,11 @@ def test_bad_run_file_is_one_line(tmp_path: Path) -> None:
     result = runner.invoke(root, ["cost", "--from-run", str(bad)])
     assert result.exit_code == 2
     assert result.stderr.startswith("amq cost: error: run file") and result.stderr.count("\n") == 1
+
+
+def test_docs_show_the_real_output() -> None:
+    docs = (REPO / "docs" / "cost.md").read_text()
+    out = _run("--scenario", "fsx-1gib-3d", "--brief").stdout
+    for line in out.splitlines():
+        if line.strip():
+            assert line.rstrip() in docs, f"docs/cost.md is stale; missing: {line.rstrip()!r}"
