@@ -141,6 +141,8 @@ def run(
 
     # soft_wrap: summary lines stay whole in logs instead of wrapping at 80 columns.
     console = Console(soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 140  # logs: room for the latency table instead of rich's 80-column default
     try:
         from automq_cli.perf.chart import require_matplotlib, write_chart
         from automq_cli.perf.display import make_display, render_summary

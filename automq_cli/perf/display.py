@@ -102,14 +102,13 @@ class LiveDisplay:
         return Group(table, self.note)
 
     def status(self, text: str) -> None:
-        self.note = Text(text, style="dim")
-        if text.startswith("warning"):
-            # Printed above the live table, so it survives the next redraw.
-            self.console.print(Text(text, style="yellow"))
+        # Printed above the live table, so the run's story stays on screen.
+        self.console.print(Text(text, style="yellow" if text.startswith("warning") else "dim"))
         self.live.update(self._render())
 
     def interval(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
+        self.note = Text(f"phase: {row['phase']}  (Ctrl-C stops the run and cleans up)", style="dim")
         self.live.update(self._render())
 
     def close(self) -> None:
