@@ -27,7 +27,7 @@ from engine.storage.objects import Batch, build_object
 from engine.storage.objectstore import ObjectStore, ObjectStoreError
 from engine.storage.reader import ObjectReader
 from engine.storage.stream import Stream
-from engine.storage.wal.base import Wal, WalRecord
+from engine.storage.wal.base import Done, Wal, WalRecord
 from engine.storage.wal.ring import RingWal
 from engine.storage.wal.s3 import S3Wal
 
@@ -148,13 +148,13 @@ class StorageEngine:
 
     # --- the append path (called by Stream) --------------------------------------------------
 
-    def submit(self, entry: CacheEntry, record: WalRecord) -> asyncio.Future[int]:
+    def submit(self, entry: CacheEntry, record: WalRecord, done: Done) -> None:
         if self._closed:
             raise StorageError("the storage engine is closed")
         self._seq += 1
         self._pending.append(entry)
         self.log_cache.add(entry)
-        return self.wal.append(record)
+        self.wal.append(record, done)
 
     def entry_done(self, entry: CacheEntry) -> None:
         """An entry became durable (or failed): the durable prefix may have grown."""
@@ -267,7 +267,9 @@ class StorageEngine:
         for kind, sids in groups:
             object_id = await self.metadata.next_object_id()
             key = f"objects/{object_id:012d}"
-            built = build_object(((sid, [e.batch for e in by_stream[sid]]) for sid in sids), self.config.block_size)
+            # Built off the event loop: copying tens of MiB there would stall every append behind it.
+            streams = [(sid, [e.batch for e in by_stream[sid]]) for sid in sids]
+            built = await asyncio.to_thread(build_object, streams, self.config.block_size)
             ranges = tuple(
                 StreamRange(
                     sid,

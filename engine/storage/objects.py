@@ -51,39 +51,44 @@ class IndexEntry:
 
 @dataclass(frozen=True)
 class BuiltObject:
-    body: bytes
+    body: bytearray
     index: list[IndexEntry]
 
 
 def build_object(streams: Iterable[tuple[int, list[Batch]]], block_size: int = DEFAULT_BLOCK_SIZE) -> BuiltObject:
-    parts: list[bytes] = []
+    """Lay out blocks, index and footer. Copies batch by batch into one buffer, so that when run
+    in a worker thread the event loop gets the interpreter back between copies."""
+    layout: list[tuple[int, list[Batch]]] = []
     index: list[IndexEntry] = []
     pos = 0
     for stream_id, batches in streams:
-        block: list[bytes] = []
+        block: list[Batch] = []
         block_len = 0
-        block_start = batches[0].base_offset if batches else 0
-        block_end = block_start
         for b in batches:
             if block and block_len + BATCH_HEADER.size + len(b.payload) > block_size:
-                index.append(IndexEntry(stream_id, block_start, block_end, pos, block_len))
-                parts.extend(block)
+                index.append(IndexEntry(stream_id, block[0].base_offset, block[-1].end_offset, pos, block_len))
+                layout.append((pos, block))
                 pos += block_len
-                block, block_len, block_start = [], 0, b.base_offset
-            block.append(BATCH_HEADER.pack(b.base_offset, b.record_count, len(b.payload)))
-            block.append(b.payload)
+                block, block_len = [], 0
+            block.append(b)
             block_len += BATCH_HEADER.size + len(b.payload)
-            block_end = b.end_offset
         if block:
-            index.append(IndexEntry(stream_id, block_start, block_end, pos, block_len))
-            parts.extend(block)
+            index.append(IndexEntry(stream_id, block[0].base_offset, block[-1].end_offset, pos, block_len))
+            layout.append((pos, block))
             pos += block_len
     index_bytes = b"".join(
         INDEX_ENTRY.pack(e.stream_id, e.start_offset, e.end_offset, e.position, e.size) for e in index
     )
-    parts.append(index_bytes)
-    parts.append(FOOTER.pack(pos, len(index_bytes), VERSION, MAGIC))
-    return BuiltObject(b"".join(parts), index)
+    body = bytearray(pos + len(index_bytes) + FOOTER.size)
+    for at, block in layout:
+        for b in block:
+            BATCH_HEADER.pack_into(body, at, b.base_offset, b.record_count, len(b.payload))
+            at += BATCH_HEADER.size
+            body[at : at + len(b.payload)] = b.payload
+            at += len(b.payload)
+    body[pos : pos + len(index_bytes)] = index_bytes
+    FOOTER.pack_into(body, pos + len(index_bytes), pos, len(index_bytes), VERSION, MAGIC)
+    return BuiltObject(body, index)
 
 
 def parse_footer(tail: bytes) -> tuple[int, int]:

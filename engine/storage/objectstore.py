@@ -87,7 +87,7 @@ class ObjectInfo:
 class ObjectStore(Protocol):
     stats: ObjectStoreStats
 
-    async def put(self, key: str, data: bytes | memoryview) -> None: ...
+    async def put(self, key: str, data: bytes | bytearray | memoryview) -> None: ...
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes: ...
 
@@ -133,7 +133,7 @@ class S3ObjectStore:
         except BotoCoreError as e:
             raise ObjectStoreError(f"s3 {op} {key} failed: {e}") from e
 
-    async def put(self, key: str, data: bytes | memoryview) -> None:
+    async def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         key = self.config.prefix + key
         size = len(data)
         if size > self.config.multipart_threshold:
@@ -142,7 +142,7 @@ class S3ObjectStore:
             await self._run("PUT", key, self._client.put_object, Bucket=self.config.bucket, Key=key, Body=bytes(data))
             self.stats.add("put", 1, size)
 
-    async def _put_multipart(self, key: str, data: bytes | memoryview) -> None:
+    async def _put_multipart(self, key: str, data: bytes | bytearray | memoryview) -> None:
         bucket = self.config.bucket
         view = memoryview(data)
         created = await self._run(
@@ -291,7 +291,7 @@ class ObstoreObjectStore:
         except (oe.BaseError, OSError, RuntimeError) as e:
             raise ObjectStoreError(f"s3 {op} {key} failed: {e}") from e
 
-    async def put(self, key: str, data: bytes | memoryview) -> None:
+    async def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         import obstore
 
         key = self.config.prefix + key
@@ -303,7 +303,7 @@ class ObstoreObjectStore:
             obstore.put_async(
                 self._store,
                 key,
-                bytes(data),
+                data,
                 use_multipart=multipart,
                 chunk_size=self.config.multipart_part_size,
                 max_concurrency=self.config.max_concurrency,

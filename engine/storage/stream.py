@@ -50,15 +50,16 @@ class Stream:
             return fut
         base = self.next_offset
         self.next_offset += record_count
-        batch = Batch(base, record_count, payload)
-        entry = CacheEntry(self.stream_id, batch)
-        wal_fut = self._engine.submit(entry, WalRecord(self.stream_id, self.epoch, base, record_count, payload))
+        entry = CacheEntry(self.stream_id, Batch(base, record_count, payload))
         result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        wal_fut.add_done_callback(lambda f: self._on_durable(f, entry, result))
+        self._engine.submit(
+            entry,
+            WalRecord(self.stream_id, self.epoch, base, record_count, payload),
+            lambda end, err: self._on_durable(end, err, entry, result),
+        )
         return result
 
-    def _on_durable(self, wal_fut: asyncio.Future[int], entry: CacheEntry, result: asyncio.Future[int]) -> None:
-        err: BaseException | None = wal_fut.exception() if not wal_fut.cancelled() else StorageError("cancelled")
+    def _on_durable(self, end: int, err: BaseException | None, entry: CacheEntry, result: asyncio.Future[int]) -> None:
         if err is None and self._error is None:
             current = self._engine.metadata.current_epochs((self.stream_id,))[self.stream_id]
             if current != self.epoch:
@@ -74,15 +75,16 @@ class Stream:
             if not result.done():
                 result.set_exception(self._error)
             return
-        entry.wal_end = wal_fut.result()
+        entry.wal_end = end
         self.end_offset = entry.batch.end_offset
         self._engine.entry_done(entry)
         if not result.done():
             result.set_result(entry.batch.base_offset)
-        waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
 
     async def wait_for_data(self, offset: int, timeout: float) -> bool:
         """For long polls: wait until data at `offset` is readable, up to `timeout` seconds."""

@@ -15,8 +15,8 @@ incarnation are told apart from live ones.
 
 from __future__ import annotations
 
-import asyncio
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,7 +47,8 @@ class WalRecord:
         return HEADER_SIZE + len(self.payload)
 
 
-def encode_frame(rec: WalRecord, position: int, wal_epoch: int, kind: int = KIND_DATA) -> bytes:
+def encode_header(rec: WalRecord, position: int, wal_epoch: int, kind: int = KIND_DATA) -> bytes:
+    """The frame's header; the payload follows it unchanged (written without a copy)."""
     head = HEADER.pack(
         MAGIC,
         len(rec.payload),
@@ -61,7 +62,11 @@ def encode_frame(rec: WalRecord, position: int, wal_epoch: int, kind: int = KIND
         kind,
     )
     crc = crc32c.crc32c(rec.payload, crc32c.crc32c(head[_AFTER_CRC:]))
-    return head[:8] + struct.pack("<I", crc) + head[_AFTER_CRC:] + rec.payload
+    return head[:8] + struct.pack("<I", crc) + head[_AFTER_CRC:]
+
+
+def encode_frame(rec: WalRecord, position: int, wal_epoch: int, kind: int = KIND_DATA) -> bytes:
+    return encode_header(rec, position, wal_epoch, kind) + rec.payload
 
 
 def pad_frame(position: int, wal_epoch: int) -> bytes:
@@ -102,11 +107,15 @@ class WalStats:
     full_waits: int = 0
 
 
+# Called on the event loop once a record is durable (end position, None) or failed (-1, error).
+Done = Callable[[int, BaseException | None], None]
+
+
 class Wal(Protocol):
     """A write-ahead log owned by one broker at a time.
 
-    append() returns a future that resolves, in append order, once the record is
-    durable; trim(position) says everything before `position` is safely in S3.
+    append() calls `done`, in append order, once the record is durable;
+    trim(position) says everything before `position` is safely in S3.
     """
 
     stats: WalStats
@@ -115,7 +124,7 @@ class Wal(Protocol):
         """Take ownership (fencing any older owner) and return the records still in the WAL."""
         ...
 
-    def append(self, record: WalRecord) -> asyncio.Future[int]: ...
+    def append(self, record: WalRecord, done: Done) -> None: ...
 
     async def trim(self, position: int) -> None: ...
 

@@ -30,13 +30,23 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from engine.storage.errors import FencedError, StorageError, WalCorrupt
-from engine.storage.wal.base import HEADER_SIZE, KIND_PAD, WalRecord, WalStats, decode_frame, encode_frame, pad_frame
+from engine.storage.wal.base import (
+    HEADER_SIZE,
+    KIND_PAD,
+    Done,
+    WalRecord,
+    WalStats,
+    decode_frame,
+    encode_header,
+    pad_frame,
+)
 
 _SCAN_CHUNK = 8 << 20
 _LENGTH = struct.Struct("<I")
 _MAX_GROUP_BYTES = 8 << 20
 
-Pending = tuple[WalRecord, asyncio.Future[int]]
+Pending = tuple[WalRecord, Done]
+_IOV_MAX = 1024
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -179,25 +189,20 @@ class RingWal:
 
     # --- appends ---------------------------------------------------------------------------
 
-    def append(self, record: WalRecord) -> asyncio.Future[int]:
-        loop = self._loop or asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
+    def append(self, record: WalRecord, done: Done) -> None:
         if self._failed is not None:
-            fut.set_exception(self._failed)
-            return fut
+            done(-1, self._failed)
+            return
         if record.frame_size + HEADER_SIZE > self.capacity:
-            fut.set_exception(
-                StorageError(f"a {record.frame_size}-byte record does not fit a {self.capacity}-byte WAL")
-            )
-            return fut
+            done(-1, StorageError(f"a {record.frame_size}-byte record does not fit a {self.capacity}-byte WAL"))
+            return
         with self._cond:
             if self._closing:
-                fut.set_exception(StorageError("the WAL is closed"))
-                return fut
-            self._queue.append((record, fut))
+                done(-1, StorageError("the WAL is closed"))
+                return
+            self._queue.append((record, done))
             self._cond.notify_all()
         self.stats.records_written += 1
-        return fut
 
     def used_bytes(self) -> int:
         return self._write_pos - self._trim_pos
@@ -265,6 +270,7 @@ class RingWal:
         if self._failed is not None:
             raise self._failed
         pos = self._write_pos
+        # Headers and payloads go to the kernel as one iovec list per contiguous region: no copies.
         regions: list[tuple[int, list[bytes]]] = []
         chunk: list[bytes] = []
         chunk_start = self._phys(pos)
@@ -278,16 +284,21 @@ class RingWal:
                 pos += lap_left
                 chunk, chunk_start = [], 0
             rec.position = pos
-            chunk.append(encode_frame(rec, pos, self.epoch))
+            chunk.append(encode_header(rec, pos, self.epoch))
+            chunk.append(rec.payload)
             pos += rec.frame_size
             ends.append(pos)
         regions.append((chunk_start, chunk))
         written = 0
         for offset, parts in regions:
-            if parts:
-                data = b"".join(parts)
-                os.pwrite(self._fd, data, offset)
-                written += len(data)
+            for i in range(0, len(parts), _IOV_MAX):
+                iov = parts[i : i + _IOV_MAX]
+                n = os.pwritev(self._fd, iov, offset)
+                want = sum(len(b) for b in iov)
+                if n != want:
+                    raise StorageError(f"short WAL write: {n} of {want} bytes")
+                offset += n
+                written += n
         os.fdatasync(self._fd)
         self.stats.syncs += 1
         self.stats.bytes_written += written
@@ -310,13 +321,11 @@ class RingWal:
             return
 
         def resolve() -> None:
-            for i, (_, fut) in enumerate(group):
-                if fut.done():
-                    continue
+            for i, (_, done) in enumerate(group):
                 if err is not None:
-                    fut.set_exception(err)
+                    done(-1, err)
                 elif ends is not None:
-                    fut.set_result(ends[i])
+                    done(ends[i], None)
 
         loop.call_soon_threadsafe(resolve)
 

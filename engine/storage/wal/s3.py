@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable
 
 from engine.storage.errors import FencedError, StorageError
 from engine.storage.objectstore import ObjectStore, ObjectStoreError
-from engine.storage.wal.base import WalRecord, WalStats, decode_frame, encode_frame
+from engine.storage.wal.base import Done, WalRecord, WalStats, decode_frame, encode_frame
 
 log = logging.getLogger(__name__)
 
-Pending = tuple[WalRecord, asyncio.Future[int]]
+Pending = tuple[WalRecord, Done]
 
 
 class S3Wal:
@@ -85,23 +85,21 @@ class S3Wal:
             self._pos = max(self._pos, pos)
         return records
 
-    def append(self, record: WalRecord) -> asyncio.Future[int]:
+    def append(self, record: WalRecord, done: Done) -> None:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
         if self._failed is not None:
-            fut.set_exception(self._failed)
-            return fut
+            done(-1, self._failed)
+            return
         if self._closing:
-            fut.set_exception(StorageError("the WAL is closed"))
-            return fut
-        self._buffer.append((record, fut))
+            done(-1, StorageError("the WAL is closed"))
+            return
+        self._buffer.append((record, done))
         self._buffered += record.frame_size
         self.stats.records_written += 1
         if self._buffered >= self.batch_bytes:
             self._flush()
         elif self._timer is None:
             self._timer = loop.call_later(self.batch_interval_s, self._flush)
-        return fut
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -150,13 +148,11 @@ class S3Wal:
             self.stats.bytes_written += len(body)
             self.stats.syncs += 1
             self._objects.append((key, ends[-1]))
-        for i, (_, fut) in enumerate(group):
-            if fut.done():
-                continue
+        for i, (_, done) in enumerate(group):
             if err is not None:
-                fut.set_exception(err)
+                done(-1, err)
             else:
-                fut.set_result(ends[i])
+                done(ends[i], None)
 
     def used_bytes(self) -> int:
         return self._pos - self._trim_pos
