@@ -97,6 +97,7 @@ class StorageEngine:
         self._uploader: asyncio.Task[None] | None = None
         self._upload_slots = asyncio.Semaphore(config.uploads_in_flight)
         self._last_commit: asyncio.Future[None] | None = None
+        self._uploads: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -117,10 +118,12 @@ class StorageEngine:
         self._closed = True
         for s in self.streams.values():
             s.mark_closed()
-        if self._uploader is not None:
-            self._uploader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._uploader
+        # Without a flush, uploads in flight are abandoned as a crash would abandon them.
+        for task in [self._uploader, *self._uploads]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.wal.close()
         await self.reader.close()
 
@@ -202,7 +205,12 @@ class StorageEngine:
                 done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._last_commit = done
                 task = asyncio.get_running_loop().create_task(self._upload(taken, previous, done))
-                task.add_done_callback(lambda _t: self._upload_slots.release())
+                self._uploads.add(task)
+                task.add_done_callback(self._upload_finished)
+
+    def _upload_finished(self, task: asyncio.Task[None]) -> None:
+        self._uploads.discard(task)
+        self._upload_slots.release()
 
     def _take(self) -> list[CacheEntry]:
         taken: list[CacheEntry] = []
@@ -243,6 +251,8 @@ class StorageEngine:
             self._committed_seq += len(taken)
             async with self._committed:
                 self._committed.notify_all()
+        except asyncio.CancelledError:
+            raise
         except Exception:
             # Only a bug gets here (S3 errors are retried, fenced streams dropped): say so loudly.
             log.exception("upload failed; its data stays in the WAL for recovery")
