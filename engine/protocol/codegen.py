@@ -53,7 +53,7 @@ class _Gen:
         self.ns: dict[str, Any] = {
             "_w": _wire,
             "_ruv": _wire.read_uvarint,
-            "_ral": _wire.read_compact_array_len if self.flex else _wire.read_array_len,
+            "_skip_tags": _wire.skip_tagged_fields,
             "_uv": _wire.uvarint,
             "_UV1": _wire.UVARINT_1,
             "_I16": _wire.INT16,
@@ -133,6 +133,7 @@ class _Gen:
         cls = self.cls_for(s)
         L = self.lines
         L.append(f"def d_{s.name}(b, p):")
+        L.append("    lb = len(b)")
         present = self.fields_in(s)
         plain = [f for f in present if not self.is_tagged(f)]
         tagged = [f for f in present if self.is_tagged(f)]
@@ -153,21 +154,29 @@ class _Gen:
             self.decode_field(f, "    ", f"v_{f.attr}")
             i += 1
         if self.flex:
-            for f in tagged:
-                L.append(f"    v_{f.attr} = {self.default_expr(f, cls)}")
-            L.append("    nt, p = _ruv(b, p)")
-            L.append("    for _ in range(nt):")
-            L.append("        tag, p = _ruv(b, p)")
-            L.append("        sz, p = _ruv(b, p)")
-            L.append("        end = p + sz")
-            for f in tagged:
-                L.append(f"        if tag == {f.tag}:")
-                self.decode_field(f, "            ", f"v_{f.attr}", pos_var="q", src_pos="p")
-                L.append("            if q != end:")
-                L.append(f"                raise _DecodeError('tagged field {f.tag} has the wrong size')")
-            L.append("        p = end")
-            L.append("    if p > len(b):")
-            L.append("        raise _DecodeError('tagged fields run past the end')")
+            if not tagged:
+                # Almost always an empty section: one byte, no call.
+                L.append("    if b[p]:")
+                L.append("        p = _skip_tags(b, p)")
+                L.append("    else:")
+                L.append("        p += 1")
+            else:
+                for f in tagged:
+                    L.append(f"    v_{f.attr} = {self.default_expr(f, cls)}")
+                L.append("    nt, p = _ruv(b, p)")
+                L.append("    for _ in range(nt):")
+                L.append("        tag, p = _ruv(b, p)")
+                L.append("        sz, p = _ruv(b, p)")
+                L.append("        end = p + sz")
+                L.append("        if end > lb:")
+                L.append("            raise _DecodeError('tagged field runs past the end')")
+                for f in tagged:
+                    L.append(f"        if tag == {f.tag}:")
+                    L.append("            q = p")
+                    self.decode_field(f, "            ", f"v_{f.attr}", pos_var="q")
+                    L.append("            if q != end:")
+                    L.append(f"                raise _DecodeError('tagged field {f.tag} has the wrong size')")
+                L.append("        p = end")
         args = []
         present_attrs = {f.attr for f in present}
         fields_by_attr = {attr_name(f): f for f in s.fields}
@@ -181,18 +190,39 @@ class _Gen:
     def fixed(self, f: FieldSpec) -> bool:
         return not f.is_array and f.type in _FIXED and not self.is_tagged(f)
 
-    def decode_field(self, f: FieldSpec, ind: str, var: str, pos_var: str = "p", src_pos: str = "p") -> None:
+    def read_len(self, ind: str, P: str, kind: str) -> None:
+        """Emit code leaving a length in ``n`` and ``P`` after it.
+
+        kind "array"/"bytes": int32 (legacy) or compact (uvarint n+1), -1 for null.
+        kind "string": int16 (legacy) or compact. Compact lengths take the one-byte path
+        inline; longer varints call out.
+        """
         L = self.lines
-        flex = self.flex
-        P, S = pos_var, src_pos
+        if self.flex:
+            L.append(f"{ind}n = b[{P}] - 1")
+            L.append(f"{ind}{P} += 1")
+            L.append(f"{ind}if n > 126:")
+            L.append(f"{ind}    n, {P} = _ruv(b, {P} - 1)")
+            L.append(f"{ind}    n -= 1")
+        else:
+            st = "_I16" if kind == "string" else "_I32"
+            L.append(f"{ind}n, = {st}.unpack_from(b, {P})")
+            L.append(f"{ind}{P} += {2 if kind == 'string' else 4}")
+
+    def decode_field(self, f: FieldSpec, ind: str, var: str, pos_var: str = "p") -> None:
+        L = self.lines
+        P = pos_var
         nullable = self.nullable(f)
         if f.is_array:
-            L.append(f"{ind}n, {P} = _ral(b, {S})")
+            self.read_len(ind, P, "array")
             L.append(f"{ind}if n < 0:")
             if nullable:
                 L.append(f"{ind}    {var} = None")
             else:
                 L.append(f"{ind}    raise _DecodeError('null array in non-nullable field {f.name}')")
+            # A forged count must not make us loop (or allocate) beyond what the frame holds.
+            L.append(f"{ind}elif n > lb - {P}:")
+            L.append(f"{ind}    raise _DecodeError('array of {{n}} elements cannot fit')")
             L.append(f"{ind}else:")
             if f.struct is not None:
                 L.append(f"{ind}    {var} = []")
@@ -213,15 +243,35 @@ class _Gen:
                 L.append(f"{ind}        ap(o)")
             return
         if f.struct is not None:
-            L.append(f"{ind}{var}, {P} = d_{f.type}(b, {S})")
+            L.append(f"{ind}{var}, {P} = d_{f.type}(b, {P})")
             return
         if f.type in _FIXED:
             st = self.const(struct.Struct(">" + _FIXED[f.type]), "S")
-            L.append(f"{ind}{var}, = {st}.unpack_from(b, {S})")
-            L.append(f"{ind}{P} = {S} + {_SIZES[_FIXED[f.type]]}")
+            L.append(f"{ind}{var}, = {st}.unpack_from(b, {P})")
+            L.append(f"{ind}{P} += {_SIZES[_FIXED[f.type]]}")
             return
-        _ = flex
-        L.append(f"{ind}{var}, {P} = {self.reader(f)}(b, {S})")
+        if f.type == "uuid":
+            L.append(f"{ind}{var}, {P} = {self.reader(f)}(b, {P})")
+            return
+        # string, bytes, records: length, then a slice.
+        self.read_len(ind, P, "string" if f.type == "string" else "bytes")
+        L.append(f"{ind}if n < 0:")
+        if nullable:
+            L.append(f"{ind}    {var} = None")
+        else:
+            L.append(f"{ind}    raise _DecodeError('null in non-nullable field {f.name}')")
+        L.append(f"{ind}else:")
+        L.append(f"{ind}    z = {P} + n")
+        L.append(f"{ind}    if z > lb:")
+        L.append(f"{ind}        raise _DecodeError('field {f.name} runs past the end')")
+        if f.type == "string":
+            L.append(f"{ind}    {var} = str(b[{P}:z], 'utf-8')")
+        elif f.type == "bytes":
+            L.append(f"{ind}    {var} = bytes(b[{P}:z])")
+        else:
+            # Records stay a view into the frame: no copy on the produce path.
+            L.append(f"{ind}    {var} = b[{P}:z]")
+        L.append(f"{ind}    {P} = z")
 
     def reader(self, f: FieldSpec, element: bool = False) -> str:
         nullable = self.nullable(f) and not element
@@ -233,12 +283,6 @@ class _Gen:
                 (True, False): _wire.read_compact_string,
                 (True, True): _wire.read_compact_nullable_string,
             }[(self.flex, nullable)]
-        elif t == "bytes":
-            fn = _wire.read_compact_bytes if self.flex else _wire.read_bytes
-            if not nullable:
-                fn = _non_null(fn)
-        elif t == "records":
-            fn = _wire.read_compact_records if self.flex else _wire.read_records
         elif t == "uuid":
             fn = _wire.read_uuid
         else:
@@ -423,16 +467,6 @@ class _NoParts(list[_wire.Buffer]):
 
     def append(self, item: _wire.Buffer) -> None:
         raise AssertionError("records inside a tagged field cannot be zero-copy")
-
-
-def _non_null(fn: Callable[[Any, int], tuple[Any, int]]) -> Callable[[Any, int], tuple[Any, int]]:
-    def read(buf: Any, pos: int) -> tuple[Any, int]:
-        value, pos = fn(buf, pos)
-        if value is None:
-            raise _wire.DecodeError("null in a non-nullable bytes field")
-        return value, pos
-
-    return read
 
 
 def _compile(gen: _Gen, source: str, entry: str, key: tuple[str, int]) -> Any:
