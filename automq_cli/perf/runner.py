@@ -134,6 +134,7 @@ class Runner:
         self.last_error = {"producer": None, "consumer": None}
         # Whole-run totals, for the produced == consumed check.
         self.acked_per_topic = [0] * self.w.topics
+        self.queued: dict[int, int] = {}  # per producer: records in its client queue at its last report
         self.received: dict[tuple[int, int], int] = {}
         self.high: dict[tuple[int, int], dict[int, int]] = {}
         self.low: dict[tuple[int, int], dict[int, int]] = {}
@@ -272,6 +273,7 @@ class Runner:
                     payload=payload,
                     key_distributor=self.w.key_distributor,
                     interval_s=self.o.interval_s,
+                    flush_timeout_s=max(self.o.drain_timeout_s, 1.0),
                 )
                 self._spawn(
                     worker,
@@ -332,6 +334,7 @@ class Runner:
             cur.produce_errors += msg["errors"]
             decode_into(cur.publish, msg["hist"])
             self.acked_per_topic[msg["topic"]] += msg["acked"]
+            self.queued[w] = msg.get("queued", 0) if not msg.get("done") else 0
             if msg.get("last_error"):
                 self.last_error["producer"] = msg["last_error"]
         elif kind == "c":
@@ -410,6 +413,8 @@ class Runner:
             "phase": self.phase,
             **cur.rates(),
             "backlog_messages": self._backlog(),
+            # Sent but not yet acknowledged: grows when the broker cannot keep up with the offered rate.
+            "producer_queue_messages": sum(self.queued.values()),
             "errors": cur.produce_errors + cur.consume_errors,
             "publish_latency_ms": brief_ms(cur.publish),
             "e2e_latency_ms": brief_ms(cur.e2e),

@@ -36,6 +36,7 @@ class ProducerSpec:
     payload: bytes
     key_distributor: str = "NO_KEY"
     interval_s: float = 1.0
+    flush_timeout_s: float = 30.0
 
 
 @dataclass
@@ -139,6 +140,7 @@ def _produce(spec: ProducerSpec, reports: Any, go: Any, stop: Any, epoch: Any, p
                 "w": spec.worker,
                 "topic": spec.topic_index,
                 "sent": sent - reported["sent"],
+                "queued": len(producer),  # in the client, not yet acknowledged
                 "acked": counts["acked"] - reported["acked"],
                 "errors": counts["errors"] - reported["errors"] + undelivered,
                 "hist": hist.encode() if hist.get_total_count() else None,
@@ -197,7 +199,13 @@ def _produce(spec: ProducerSpec, reports: Any, go: Any, stop: Any, epoch: Any, p
             bucket.spend(done_now)
         poll(0)
 
-    undelivered = producer.flush(30.0)
+    undelivered = producer.flush(spec.flush_timeout_s)
+    if undelivered:
+        # Still queued in the client: the broker did not keep up with the offered rate.
+        last_error[:] = [f"{undelivered} records still undelivered after a {spec.flush_timeout_s:g}s flush"]
+        # Drop them rather than let the client's destructor wait for them.
+        producer.purge()
+        producer.poll(0)
     report(True, undelivered)
 
 

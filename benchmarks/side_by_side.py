@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: the same workloads against amq and Tansu-on-S3, one run, one machine.
+
+Both systems store data on the same SeaweedFS server (one bucket each) and
+are driven by the same client (`amq perf run`, librdkafka) with the same
+settings. The table (each figure for both systems and the ratio amq/Tansu)
+replaces this script's own section of BENCHMARKS.md, with the date, the
+machine and the exact command.
+
+    python3 benchmarks/side_by_side.py --peers tansu                 # Tansu only (today)
+    python3 benchmarks/side_by_side.py --amq-bootstrap 127.0.0.1:9092 --amq-cluster-state ~/.amq/cluster.json
+    python3 benchmarks/side_by_side.py --amq-start                   # `amq cluster up` on the same S3
+
+Runs (each `--duration` long after `--warmup`): max-throughput, then
+steady-state at half of amq's max rate (half of Tansu's when amq is absent),
+lowest-latency, catch-up-read. The S3 server's PUT bandwidth is measured in
+the same run, as the yardstick for the throughput goal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.peers import S3Config, S3Server, Tansu  # noqa: E402
+
+BEGIN = "<!-- side-by-side:begin -->"
+END = "<!-- side-by-side:end -->"
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+SYSTEMS = ("amq", "tansu")
+
+
+@dataclass
+class System:
+    name: str
+    bootstrap: str
+    pids: list[int] = field(default_factory=list)
+    perf_env: dict[str, str] = field(default_factory=dict)
+    perf_args: list[str] = field(default_factory=list)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+# ---- S3 yardstick ------------------------------------------------------------------------------
+
+
+def s3_put_bandwidth(s3: S3Config, seconds: float = 6.0, object_mib: int = 8, threads: int = 4) -> float:
+    """MiB/s the S3 server accepts for large PUTs from 4 threads (what an ideal uploader could reach)."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3.url,
+        aws_access_key_id=s3.access_key,
+        aws_secret_access_key=s3.secret_key,
+        region_name=s3.region,
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=threads * 2),
+    )
+    body = os.urandom(object_mib * MIB)
+    deadline = time.monotonic() + seconds
+    keys: list[str] = []
+
+    def worker(i: int) -> int:
+        n = 0
+        while time.monotonic() < deadline:
+            key = f"put-bandwidth/{i}/{n}"
+            client.put_object(Bucket=s3.bucket, Key=key, Body=body)
+            keys.append(key)
+            n += 1
+        return n
+
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        puts = sum(pool.map(worker, range(threads)))
+    elapsed = time.monotonic() - start
+    for i in range(0, len(keys), 1000):
+        with contextlib.suppress(Exception):
+            client.delete_objects(
+                Bucket=s3.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]}
+            )
+    return puts * object_mib / elapsed
+
+
+# ---- systems under test ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tansu_on_s3(server: S3Server, workdir: Path) -> Iterator[System]:
+    bucket = server.create_bucket("tansu")
+    tansu = Tansu(workdir / "tansu", s3=bucket).start(timeout=60)
+    try:
+        assert tansu.pid is not None
+        yield System("tansu", tansu.bootstrap, [tansu.pid])
+    finally:
+        tansu.stop()
+
+
+def _amq(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "automq_cli.main", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@contextlib.contextmanager
+def amq_cluster(args: argparse.Namespace, server: S3Server, workdir: Path) -> Iterator[System]:
+    """An amq cluster: the one named by --amq-bootstrap, or one `amq cluster up` starts on the same S3."""
+    if args.amq_bootstrap:
+        perf_args = ["--bootstrap", args.amq_bootstrap]
+        if args.amq_cluster_state:
+            perf_args += ["--cluster-state", str(args.amq_cluster_state)]
+        yield System("amq", args.amq_bootstrap, perf_args=perf_args)
+        return
+    if _amq("cluster", "--help").returncode != 0:
+        raise SystemExit("`amq cluster` is not available yet: pass --amq-bootstrap or use --peers tansu")
+    home = workdir / "amq-home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {"AMQ_HOME": str(home)}
+    bucket = server.create_bucket("amq")
+    up = _amq(
+        "cluster", "up",
+        "--s3-endpoint", bucket.url,
+        "--s3-access-key", bucket.access_key,
+        "--s3-secret-key", bucket.secret_key,
+        "--s3-bucket", bucket.bucket,
+        env=env,
+    )  # fmt: skip
+    if up.returncode != 0:
+        raise SystemExit(f"`amq cluster up` failed: {up.stderr.strip()[-500:]}")
+    try:
+        state = json.loads((home / "cluster.json").read_text())
+        # No --bootstrap: `amq perf` reads cluster.json, so the cluster's own counters are recorded.
+        yield System("amq", state["bootstrap"], perf_env=env)
+    finally:
+        _amq("cluster", "down", env=env)
+
+
+# ---- runs --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    key: str  # column/section name
+    workload: str  # template name
+    extra: list[str] = field(default_factory=list)
+
+
+def perf(system: System, run: Run, args: argparse.Namespace, out_dir: Path) -> dict[str, Any] | None:
+    out = out_dir / f"{system.name}-{run.key}.json"
+    cmd = [
+        sys.executable, "-m", "automq_cli.main", "perf", "run", run.workload,
+        "--duration", args.duration, "--warmup", args.warmup,
+        "--json-out", str(out), "--name", run.key,
+        *system.perf_args, *run.extra,
+    ]  # fmt: skip
+    if "--bootstrap" not in system.perf_args and not system.perf_env:
+        cmd += ["--bootstrap", system.bootstrap]
+    for pid in system.pids:
+        cmd += ["--broker-pid", str(pid)]
+    print(f"\n=== {system.name}: {run.key} ===\n$ {shlex.join(cmd[1:])}", flush=True)
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **system.perf_env}, timeout=args.run_timeout)
+    if proc.returncode != 0 or not out.exists():
+        system.failures[run.key] = f"exit {proc.returncode}"
+        return None
+    result: dict[str, Any] = json.loads(out.read_text())
+    system.results[run.key] = result
+    return result
+
+
+# ---- the table ---------------------------------------------------------------------------------
+
+
+def _get(result: dict[str, Any] | None, path: str) -> float | None:
+    node: Any = result
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
+
+
+# (label, JSON path, unit, higher_is_better)
+FIGURES: list[tuple[str, str, str, bool]] = [
+    ("offered rate", "workload.producerRate", "msg/s", True),
+    ("produce", "produce.mib_per_s", "MiB/s", True),
+    ("produce", "produce.msg_per_s", "msg/s", True),
+    ("consume", "consume.mib_per_s", "MiB/s", True),
+    ("publish p50", "publish_latency_ms.p50", "ms", False),
+    ("publish p99", "publish_latency_ms.p99", "ms", False),
+    ("publish p99.9", "publish_latency_ms.p999", "ms", False),
+    ("end-to-end p50", "e2e_latency_ms.p50", "ms", False),
+    ("end-to-end p99", "e2e_latency_ms.p99", "ms", False),
+    ("catch-up read", "catch_up.read_mib_per_s", "MiB/s", True),
+    ("publish p99 before catch-up", "catch_up.publish_latency_ms_before.p99", "ms", False),
+    ("publish p99 during catch-up", "catch_up.publish_latency_ms_during.p99", "ms", False),
+    ("broker CPU", "cluster.broker_cpu_percent", "% of a core", False),
+    ("broker peak RSS", "cluster.broker_rss_bytes", "MiB", False),
+    ("S3 PUTs", "cluster.s3.put", "requests", False),
+    ("errors", "produce.errors", "", False),
+]
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "MiB" and value > 10 * MIB:
+        value = value / MIB
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.2f}"
+
+
+def render_table(runs: list[Run], systems: dict[str, System]) -> list[str]:
+    lines = ["| workload | figure | amq | Tansu-on-S3 | amq / Tansu |", "| --- | --- | ---: | ---: | ---: |"]
+    for run in runs:
+        for label, path, unit, _better in FIGURES:
+            a = _get(systems["amq"].results.get(run.key), path) if "amq" in systems else None
+            t = _get(systems["tansu"].results.get(run.key), path) if "tansu" in systems else None
+            if a is None and t is None:
+                continue
+            if path == "workload.producerRate":
+                # 0 means unthrottled: no offered rate to show.
+                a, t = (a or None), (t or None)
+            if path == "cluster.broker_rss_bytes":
+                a = a / MIB if a is not None else None
+                t = t / MIB if t is not None else None
+            ratio = f"{a / t:.2f}x" if a is not None and t else "-"
+            lines.append(
+                f"| {run.key} | {label} ({unit}) | {_fmt(a, unit)} | {_fmt(t, unit)} | {ratio} |".replace(
+                    " ()", ""
+                )
+            )
+    return lines
+
+
+def goals(systems: dict[str, System], s3_put_mib_s: float) -> list[str]:
+    amq = systems.get("amq")
+    if amq is None or "max-throughput" not in amq.results:
+        return ["- Goals not evaluated: the amq broker was not part of this run (`--peers tansu`)."]
+    out = []
+    a_max = _get(amq.results["max-throughput"], "produce.mib_per_s") or 0.0
+    t_max = (
+        _get(systems["tansu"].results.get("max-throughput"), "produce.mib_per_s")
+        if "tansu" in systems
+        else None
+    )
+    if t_max:
+        ok = a_max >= 1.5 * t_max
+        out.append(
+            f"- {'MET' if ok else 'NOT MET'}: amq max produce {a_max:.1f} MiB/s "
+            f"vs 1.5 x Tansu = {1.5 * t_max:.1f} MiB/s"
+        )
+    ok = a_max >= 0.8 * s3_put_mib_s
+    out.append(
+        f"- {'MET' if ok else 'NOT MET'}: amq max produce {a_max:.1f} MiB/s "
+        f"vs 80 % of S3 PUT = {0.8 * s3_put_mib_s:.1f} MiB/s"
+    )
+    half = amq.results.get("steady-half-max")
+    if half:
+        p99 = _get(half, "publish_latency_ms.p99") or float("inf")
+        e2e = _get(half, "e2e_latency_ms.p99") or float("inf")
+        wal = (half.get("cluster") or {}).get("wal_kind")
+        out.append(
+            f"- {'MET' if p99 <= 5 else 'NOT MET'}: publish p99 {p99:.2f} ms at half max (<= 5 ms; WAL {wal})"
+        )
+        out.append(
+            f"- {'MET' if e2e <= 10 else 'NOT MET'}: end-to-end p99 {e2e:.2f} ms at half max (<= 10 ms)"
+        )
+    rss = [_get(r, "cluster.broker_rss_bytes") for r in amq.results.values()]
+    peak = max((r for r in rss if r is not None), default=None)
+    if peak is not None:
+        out.append(
+            f"- {'MET' if peak <= GIB else 'NOT MET'}: broker peak RSS {peak / MIB:.0f} MiB (<= 1024 MiB)"
+        )
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kib / 1024 / 1024:.0f} GiB RAM"
+    return f"{os.cpu_count()} cores ({cpu}){mem}, {platform.platform()}, Python {platform.python_version()}"
+
+
+def write_section(path: Path, body: list[str]) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = "\n".join([BEGIN, *body, END])
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peers", default="amq,tansu", help="comma-separated systems to run: amq, tansu")
+    p.add_argument("--amq-bootstrap", help="a running amq cluster to benchmark (instead of starting one)")
+    p.add_argument("--amq-cluster-state", type=Path, help="its cluster.json, for metrics and broker pids")
+    p.add_argument("--amq-start", action="store_true", help="start amq with `amq cluster up` on the same S3")
+    p.add_argument("--duration", default="20s", help="measured window per run (default 20s)")
+    p.add_argument("--warmup", default="5s", help="warmup per run (default 5s)")
+    p.add_argument("--backlog", default="128MiB", help="catch-up backlog (default 128MiB)")
+    p.add_argument(
+        "--workloads",
+        default="max-throughput,steady-half-max,lowest-latency,catch-up-read",
+        help="runs, in order (steady-half-max needs max-throughput first)",
+    )
+    p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
+    p.add_argument("--results-dir", type=Path, help="keep every run's JSON here (default: a temp dir)")
+    p.add_argument("--run-timeout", type=float, default=900, help="seconds one perf run may take")
+    args = p.parse_args(argv)
+    args.systems = [s.strip() for s in args.peers.split(",") if s.strip()]
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown or not args.systems:
+        p.error(f"--peers takes {', '.join(SYSTEMS)}")
+    if "amq" in args.systems and not (args.amq_bootstrap or args.amq_start):
+        p.error("amq needs --amq-bootstrap HOST:PORT or --amq-start (or run --peers tansu)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python3 " + shlex.join(
+        ["benchmarks/side_by_side.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="amq-bench-"))
+    out_dir = args.results_dir or workdir / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.UTC)
+    runs: list[Run] = []
+    server = S3Server(workdir / "s3", bucket="bench")
+    try:
+        s3 = server.start()
+        print(f"S3 server (SeaweedFS) on {s3.url}; measuring its PUT bandwidth", flush=True)
+        put_bw = s3_put_bandwidth(s3)
+        print(f"S3 PUT bandwidth: {put_bw:.1f} MiB/s", flush=True)
+        systems: dict[str, System] = {}
+        # One system at a time, so they never compete for the 2 cores.
+        for name in [s for s in SYSTEMS if s in args.systems]:
+            ctx = amq_cluster(args, server, workdir) if name == "amq" else tansu_on_s3(server, workdir)
+            with ctx as system:
+                systems[name] = system
+                runs = run_all(system, args, systems, out_dir)
+    finally:
+        server.stop()
+    body = [
+        "## Side by side: amq vs Tansu-on-S3",
+        "",
+        f"- Date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Machine: {machine()}",
+        f"- Command: `{command}`",
+        "- Both systems on the same SeaweedFS (`weed mini`, loopback), one bucket each, "
+        "one system at a time; "
+        f"client: `amq perf run` (librdkafka {_librdkafka()}), same settings for both; each run "
+        f"{args.warmup} warmup + {args.duration} measured.",
+        f"- S3 server PUT bandwidth in this run: {put_bw:.1f} MiB/s (8 MiB objects, 4 threads).",
+        "- Workloads: templates/workloads/*.yaml; steady-half-max = steady-state at half of "
+        + ("amq's" if "amq" in systems else "Tansu's")
+        + " max-throughput rate, 1:4 fan-out.",
+        "",
+        *render_table(runs, systems),
+        "",
+        "Goals (issue 5):",
+        *goals(systems, put_bw),
+    ]
+    for system in systems.values():
+        for key, why in system.failures.items():
+            body.append(f"- {system.name} {key} did not complete ({why}).")
+    body.append("")
+    write_section(args.out, body)
+    print(f"\nwrote {args.out}")
+    if not args.results_dir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if not any(s.failures for s in systems.values()) else 1
+
+
+def _librdkafka() -> str:
+    from confluent_kafka import libversion
+
+    return str(libversion()[0])
+
+
+def run_all(system: System, args: argparse.Namespace, systems: dict[str, System], out_dir: Path) -> list[Run]:
+    runs: list[Run] = []
+    for key in [k.strip() for k in args.workloads.split(",") if k.strip()]:
+        if key == "steady-half-max":
+            # Half of amq's max rate when amq ran first, so both systems get the same offered load.
+            ref = (
+                systems.get("amq")
+                if "amq" in systems and "max-throughput" in systems["amq"].results
+                else system
+            )
+            max_rate = _get(ref.results.get("max-throughput"), "produce.msg_per_s")
+            if not max_rate:
+                print("skipping steady-half-max: no max-throughput result to halve", flush=True)
+                continue
+            run = Run(key, "steady-state", ["--rate", str(int(max_rate / 2))])
+        elif key == "catch-up-read":
+            run = Run(key, key, ["--backlog", args.backlog])
+        else:
+            run = Run(key, key)
+        runs.append(run)
+        perf(system, run, args, out_dir)
+    return runs
+
+
+if __name__ == "__main__":
+    sys.exit(main())
