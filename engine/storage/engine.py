@@ -23,7 +23,7 @@ from engine.storage.cache import BlockCache, CacheEntry, LogCache
 from engine.storage.config import StorageConfig, WalConfig
 from engine.storage.errors import FencedError, StorageError, WalCorrupt
 from engine.storage.metadata import MetadataStore, ObjectCommit, StreamRange
-from engine.storage.objects import Batch, build_object
+from engine.storage.objects import Batch, build_object, build_object_async
 from engine.storage.objectstore import ObjectStore, ObjectStoreError
 from engine.storage.reader import ObjectReader
 from engine.storage.stream import Stream
@@ -277,9 +277,8 @@ class StorageEngine:
         for kind, sids in groups:
             object_id = await self.metadata.next_object_id()
             key = f"objects/{object_id:012d}"
-            # Built off the event loop: copying tens of MiB there would stall every append behind it.
             streams = [(sid, [e.batch for e in by_stream[sid]]) for sid in sids]
-            built = await asyncio.to_thread(build_object, streams, self.config.block_size)
+            built = await build_object_async(streams, self.config.block_size)
             ranges = tuple(
                 StreamRange(
                     sid,

@@ -13,6 +13,8 @@ the blocks it needs.
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -51,13 +53,13 @@ class IndexEntry:
 
 @dataclass(frozen=True)
 class BuiltObject:
-    body: bytearray
+    body: bytes
     index: list[IndexEntry]
 
 
-def build_object(streams: Iterable[tuple[int, list[Batch]]], block_size: int = DEFAULT_BLOCK_SIZE) -> BuiltObject:
-    """Lay out blocks, index and footer. Copies batch by batch into one buffer, so that when run
-    in a worker thread the event loop gets the interpreter back between copies."""
+def _layout(
+    streams: Iterable[tuple[int, list[Batch]]], block_size: int
+) -> tuple[list[tuple[int, list[Batch]]], list[IndexEntry], int]:
     layout: list[tuple[int, list[Batch]]] = []
     index: list[IndexEntry] = []
     pos = 0
@@ -76,19 +78,68 @@ def build_object(streams: Iterable[tuple[int, list[Batch]]], block_size: int = D
             index.append(IndexEntry(stream_id, block[0].base_offset, block[-1].end_offset, pos, block_len))
             layout.append((pos, block))
             pos += block_len
-    index_bytes = b"".join(
-        INDEX_ENTRY.pack(e.stream_id, e.start_offset, e.end_offset, e.position, e.size) for e in index
-    )
-    body = bytearray(pos + len(index_bytes) + FOOTER.size)
-    for at, block in layout:
+    return layout, index, pos
+
+
+class _ObjectBuffer:
+    """A `bytes` object filled in place before anyone else sees it.
+
+    obstore hands a `bytes` body to S3 without copying it, while a bytearray or
+    memoryview costs a copy of the whole object under the interpreter lock (about
+    4 ms for 32 MiB here, stalling every WAL acknowledgement behind it). bytes(n)
+    is calloc'ed (free), and filling it with memmove can pause between blocks.
+    The buffer is never hashed or shared until it is complete.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.body = bytes(size)
+        self._addr = ctypes.cast(ctypes.c_char_p(self.body), ctypes.c_void_p).value or 0
+
+    def write(self, at: int, data: bytes | memoryview) -> None:
+        n = len(data)
+        if at < 0 or at + n > len(self.body):
+            raise StorageError("object layout overflow")
+        ctypes.memmove(self._addr + at, bytes(data) if isinstance(data, memoryview) else data, n)
+
+    def fill_block(self, at: int, block: list[Batch]) -> None:
         for b in block:
-            BATCH_HEADER.pack_into(body, at, b.base_offset, b.record_count, len(b.payload))
+            self.write(at, BATCH_HEADER.pack(b.base_offset, b.record_count, len(b.payload)))
             at += BATCH_HEADER.size
-            body[at : at + len(b.payload)] = b.payload
+            self.write(at, b.payload)
             at += len(b.payload)
-    body[pos : pos + len(index_bytes)] = index_bytes
-    FOOTER.pack_into(body, pos + len(index_bytes), pos, len(index_bytes), VERSION, MAGIC)
-    return BuiltObject(body, index)
+
+    def finish(self, index: list[IndexEntry], pos: int) -> None:
+        index_bytes = b"".join(
+            INDEX_ENTRY.pack(e.stream_id, e.start_offset, e.end_offset, e.position, e.size) for e in index
+        )
+        self.write(pos, index_bytes)
+        self.write(pos + len(index_bytes), FOOTER.pack(pos, len(index_bytes), VERSION, MAGIC))
+
+
+def build_object(streams: Iterable[tuple[int, list[Batch]]], block_size: int = DEFAULT_BLOCK_SIZE) -> BuiltObject:
+    layout, index, pos = _layout(streams, block_size)
+    buf = _ObjectBuffer(pos + len(index) * INDEX_ENTRY.size + FOOTER.size)
+    for at, block in layout:
+        buf.fill_block(at, block)
+    buf.finish(index, pos)
+    return BuiltObject(buf.body, index)
+
+
+async def build_object_async(
+    streams: Iterable[tuple[int, list[Batch]]], block_size: int = DEFAULT_BLOCK_SIZE, step: int = 1 << 20
+) -> BuiltObject:
+    """build_object on the event loop, pausing every `step` bytes so appends are acknowledged meanwhile."""
+    layout, index, pos = _layout(streams, block_size)
+    buf = _ObjectBuffer(pos + len(index) * INDEX_ENTRY.size + FOOTER.size)
+    copied = 0
+    for at, block in layout:
+        buf.fill_block(at, block)
+        copied += sum(len(b.payload) for b in block)
+        if copied >= step:
+            copied = 0
+            await asyncio.sleep(0)
+    buf.finish(index, pos)
+    return BuiltObject(buf.body, index)
 
 
 def parse_footer(tail: bytes) -> tuple[int, int]:
