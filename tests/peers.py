@@ -91,6 +91,18 @@ def tansu_binary() -> Path:
     return target
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel SIGTERMs it when the parent dies.
+
+    So a test run or benchmark killed mid-way leaves no broker or S3 server behind.
+    """
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM the process (its own session, so its group id is its pid), then SIGKILL."""
     if proc.poll() is not None:
@@ -168,6 +180,7 @@ class Tansu:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -283,7 +296,12 @@ class SeaweedS3:
         ]
         with open(self.directory / "weed.log", "ab") as log:
             self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
