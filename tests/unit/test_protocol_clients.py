@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -354,6 +356,31 @@ def test_aiokafka(broker: ToyBroker) -> None:
     _check_frames(broker.frames)
     recs = _produced(broker.frames)
     assert [r.key for r in recs] == [b"ak-%d" % i for i in range(3)] * 3
+
+
+# -- kcat ----------------------------------------------------------------------------------------------
+
+
+def test_kcat(broker: ToyBroker) -> None:
+    kcat = shutil.which("kcat") or shutil.which("kafkacat")
+    if kcat is None:
+        pytest.skip("kcat is not installed")
+    broker.client = "kcat"
+    boot = f"127.0.0.1:{broker.port}"
+    subprocess.run(
+        [kcat, "-b", boot, "-P", "-t", TOPIC, "-K", ":", "-z", "lz4", "-H", "src=kcat"],
+        input=b"kc-0:one\nkc-1:two\n", check=True, timeout=30,
+    )
+    out = subprocess.run(
+        [kcat, "-b", boot, "-C", "-t", TOPIC, "-p", "0", "-o", "beginning", "-c", "3", "-f", "%k=%s@%o\\n"],
+        check=True, timeout=30, capture_output=True,
+    ).stdout
+    assert out.decode().split() == [f"k{i}=stored-value-{i}@{i}" for i in range(3)]
+    _check_frames(broker.frames)
+    recs = _produced(broker.frames)
+    assert [(r.key, r.value, r.headers) for r in recs] == [
+        (b"kc-0", b"one", [("src", b"kcat")]), (b"kc-1", b"two", [("src", b"kcat")])
+    ]
 
 
 # -- golden frames ----------------------------------------------------------------------------------
