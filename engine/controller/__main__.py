@@ -1,0 +1,55 @@
+"""`python -m engine.controller --dir DIR --port PORT`: the controller process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from engine.controller.server import ControllerServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.controller", description="amq controller")
+    parser.add_argument("--dir", required=True, help="directory for controller.db")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9093, help="RPC port (0 = any free port)")
+    parser.add_argument("--session-timeout-ms", type=int, default=9000)
+    parser.add_argument("--port-file", help="write the bound port here once listening")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio works too
+        pass
+
+    async def run() -> None:
+        server = ControllerServer(args.dir, args.host, args.port, args.session_timeout_ms)
+        await server.start()
+        if args.port_file:
+            with open(args.port_file, "w") as f:
+                f.write(str(server.port))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    try:
+        asyncio.run(run())
+    except OSError as e:
+        print(f"controller: {e}", file=sys.stderr)
+        return 1
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The controller's RPC: length-prefixed JSON over TCP (see docs/broker.md).
+
+    request  {"id": n, "method": "create_topics", "params": {...}}
+    answer   {"id": n, "result": {...}}  or  {"id": n, "error": {"code": "...", "message": "..."}}
+
+One connection carries many requests at once; answers are matched by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct(">I")
+MAX_MESSAGE = 64 << 20
+
+
+class RpcError(Exception):
+    """The controller answered with an error, or could not be reached."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ControllerUnavailable(RpcError):
+    def __init__(self, message: str) -> None:
+        super().__init__("UNAVAILABLE", message)
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    return _LEN.pack(len(body)) + body
+
+
+async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next message, or None at a clean end of stream."""
+    try:
+        head = await reader.readexactly(4)
+    except asyncio.IncompleteReadError:
+        return None
+    (n,) = _LEN.unpack(head)
+    if n > MAX_MESSAGE:
+        raise ValueError(f"message of {n} bytes is over the limit")
+    body = await reader.readexactly(n)
+    msg = json.loads(body)
+    if not isinstance(msg, dict):
+        raise ValueError("a message must be a JSON object")
+    return msg
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+async def serve_connection(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, methods: dict[str, Handler]
+) -> None:
+    """Answer requests of one connection, each in its own task (long polls do not block the rest)."""
+    tasks: set[asyncio.Task[None]] = set()
+    lock = asyncio.Lock()
+
+    async def answer(msg: dict[str, Any]) -> None:
+        rid = msg.get("id")
+        method = methods.get(str(msg.get("method")))
+        out: dict[str, Any]
+        if method is None:
+            out = {"id": rid, "error": {"code": "UNKNOWN_METHOD", "message": f"no method {msg.get('method')!r}"}}
+        else:
+            try:
+                out = {"id": rid, "result": await method(msg.get("params") or {})}
+            except RpcError as e:
+                out = {"id": rid, "error": {"code": e.code, "message": e.message}}
+            except Exception as e:
+                log.exception("controller method %s failed", msg.get("method"))
+                out = {"id": rid, "error": {"code": "INTERNAL", "message": f"{type(e).__name__}: {e}"}}
+        async with lock:
+            writer.write(encode(out))
+            await writer.drain()
+
+    try:
+        while True:
+            try:
+                msg = await read_message(reader)
+            except (ValueError, ConnectionError) as e:
+                log.warning("dropping controller connection: %s", e)
+                break
+            if msg is None:
+                break
+            task = asyncio.get_running_loop().create_task(answer(msg))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        for t in list(tasks):
+            t.cancel()
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+class ControllerClient:
+    """A reconnecting client; calls fail with ControllerUnavailable while the controller is down."""
+
+    def __init__(self, host: str, port: int, *, connect_timeout: float = 3.0) -> None:
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._connect_lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_address(cls, address: str) -> ControllerClient:
+        host, _, port = address.rpartition(":")
+        return cls(host or "127.0.0.1", int(port))
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        async with self._connect_lock:
+            if self._writer is not None and not self._writer.is_closing():
+                return self._writer
+            if self._closed:
+                raise ControllerUnavailable("client is closed")
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), self.connect_timeout
+                )
+            except (OSError, TimeoutError) as e:
+                raise ControllerUnavailable(f"cannot reach the controller at {self.host}:{self.port}: {e}") from None
+            self._writer = writer
+            self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader, writer))
+            return writer
+
+    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                msg = await read_message(reader)
+                if msg is None:
+                    break
+                fut = self._pending.pop(msg.get("id", -1), None)
+                if fut is None or fut.done():
+                    continue
+                if "error" in msg:
+                    err = msg["error"] or {}
+                    fut.set_exception(RpcError(str(err.get("code")), str(err.get("message"))))
+                else:
+                    fut.set_result(msg.get("result"))
+        except (ValueError, ConnectionError, asyncio.IncompleteReadError) as e:
+            log.warning("controller connection lost: %s", e)
+        finally:
+            if self._writer is writer:
+                self._writer = None
+            writer.close()
+            # Requests sent on this connection will never be answered.
+            for rid, fut in list(self._pending.items()):
+                if getattr(fut, "_amq_writer", None) is writer:
+                    self._pending.pop(rid, None)
+                    if not fut.done():
+                        fut.set_exception(ControllerUnavailable("connection to the controller lost"))
+
+    async def call(self, method: str, timeout: float = 30.0, **params: Any) -> Any:
+        writer = await self._connect()
+        rid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut._amq_writer = writer  # type: ignore[attr-defined]
+        self._pending[rid] = fut
+        try:
+            writer.write(encode({"id": rid, "method": method, "params": params}))
+            await writer.drain()
+            return await asyncio.wait_for(fut, timeout)
+        except (ConnectionError, OSError) as e:
+            raise ControllerUnavailable(f"controller connection failed: {e}") from None
+        except TimeoutError:
+            raise ControllerUnavailable(f"controller did not answer {method} within {timeout:.0f}s") from None
+        finally:
+            self._pending.pop(rid, None)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+
+
+def call_sync(address: str, method: str, timeout: float = 5.0, **params: Any) -> Any:
+    """One call from synchronous code (the CLI)."""
+
+    async def run() -> Any:
+        client = ControllerClient.from_address(address)
+        try:
+            return await client.call(method, timeout=timeout, **params)
+        finally:
+            await client.close()
+
+    return asyncio.run(run())

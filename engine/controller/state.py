@@ -1,0 +1,475 @@
+"""The controller's cluster metadata: in memory for reads, written through to SQLite.
+
+Every change is a record with a version; followers (brokers) ask for the records
+after the version they have, or get a snapshot when they are too far behind
+(the record log lives in memory only: the tables are the durable state).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.controller.configs import (
+    OFFSETS_TOPIC,
+    ConfigError,
+    apply_ops,
+    collision_key,
+    validate_configs,
+    validate_topic_name,
+)
+from engine.protocol.errors import ErrorCode
+
+RESERVED_INTERNAL = frozenset({OFFSETS_TOPIC, "__transaction_state"})
+MAX_PARTITIONS_PER_REQUEST = 10_000
+LOG_KEEP = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS brokers (
+    id INTEGER PRIMARY KEY, zone TEXT NOT NULL, host TEXT NOT NULL, port INTEGER NOT NULL,
+    epoch INTEGER NOT NULL, alive INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS topics (
+    name TEXT PRIMARY KEY, id TEXT NOT NULL, internal INTEGER NOT NULL,
+    replication_factor INTEGER NOT NULL, configs TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS partitions (
+    topic TEXT NOT NULL, idx INTEGER NOT NULL, leader INTEGER NOT NULL,
+    leader_epoch INTEGER NOT NULL, stream_id INTEGER NOT NULL, PRIMARY KEY (topic, idx)
+);
+"""
+
+
+@dataclass
+class BrokerRec:
+    id: int
+    zone: str
+    host: str
+    port: int
+    epoch: int
+    alive: bool
+    last_seen: float = field(default=0.0, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "zone": self.zone, "host": self.host, "port": self.port,
+                "epoch": self.epoch, "alive": self.alive}  # fmt: skip
+
+
+@dataclass
+class PartitionRec:
+    index: int
+    leader: int
+    leader_epoch: int
+    stream_id: int
+
+
+@dataclass
+class TopicRec:
+    name: str
+    id: str
+    internal: bool
+    replication_factor: int
+    configs: dict[str, str]
+    partitions: list[PartitionRec]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "id": self.id,
+            "internal": self.internal,
+            "replication_factor": self.replication_factor,
+            "configs": dict(self.configs),
+            "partitions": [asdict(p) for p in self.partitions],
+        }
+
+
+def _result(name: str, code: ErrorCode = ErrorCode.NONE, message: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "error_code": int(code), "error_message": message, **extra}
+
+
+class ControllerState:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+        self.brokers: dict[int, BrokerRec] = {}
+        self.topics: dict[str, TopicRec] = {}
+        meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        self.cluster_id = meta.get("cluster_id") or uuid.uuid4().hex[:22]
+        self.version = int(meta.get("version", 0))
+        self.next_stream_id = int(meta.get("next_stream_id", 1))
+        self.next_producer_id = int(meta.get("next_producer_id", 1000))
+        now = time.monotonic()
+        for bid, zone, host, port, epoch, alive in self.db.execute("SELECT * FROM brokers"):
+            # A restarted controller gives every broker a fresh session before judging liveness.
+            self.brokers[bid] = BrokerRec(bid, zone, host, port, epoch, bool(alive), now)
+        for name, tid, internal, rf, configs in self.db.execute("SELECT * FROM topics"):
+            self.topics[name] = TopicRec(name, tid, bool(internal), rf, json.loads(configs), [])
+        for topic, idx, leader, epoch, sid in self.db.execute("SELECT * FROM partitions ORDER BY topic, idx"):
+            self.topics[topic].partitions.append(PartitionRec(idx, leader, epoch, sid))
+        # Followers behind this version get a snapshot: the record log is not persisted.
+        self.log_start = self.version
+        self.log: deque[tuple[int, dict[str, Any]]] = deque(maxlen=LOG_KEEP)
+        self._rr = 0
+        self._save_meta()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def _save_meta(self) -> None:
+        rows = [
+            ("cluster_id", self.cluster_id),
+            ("version", str(self.version)),
+            ("next_stream_id", str(self.next_stream_id)),
+            ("next_producer_id", str(self.next_producer_id)),
+        ]
+        self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows)
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        self.version += 1
+        self.log.append((self.version, record))
+        if len(self.log) == self.log.maxlen:
+            self.log_start = self.log[0][0] - 1
+
+    def _save_broker(self, b: BrokerRec) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO brokers VALUES (?, ?, ?, ?, ?, ?)",
+            (b.id, b.zone, b.host, b.port, b.epoch, int(b.alive)),
+        )
+        self._emit({"type": "broker", **b.to_dict()})
+
+    def _save_topic(self, t: TopicRec) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO topics VALUES (?, ?, ?, ?, ?)",
+            (t.name, t.id, int(t.internal), t.replication_factor, json.dumps(t.configs)),
+        )
+        self.db.execute("DELETE FROM partitions WHERE topic=?", (t.name,))
+        self.db.executemany(
+            "INSERT INTO partitions VALUES (?, ?, ?, ?, ?)",
+            [(t.name, p.index, p.leader, p.leader_epoch, p.stream_id) for p in t.partitions],
+        )
+        self._emit({"type": "topic", **t.to_dict()})
+
+    def _commit(self, fn: Any) -> Any:
+        """Run a mutation in one SQLite transaction; memory is rolled back by reloading on failure."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn()
+            self._save_meta()
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return out
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "cluster_id": self.cluster_id,
+            "brokers": [b.to_dict() for b in sorted(self.brokers.values(), key=lambda b: b.id)],
+            "topics": [t.to_dict() for t in self.topics.values()],
+        }
+
+    def changes_since(self, since: int) -> dict[str, Any]:
+        if since <= 0 or since < self.log_start or since > self.version:
+            return {"version": self.version, "snapshot": self.snapshot()}
+        return {"version": self.version, "records": [r for v, r in self.log if v > since]}
+
+    def alive_brokers(self) -> list[BrokerRec]:
+        return sorted((b for b in self.brokers.values() if b.alive), key=lambda b: b.id)
+
+    # --- brokers -----------------------------------------------------------------------------
+
+    def register_broker(self, broker_id: int, zone: str, host: str, port: int) -> BrokerRec:
+        def tx() -> BrokerRec:
+            old = self.brokers.get(broker_id)
+            b = BrokerRec(broker_id, zone, host, port, (old.epoch + 1) if old else 1, True, time.monotonic())
+            self.brokers[broker_id] = b
+            self._save_broker(b)
+            # A new incarnation opens its streams at a new epoch, which fences any older one.
+            for t in self.topics.values():
+                changed = False
+                for p in t.partitions:
+                    if p.leader == broker_id or p.leader < 0:
+                        p.leader = broker_id
+                        p.leader_epoch += 1
+                        changed = True
+                if changed:
+                    self._save_topic(t)
+            return b
+
+        result: BrokerRec = self._commit(tx)
+        return result
+
+    def heartbeat(self, broker_id: int, epoch: int) -> None:
+        b = self.brokers.get(broker_id)
+        if b is None:
+            raise KeyError("BROKER_ID_NOT_REGISTERED")
+        if b.epoch != epoch:
+            raise KeyError("STALE_BROKER_EPOCH")
+        b.last_seen = time.monotonic()
+        if not b.alive:
+            b.alive = True
+            self._commit(lambda: self._save_broker(b))
+
+    def set_alive(self, broker_id: int, alive: bool, epoch: int | None = None) -> bool:
+        b = self.brokers.get(broker_id)
+        if b is None or b.alive == alive or (epoch is not None and b.epoch != epoch):
+            return False
+        b.alive = alive
+        self._commit(lambda: self._save_broker(b))
+        return True
+
+    def expire(self, session_timeout_s: float) -> list[int]:
+        now = time.monotonic()
+        dead = [b.id for b in self.brokers.values() if b.alive and now - b.last_seen > session_timeout_s]
+        for bid in dead:
+            self.set_alive(bid, False)
+        return dead
+
+    # --- topics ------------------------------------------------------------------------------
+
+    def _place(self, count: int) -> list[int]:
+        alive = self.alive_brokers()
+        out = []
+        for _ in range(count):
+            out.append(alive[self._rr % len(alive)].id if alive else -1)
+            self._rr += 1
+        return out
+
+    def _new_partitions(self, leaders: list[int], first_index: int) -> list[PartitionRec]:
+        parts = []
+        for i, leader in enumerate(leaders):
+            parts.append(PartitionRec(first_index + i, leader, 0, self.next_stream_id))
+            self.next_stream_id += 1
+        return parts
+
+    def _check_assignments(self, assignments: list[list[int]]) -> list[int]:
+        leaders = []
+        for replicas in assignments:
+            if not replicas or len(set(replicas)) != len(replicas):
+                raise ConfigError(ErrorCode.INVALID_REPLICA_ASSIGNMENT, "a partition needs distinct broker ids")
+            unknown = [r for r in replicas if r not in self.brokers]
+            if unknown:
+                raise ConfigError(ErrorCode.INVALID_REPLICA_ASSIGNMENT, f"unknown broker ids {unknown}")
+            leaders.append(replicas[0])
+        return leaders
+
+    def _validate_new_topic(self, spec: dict[str, Any], internal: bool, pending: set[str]) -> TopicRec:
+        name = spec.get("name")
+        validate_topic_name(name)
+        assert isinstance(name, str)
+        if name in self.topics or name in pending:
+            raise ConfigError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
+        if not internal and name in RESERVED_INTERNAL:
+            raise ConfigError(ErrorCode.INVALID_REQUEST, f"creation of internal topic {name} is prohibited")
+        key = collision_key(name)
+        for other in [*self.topics, *pending]:
+            if collision_key(other) == key:
+                raise ConfigError(
+                    ErrorCode.INVALID_TOPIC_EXCEPTION,
+                    f"topic {name!r} collides with existing topic {other!r} ('.' and '_' are the same in metrics)",
+                )
+        n = int(spec.get("num_partitions", 1))
+        rf = int(spec.get("replication_factor", 1))
+        assignments = spec.get("assignments") or {}
+        if assignments:
+            if n != -1 or rf != -1:
+                raise ConfigError(
+                    ErrorCode.INVALID_REQUEST,
+                    "both num_partitions/replication_factor and replica assignments were given",
+                )
+            indices = sorted(int(i) for i in assignments)
+            if indices != list(range(len(indices))):
+                raise ConfigError(ErrorCode.INVALID_REPLICA_ASSIGNMENT, "partitions must be numbered 0..n-1")
+            leaders = self._check_assignments([list(assignments[str(i)]) for i in indices])
+            rf = len(assignments[str(indices[0])])
+            n = len(indices)
+        else:
+            if n <= 0:
+                raise ConfigError(ErrorCode.INVALID_PARTITIONS, f"number of partitions must be positive, got {n}")
+            if n > MAX_PARTITIONS_PER_REQUEST:
+                raise ConfigError(
+                    ErrorCode.INVALID_PARTITIONS, f"{n} partitions is over the limit of {MAX_PARTITIONS_PER_REQUEST}"
+                )
+            if rf <= 0 or rf > 32767:
+                raise ConfigError(ErrorCode.INVALID_REPLICATION_FACTOR, f"replication factor {rf} is not positive")
+            alive = len(self.alive_brokers())
+            if rf > alive:
+                raise ConfigError(
+                    ErrorCode.INVALID_REPLICATION_FACTOR,
+                    f"replication factor {rf} is larger than the number of available brokers ({alive})",
+                )
+            leaders = []
+        configs = validate_configs({str(k): v for k, v in (spec.get("configs") or {}).items()})
+        # Stream ids are taken only when the topic is really created.
+        t = TopicRec(name, str(uuid.uuid4()), internal, rf, configs, [])
+        t.partitions = [PartitionRec(i, leader, 0, -1) for i, leader in enumerate(leaders or [-2] * n)]
+        return t
+
+    def create_topics(self, specs: list[dict[str, Any]], validate_only: bool, internal: bool) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        created: list[TopicRec] = []
+        pending: set[str] = set()
+        for spec in specs:
+            name = str(spec.get("name"))
+            try:
+                t = self._validate_new_topic(spec, internal, pending)
+            except ConfigError as e:
+                results.append(_result(name, e.code, str(e)))
+                continue
+            pending.add(name)
+            created.append(t)
+            results.append(_result(name, topic=None))
+        if validate_only or not created:
+            for r in results:
+                if r["error_code"] == 0:
+                    r["topic"] = None
+            return results
+
+        def tx() -> None:
+            for t in created:
+                leaders = [p.leader for p in t.partitions]
+                if leaders and leaders[0] == -2:
+                    leaders = self._place(len(leaders))
+                t.partitions = self._new_partitions(leaders, 0)
+                self.topics[t.name] = t
+                self._save_topic(t)
+
+        try:
+            self._commit(tx)
+        except BaseException:
+            for t in created:
+                self.topics.pop(t.name, None)
+            raise
+        by_name = {t.name: t for t in created}
+        for r in results:
+            if r["name"] in by_name:
+                r["topic"] = by_name[r["name"]].to_dict()
+        return results
+
+    def delete_topics(self, names: list[str]) -> list[dict[str, Any]]:
+        results = []
+        doomed: list[TopicRec] = []
+        for name in names:
+            t = self.topics.get(name)
+            if t is None:
+                results.append(_result(name, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist"))
+            elif t.internal:
+                results.append(_result(name, ErrorCode.INVALID_REQUEST, f"internal topic {name} cannot be deleted"))
+            elif t in doomed:
+                results.append(_result(name, topic_id=t.id))
+            else:
+                doomed.append(t)
+                results.append(_result(name, topic_id=t.id))
+
+        def tx() -> None:
+            for t in doomed:
+                self.db.execute("DELETE FROM topics WHERE name=?", (t.name,))
+                self.db.execute("DELETE FROM partitions WHERE topic=?", (t.name,))
+                del self.topics[t.name]
+                self._emit({"type": "topic_deleted", "name": t.name, "id": t.id})
+
+        if doomed:
+            self._commit(tx)
+        return results
+
+    def create_partitions(self, specs: list[dict[str, Any]], validate_only: bool) -> list[dict[str, Any]]:
+        results = []
+        grow: list[tuple[TopicRec, int, list[int]]] = []
+        for spec in specs:
+            name = str(spec.get("name"))
+            try:
+                t = self.topics.get(name)
+                if t is None:
+                    raise ConfigError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist")
+                if t.internal:
+                    raise ConfigError(ErrorCode.INVALID_REQUEST, f"internal topic {name} cannot be changed")
+                count = int(spec.get("count", 0))
+                have = len(t.partitions)
+                if count <= have:
+                    raise ConfigError(
+                        ErrorCode.INVALID_PARTITIONS,
+                        f"topic {name} has {have} partitions, which is not fewer than the requested {count}",
+                    )
+                if count - have > MAX_PARTITIONS_PER_REQUEST:
+                    raise ConfigError(ErrorCode.INVALID_PARTITIONS, f"{count} partitions is over the limit")
+                assignments = spec.get("assignments")
+                if assignments:
+                    if len(assignments) != count - have:
+                        raise ConfigError(
+                            ErrorCode.INVALID_REPLICA_ASSIGNMENT,
+                            f"{len(assignments)} assignments given for {count - have} new partitions",
+                        )
+                    leaders = self._check_assignments([list(a) for a in assignments])
+                else:
+                    if not self.alive_brokers():
+                        raise ConfigError(ErrorCode.INVALID_REPLICATION_FACTOR, "no broker is available")
+                    leaders = []
+                grow.append((t, count, leaders))
+                results.append(_result(name))
+            except ConfigError as e:
+                results.append(_result(name, e.code, str(e)))
+        if validate_only or not grow:
+            return results
+
+        def tx() -> None:
+            for t, count, leaders in grow:
+                have = len(t.partitions)
+                t.partitions.extend(self._new_partitions(leaders or self._place(count - have), have))
+                self._save_topic(t)
+
+        self._commit(tx)
+        return results
+
+    def alter_configs(
+        self, resources: list[dict[str, Any]], incremental: bool, validate_only: bool
+    ) -> list[dict[str, Any]]:
+        results = []
+        changes: list[tuple[TopicRec, dict[str, str]]] = []
+        for res in resources:
+            name = str(res.get("name"))
+            try:
+                t = self.topics.get(name)
+                if t is None:
+                    raise ConfigError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist")
+                changes.append((t, apply_ops(t.configs, list(res.get("ops") or []), incremental)))
+                results.append(_result(name))
+            except ConfigError as e:
+                results.append(_result(name, e.code, str(e)))
+        if validate_only or not changes:
+            return results
+
+        def tx() -> None:
+            for t, configs in changes:
+                t.configs = configs
+                self._save_topic(t)
+
+        self._commit(tx)
+        return results
+
+    # --- producer ids ------------------------------------------------------------------------
+
+    def alloc_producer_ids(self, count: int) -> int:
+        count = max(1, min(count, 1_000_000))
+
+        def tx() -> int:
+            first = self.next_producer_id
+            self.next_producer_id += count
+            return first
+
+        result: int = self._commit(tx)
+        return result
