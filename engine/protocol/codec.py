@@ -68,18 +68,30 @@ def decode_request(frame_data: Buffer) -> Request:
         header, pos = parse_request_header(buf)
     except _DECODE_ERRORS as e:
         raise CorruptRequest(f"bad request header: {e}") from None
+    decode = _request_decoders.get((header.api_key, header.api_version))
+    if decode is None:
+        decode = _request_decoder(header)
+    try:
+        body, _ = decode(buf, pos)
+    except _DECODE_ERRORS as e:
+        raise CorruptRequest(
+            f"bad {type(e).__name__} in api {header.api_key} v{header.api_version} request body: {e}", header
+        ) from None
+    return Request(header, body)
+
+
+_request_decoders: dict[tuple[int, int], codegen.Decoder] = {}
+
+
+def _request_decoder(header: RequestHeader) -> codegen.Decoder:
     spec = SUPPORTED_APIS.get(header.api_key)
     if spec is None:
         raise UnknownApiKey(header.api_key, header)
     if not spec.supports(header.api_version):
         raise UnsupportedVersion(header.api_key, header.api_version, header)
-    try:
-        body, _ = codegen.decoder(f"{spec.name}Request", header.api_version)(buf, pos)
-    except _DECODE_ERRORS as e:
-        raise CorruptRequest(
-            f"bad {spec.name} v{header.api_version} request body: {e}", header
-        ) from None
-    return Request(header, body)
+    decode = codegen.decoder(f"{spec.name}Request", header.api_version)
+    _request_decoders[(header.api_key, header.api_version)] = decode
+    return decode
 
 
 def encode_body(body: AnyRequest | AnyResponse, version: int) -> list[Buffer]:

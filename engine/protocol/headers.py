@@ -6,9 +6,11 @@ import struct
 from dataclasses import dataclass
 
 from engine.protocol._wire import INT16, INT32, Buffer, skip_tagged_fields
-from engine.protocol.apis import request_header_version, response_header_version
+from engine.protocol.apis import SUPPORTED_APIS, request_header_version, response_header_version
 
 _HEAD = struct.Struct(">hhi")
+# Header v2 from this version on, by api key (same rule as apis.request_header_version).
+_FIRST_FLEXIBLE = {int(k): s.first_flexible for k, s in SUPPORTED_APIS.items() if s.first_flexible is not None}
 
 
 @dataclass(slots=True)
@@ -28,23 +30,25 @@ def parse_request_header(frame: Buffer) -> tuple[RequestHeader, int]:
     ``codec.decode_request`` for typed errors.
     """
     api_key, api_version, correlation_id = _HEAD.unpack_from(frame, 0)
-    hv = request_header_version(api_key, api_version)
-    header = RequestHeader(api_key, api_version, correlation_id, None, hv)
-    pos = 8
-    if hv >= 1:
-        # client_id is a legacy (non-compact) nullable string even in header v2, so that
-        # any broker can read it before knowing whether the api version is flexible.
-        (n,) = INT16.unpack_from(frame, pos)
-        pos += 2
-        if n >= 0:
-            end = pos + n
-            if end > len(frame):
-                raise ValueError("client_id runs past the end of the frame")
-            header.client_id = str(frame[pos:end], "utf-8")
-            pos = end
-    if hv >= 2:
-        pos = skip_tagged_fields(frame, pos)
-    return header, pos
+    first_flexible = _FIRST_FLEXIBLE.get(api_key)
+    hv = 2 if first_flexible is not None and api_version >= first_flexible else 1
+    # client_id is a legacy (non-compact) nullable string even in header v2, so that any
+    # broker can read it before knowing whether the api version is flexible.
+    (n,) = INT16.unpack_from(frame, 8)
+    if n < 0:
+        client_id = None
+        pos = 10
+    else:
+        pos = 10 + n
+        if pos > len(frame):
+            raise ValueError("client_id runs past the end of the frame")
+        client_id = str(frame[10:pos], "utf-8")
+    if hv == 2:
+        if frame[pos]:
+            pos = skip_tagged_fields(frame, pos)
+        else:
+            pos += 1
+    return RequestHeader(api_key, api_version, correlation_id, client_id, hv), pos
 
 
 def peek_api(frame: Buffer) -> tuple[int, int, int]:
