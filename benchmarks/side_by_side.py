@@ -303,6 +303,22 @@ def goals(systems: dict[str, System], s3_put_mib_s: float) -> list[str]:
     return out
 
 
+def overload_notes(runs: list[Run], systems: dict[str, System]) -> list[str]:
+    """Runs where a system fell short of the offered rate: their latencies are client queueing time."""
+    notes = []
+    for run in runs:
+        for system in systems.values():
+            result = system.results.get(run.key)
+            offered = _get(result, "workload.producerRate")
+            achieved = _get(result, "produce.msg_per_s")
+            if offered and achieved is not None and achieved < 0.9 * offered:
+                notes.append(
+                    f"- {system.name} {run.key}: offered {offered:,.0f} msg/s, acknowledged {achieved:,.0f} "
+                    "(overloaded: its latencies are mostly time spent queued in the client)."
+                )
+    return (["", "Runs that could not keep up:", *notes]) if notes else []
+
+
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError):
@@ -342,8 +358,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backlog", default="128MiB", help="catch-up backlog (default 128MiB)")
     p.add_argument(
         "--workloads",
-        default="max-throughput,steady-half-max,lowest-latency,catch-up-read",
-        help="runs, in order (steady-half-max needs max-throughput first)",
+        default="max-throughput,steady-half-max,steady-1k,lowest-latency,catch-up-read",
+        help="runs, in order (steady-half-max needs max-throughput first; steady-<N>k = steady-state at N,000/s)",
     )
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
     p.add_argument("--results-dir", type=Path, help="keep every run's JSON here (default: a temp dir)")
@@ -403,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         "Goals (issue 5):",
         *goals(systems, put_bw),
     ]
+    body += overload_notes(runs, systems)
     for system in systems.values():
         for key, why in system.failures.items():
             body.append(f"- {system.name} {key} did not complete ({why}).")
@@ -435,6 +452,9 @@ def run_all(system: System, args: argparse.Namespace, systems: dict[str, System]
                 print("skipping steady-half-max: no max-throughput result to halve", flush=True)
                 continue
             run = Run(key, "steady-state", ["--rate", str(int(max_rate / 2))])
+        elif key.startswith("steady-") and key.endswith("k") and key[7:-1].isdigit():
+            # A fixed offered load both systems can sustain, so latencies compare like with like.
+            run = Run(key, "steady-state", ["--rate", f"{int(key[7:-1]) * 1000}"])
         elif key == "catch-up-read":
             run = Run(key, key, ["--backlog", args.backlog])
         else:
