@@ -1,0 +1,143 @@
+"""The broker's one typed configuration: defaults, YAML/JSON loading, Kafka names for DescribeConfigs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.storage.config import StorageConfig, WalConfig
+from engine.storage.objectstore import ObjectStoreConfig
+
+
+class BrokerConfigError(ValueError):
+    pass
+
+
+@dataclass
+class S3Settings:
+    endpoint: str = ""
+    bucket: str = "amq"
+    access_key: str = ""
+    secret_key: str = ""
+    region: str = "us-east-1"
+    prefix: str = ""
+
+    def object_store(self) -> ObjectStoreConfig:
+        return ObjectStoreConfig(
+            endpoint=self.endpoint,
+            bucket=self.bucket,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            region=self.region,
+            prefix=self.prefix,
+        )
+
+
+@dataclass
+class BrokerConfig:
+    node_id: int = 0
+    zone: str = "az1"
+    #: Address the listener binds; also what Metadata advertises unless advertised_host is set.
+    host: str = "127.0.0.1"
+    port: int = 9092  # 0 = any free port
+    advertised_host: str = ""
+    #: host:port of the controller's RPC.
+    controller: str = "127.0.0.1:9093"
+    #: Port of the HTTP metrics endpoint (GET /metrics); 0 = any free port, -1 = off.
+    metrics_port: int = 0
+    #: Directory for this broker's files (WAL, storage metadata unless storage_metadata_path is set).
+    data_dir: str = ""
+    storage_metadata_path: str = ""
+    auto_create_topics_enable: bool = True
+    num_partitions: int = 1
+    default_replication_factor: int = 1
+    offsets_topic_num_partitions: int = 50
+    message_max_bytes: int = 1048588
+    socket_request_max_bytes: int = 100 * 1024 * 1024
+    heartbeat_interval_ms: int = 1000
+    #: Producer ids are taken from the controller in blocks of this size.
+    producer_id_block: int = 1000
+    s3: S3Settings = field(default_factory=S3Settings)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    @property
+    def advertised(self) -> str:
+        return self.advertised_host or self.host
+
+    @property
+    def metadata_path(self) -> Path:
+        if self.storage_metadata_path:
+            return Path(self.storage_metadata_path)
+        return Path(self.data_dir or ".") / "metadata.db"
+
+    # --- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> BrokerConfig:
+        raw = {k.replace(".", "_").replace("-", "_"): v for k, v in raw.items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise BrokerConfigError(f"unknown broker settings: {', '.join(unknown)}")
+        s3 = raw.pop("s3", None) or {}
+        storage = raw.pop("storage", None) or {}
+        try:
+            wal = WalConfig(**(storage.pop("wal", None) or {}))
+            cfg = cls(**raw, s3=S3Settings(**s3), storage=StorageConfig(wal=wal, **storage))
+        except TypeError as e:
+            raise BrokerConfigError(f"bad broker settings: {e}") from None
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> BrokerConfig:
+        text = Path(path).read_text()
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise BrokerConfigError(f"{path}: expected a mapping of settings")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def validate(self) -> None:
+        if self.num_partitions < 1:
+            raise BrokerConfigError(f"num_partitions must be at least 1, got {self.num_partitions}")
+        if self.default_replication_factor < 1:
+            raise BrokerConfigError("default_replication_factor must be at least 1")
+        if self.offsets_topic_num_partitions < 1:
+            raise BrokerConfigError("offsets_topic_num_partitions must be at least 1")
+        if not 0 <= self.port <= 65535:
+            raise BrokerConfigError(f"port {self.port} is not a TCP port")
+        if ":" not in self.controller:
+            raise BrokerConfigError(f"controller must be host:port, got {self.controller!r}")
+
+    # --- as Kafka names them (DescribeConfigs on the broker resource) ---------------------------
+
+    def kafka_configs(self, bound_port: int) -> dict[str, tuple[str, int]]:
+        """name -> (value, DescribeConfigs config_type)."""
+        listener = f"PLAINTEXT://{self.host}:{bound_port}"
+        return {
+            "broker.id": (str(self.node_id), 3),
+            "broker.rack": (self.zone, 2),
+            "listeners": (listener, 7),
+            "advertised.listeners": (f"PLAINTEXT://{self.advertised}:{bound_port}", 7),
+            "auto.create.topics.enable": (str(self.auto_create_topics_enable).lower(), 1),
+            "num.partitions": (str(self.num_partitions), 3),
+            "default.replication.factor": (str(self.default_replication_factor), 3),
+            "offsets.topic.num.partitions": (str(self.offsets_topic_num_partitions), 3),
+            "message.max.bytes": (str(self.message_max_bytes), 3),
+            "socket.request.max.bytes": (str(self.socket_request_max_bytes), 3),
+            "log.message.timestamp.type": ("CreateTime", 2),
+            "min.insync.replicas": ("1", 3),
+            "delete.topic.enable": ("true", 1),
+            "wal.kind": (self.storage.wal.kind, 2),
+        }

@@ -1,0 +1,68 @@
+"""Handler discovery: every module of engine/broker/handlers with API_KEY and handle().
+
+No registry to edit: a new API is a new file. A module that fails to import is
+logged and skipped, so one broken handler does not take the broker down.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from engine.broker import handlers
+from engine.protocol import SUPPORTED_APIS, ApiKey
+from engine.protocol.messages import ApiVersionsResponse
+
+log = logging.getLogger(__name__)
+
+Handle = Callable[[Any, Any], Awaitable[Any]]
+
+
+class DuplicateHandler(RuntimeError):
+    pass
+
+
+def discover(package: Any = handlers) -> dict[int, Handle]:
+    found: dict[int, Handle] = {}
+    owners: dict[int, str] = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        name = f"{package.__name__}.{info.name}"
+        try:
+            module = importlib.import_module(name)
+        except Exception:
+            log.exception("handler module %s failed to import; its API is not served", name)
+            continue
+        key = getattr(module, "API_KEY", None)
+        handle = getattr(module, "handle", None)
+        if key is None or handle is None:
+            continue
+        if int(key) not in SUPPORTED_APIS:
+            log.error("handler module %s serves api key %s, which the codec does not know", name, key)
+            continue
+        if int(key) in found:
+            raise DuplicateHandler(f"api key {int(key)} is handled by both {owners[int(key)]} and {name}")
+        found[int(key)] = handle
+        owners[int(key)] = name
+    return found
+
+
+class Dispatcher:
+    def __init__(self) -> None:
+        self.handlers = discover()
+        missing = sorted(ApiKey(k).name for k in SUPPORTED_APIS if k not in self.handlers)
+        if missing:
+            log.info("APIs without a handler (not advertised): %s", ", ".join(missing))
+
+    def get(self, api_key: int) -> Handle | None:
+        return self.handlers.get(api_key)
+
+    def api_versions(self) -> list[ApiVersionsResponse.ApiVersion]:
+        """What ApiVersions advertises: the codec's ranges of the APIs that have a handler."""
+        return [
+            ApiVersionsResponse.ApiVersion(int(s.key), s.min_version, s.max_version)
+            for s in SUPPORTED_APIS.values()
+            if int(s.key) in self.handlers
+        ]

@@ -1,0 +1,29 @@
+"""Errors handlers answer with, and how storage errors map to Kafka's codes."""
+
+from __future__ import annotations
+
+from engine.protocol.errors import ErrorCode
+from engine.storage.errors import FencedError, OffsetOutOfRange, StorageError, StreamClosed
+
+
+class BrokerError(Exception):
+    """A request that fails with a Kafka error code (answered, not a crash)."""
+
+    def __init__(self, error_code: ErrorCode, message: str = "") -> None:
+        super().__init__(message or error_code.name)
+        self.error_code = error_code
+
+
+def error_code_for(exc: BaseException) -> ErrorCode:
+    if isinstance(exc, BrokerError):
+        return exc.error_code
+    if isinstance(exc, OffsetOutOfRange):
+        return ErrorCode.OFFSET_OUT_OF_RANGE
+    if isinstance(exc, (FencedError, StreamClosed)):
+        # Another leader (or a newer incarnation) owns the partition now: the client refreshes metadata.
+        return ErrorCode.NOT_LEADER_OR_FOLLOWER
+    if isinstance(exc, StorageError):
+        return ErrorCode.KAFKA_STORAGE_ERROR
+    if isinstance(exc, TimeoutError):
+        return ErrorCode.REQUEST_TIMED_OUT
+    return ErrorCode.UNKNOWN_SERVER_ERROR

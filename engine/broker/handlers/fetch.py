@@ -1,0 +1,112 @@
+"""Fetch: batches as stored, long poll until min_bytes or max_wait, within max_bytes limits.
+
+No transactions, so read_committed and read_uncommitted both read up to the high
+watermark (the end of what the WAL has made durable), which is also the last stable
+offset. No fetch sessions either: session id 0 tells clients to send full fetches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from engine.broker.context import RequestContext
+from engine.broker.errors import BrokerError, error_code_for
+from engine.broker.partition import Partition
+from engine.protocol import ApiKey, ErrorCode
+from engine.protocol.messages import FetchRequest, FetchResponse
+from engine.storage.errors import StorageError
+
+API_KEY = ApiKey.FETCH
+PartitionData = FetchResponse.PartitionData
+
+
+async def _read(
+    ctx: RequestContext, request: FetchRequest
+) -> tuple[FetchResponse, int, bool, list[tuple[Partition, int]]]:
+    """One pass over the requested partitions: (response, bytes, any error, partitions to wait on)."""
+    b = ctx.broker
+    out = FetchResponse(session_id=0)
+    remaining = request.max_bytes if request.max_bytes > 0 else 0x7FFFFFFF
+    total = 0
+    errors = False
+    waits: list[tuple[Partition, int]] = []
+    committed = request.isolation_level == 1
+    for ft in request.topics:
+        tr = FetchResponse.FetchableTopicResponse(topic=ft.topic)
+        out.responses.append(tr)
+        for fp in ft.partitions:
+            pd = PartitionData(
+                partition_index=fp.partition,
+                high_watermark=-1,
+                last_stable_offset=-1,
+                log_start_offset=-1,
+                aborted_transactions=[] if committed else None,
+                records=b"",
+            )
+            tr.partitions.append(pd)
+            try:
+                part = await b.partition(ft.topic, fp.partition)
+                part.check_leader_epoch(fp.current_leader_epoch)
+                stream = part.ready
+                hw = stream.end_offset
+                pd.high_watermark = hw
+                pd.last_stable_offset = hw
+                pd.log_start_offset = stream.start_offset
+                offset = fp.fetch_offset
+                if offset < stream.start_offset or offset > hw:
+                    raise BrokerError(
+                        ErrorCode.OFFSET_OUT_OF_RANGE, f"offset {offset} is outside [{stream.start_offset}, {hw}]"
+                    )
+                if offset == hw:
+                    waits.append((part, offset))
+                    continue
+                limit = min(fp.partition_max_bytes, remaining) if fp.partition_max_bytes > 0 else remaining
+                batches = await stream.read(offset, max(limit, 1))
+                chosen: list[bytes] = []
+                size = 0
+                for batch in batches:
+                    n = len(batch.payload)
+                    # KIP-74: the first batch of the response goes out whatever its size, so a
+                    # consumer always makes progress; later ones only within both limits.
+                    if (total or chosen) and size + n > limit:
+                        break
+                    chosen.append(batch.payload)
+                    size += n
+                if chosen:
+                    pd.records = chosen  # type: ignore[assignment]
+                    total += size
+                    remaining -= size
+                    offset = batches[len(chosen) - 1].end_offset
+                waits.append((part, offset))
+            except (BrokerError, StorageError) as e:
+                pd.error_code = int(error_code_for(e))
+                errors = True
+    return out, total, errors, waits
+
+
+async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
+    if request.session_id != 0:
+        return FetchResponse(error_code=ErrorCode.FETCH_SESSION_ID_NOT_FOUND, session_id=0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(request.max_wait_ms, 0) / 1000
+    min_bytes = max(request.min_bytes, 1)
+    while True:
+        out, total, errors, waits = await _read(ctx, request)
+        left = deadline - loop.time()
+        if total >= min_bytes or errors or left <= 0 or not waits:
+            ctx.broker.counters["fetch_bytes"] += total
+            return out
+        # Long poll: until any partition without data gets some, or max_wait runs out.
+        tasks = [loop.create_task(p.ready.wait_for_data(off, left)) for p, off in waits]
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            if done and not any(t.result() for t in done if not t.cancelled() and t.exception() is None):
+                # A stream that stopped taking data (closed, fenced) answers at once: do not spin on it.
+                await asyncio.sleep(min(0.05, max(deadline - loop.time(), 0)))
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t

@@ -1,0 +1,100 @@
+"""Produce: record batch v2 appended as sent (only offsets, leader epoch and LogAppendTime patched).
+
+acks=1 and acks=all both answer once the WAL says durable: there is one copy, the
+WAL (then S3), so "the leader has it" and "every replica has it" are the same moment.
+acks=0 gets no answer at all, so its appends are not waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from engine.broker.context import RequestContext
+from engine.broker.errors import BrokerError, error_code_for
+from engine.broker.partition import AppendResult
+from engine.protocol import ApiKey, CorruptRecords, ErrorCode
+from engine.protocol.messages import ProduceRequest, ProduceResponse
+from engine.protocol.records import read_batches
+from engine.storage.errors import StorageError
+
+API_KEY = ApiKey.PRODUCE
+log = logging.getLogger(__name__)
+
+PartitionResponse = ProduceResponse.PartitionProduceResponse
+
+
+def _fail(resp: PartitionResponse, code: ErrorCode, message: str | None) -> None:
+    resp.error_code = int(code)
+    resp.error_message = message
+    resp.base_offset = -1
+
+
+async def handle(ctx: RequestContext, request: ProduceRequest) -> ProduceResponse:
+    b = ctx.broker
+    now_ms = int(time.time() * 1000)
+    out = ProduceResponse()
+    pending: list[tuple[PartitionResponse, AppendResult]] = []
+    bad_request: tuple[ErrorCode, str] | None = None
+    if request.acks not in (0, 1, -1):
+        bad_request = (ErrorCode.INVALID_REQUIRED_ACKS, f"acks must be 0, 1 or -1, got {request.acks}")
+    elif request.transactional_id is not None:
+        bad_request = (ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "transactions are not supported")
+    for td in request.topic_data:
+        tr = ProduceResponse.TopicProduceResponse(name=td.name)
+        out.responses.append(tr)
+        topic = b.topic(td.name)
+        for pd in td.partition_data:
+            resp = PartitionResponse(index=pd.index, base_offset=-1, log_append_time_ms=-1, log_start_offset=-1)
+            tr.partition_responses.append(resp)
+            if bad_request is not None:
+                _fail(resp, *bad_request)
+                continue
+            try:
+                part = await b.partition(td.name, pd.index)
+                if pd.records is None or len(pd.records) == 0:
+                    raise CorruptRecords("no records")
+                records = pd.records if isinstance(pd.records, memoryview) else memoryview(bytearray(pd.records))
+                batches = read_batches(records)
+                limit = int(topic.config("max.message.bytes")) if topic is not None else b.config.message_max_bytes
+                for rb in batches:
+                    if rb.size > limit:
+                        raise BrokerError(
+                            ErrorCode.MESSAGE_TOO_LARGE, f"batch of {rb.size} bytes is over max.message.bytes {limit}"
+                        )
+                result = part.append(records, batches, now_ms)
+                b.counters["produce_bytes"] += len(records)
+                b.counters["produce_batches"] += len(batches)
+                resp.log_start_offset = part.log_start_offset
+                resp.base_offset = result.base_offset
+                resp.log_append_time_ms = result.log_append_time
+                pending.append((resp, result))
+            except CorruptRecords as e:
+                _fail(resp, e.error_code, str(e))
+            except (BrokerError, StorageError) as e:
+                _fail(resp, error_code_for(e), str(e))
+    if request.acks == 0:
+        for _, result in pending:
+            result.done.add_done_callback(_swallow)
+        return out
+    if pending:
+        timeout = max(request.timeout_ms, 1) / 1000
+        futures = [asyncio.shield(r.done) for _, r in pending]
+        done, _ = await asyncio.wait(futures, timeout=timeout)
+        for (resp, result), fut in zip(pending, futures, strict=True):
+            if fut not in done:
+                _fail(resp, ErrorCode.REQUEST_TIMED_OUT, f"not durable within {request.timeout_ms} ms")
+                result.done.add_done_callback(_swallow)
+            elif fut.exception() is not None:
+                exc = fut.exception()
+                assert exc is not None
+                _fail(resp, error_code_for(exc), str(exc))
+            else:
+                resp.base_offset = fut.result()
+    return out
+
+
+def _swallow(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("unacknowledged append failed: %s", fut.exception())

@@ -1,0 +1,107 @@
+"""The broker's copy of the controller's metadata, kept current by following its version log."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.controller.configs import TOPIC_CONFIGS
+
+
+@dataclass(slots=True)
+class BrokerInfo:
+    id: int
+    zone: str
+    host: str
+    port: int
+    epoch: int
+    alive: bool
+
+
+@dataclass(slots=True)
+class PartitionInfo:
+    index: int
+    leader: int
+    leader_epoch: int
+    stream_id: int
+
+
+@dataclass(slots=True)
+class TopicInfo:
+    name: str
+    id: uuid.UUID
+    internal: bool
+    replication_factor: int
+    configs: dict[str, str]
+    partitions: list[PartitionInfo] = field(default_factory=list)
+
+    def config(self, name: str) -> str:
+        if name in self.configs:
+            return self.configs[name]
+        return TOPIC_CONFIGS[name].default or ""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TopicInfo:
+        return cls(
+            name=d["name"],
+            id=uuid.UUID(d["id"]),
+            internal=bool(d.get("internal")),
+            replication_factor=int(d.get("replication_factor", 1)),
+            configs=dict(d.get("configs") or {}),
+            partitions=[
+                PartitionInfo(int(p["index"]), int(p["leader"]), int(p["leader_epoch"]), int(p["stream_id"]))
+                for p in d.get("partitions") or []
+            ],
+        )
+
+
+class MetadataImage:
+    def __init__(self) -> None:
+        self.version = 0
+        self.cluster_id = ""
+        self.brokers: dict[int, BrokerInfo] = {}
+        self.topics: dict[str, TopicInfo] = {}
+        self.topics_by_id: dict[uuid.UUID, TopicInfo] = {}
+
+    def apply(self, changes: dict[str, Any]) -> set[str]:
+        """Apply a `metadata` RPC answer; returns the names of topics that changed or went away."""
+        touched: set[str] = set()
+        snap = changes.get("snapshot")
+        if snap is not None:
+            touched |= set(self.topics)
+            self.cluster_id = snap.get("cluster_id") or self.cluster_id
+            self.brokers = {}
+            self.topics = {}
+            self.topics_by_id = {}
+            for b in snap.get("brokers") or []:
+                self._broker(b)
+            for t in snap.get("topics") or []:
+                touched.add(self._topic(t))
+        for rec in changes.get("records") or []:
+            kind = rec.get("type")
+            if kind == "broker":
+                self._broker(rec)
+            elif kind == "topic":
+                touched.add(self._topic(rec))
+            elif kind == "topic_deleted":
+                old = self.topics.pop(rec["name"], None)
+                if old is not None:
+                    self.topics_by_id.pop(old.id, None)
+                touched.add(rec["name"])
+        self.version = int(changes.get("version", self.version))
+        return touched
+
+    def _broker(self, b: dict[str, Any]) -> None:
+        info = BrokerInfo(int(b["id"]), str(b.get("zone") or ""), str(b["host"]), int(b["port"]),
+                          int(b.get("epoch", 0)), bool(b.get("alive", True)))  # fmt: skip
+        self.brokers[info.id] = info
+
+    def _topic(self, t: dict[str, Any]) -> str:
+        info = TopicInfo.from_dict(t)
+        old = self.topics.get(info.name)
+        if old is not None:
+            self.topics_by_id.pop(old.id, None)
+        self.topics[info.name] = info
+        self.topics_by_id[info.id] = info
+        return info.name

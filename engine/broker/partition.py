@@ -1,0 +1,307 @@
+"""A partition led by this broker: its storage stream plus what Kafka keeps beside a log.
+
+Beside the stream, a partition keeps in memory what a Kafka log keeps in its index
+files: producer state (idempotence), a time index (ListOffsets by timestamp) and the
+leader-epoch cache (OffsetForLeaderEpoch). None of it is persisted: opening a
+partition rebuilds it by scanning the batch headers of the stream, so a broker holds
+nothing that the WAL, S3 and the controller cannot give back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+from array import array
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from engine.broker.errors import BrokerError
+from engine.protocol.errors import CorruptRecords, ErrorCode
+from engine.protocol.records import (
+    NO_PRODUCER_ID,
+    RecordBatch,
+    assign_offsets,
+    batch_records,
+    read_batches,
+)
+
+if TYPE_CHECKING:
+    from engine.broker.image import TopicInfo
+    from engine.storage.engine import StorageEngine
+    from engine.storage.stream import Stream
+
+log = logging.getLogger(__name__)
+
+#: Batches per producer remembered for duplicate detection (Kafka's max.in.flight limit for idempotence).
+DEDUP_WINDOW = 5
+SCAN_CHUNK = 4 << 20
+INT32_MAX = 0x7FFFFFFF
+
+
+@dataclass(slots=True)
+class BatchMeta:
+    first_seq: int
+    last_seq: int
+    base_offset: int
+    #: Resolves once durable; None for batches found by the scan (durable by definition).
+    done: asyncio.Future[int] | None = None
+    log_append_time: int = -1
+
+
+@dataclass(slots=True)
+class ProducerEntry:
+    epoch: int
+    batches: deque[BatchMeta] = field(default_factory=lambda: deque(maxlen=DEDUP_WINDOW))
+
+    @property
+    def last_seq(self) -> int:
+        return self.batches[-1].last_seq if self.batches else -1
+
+
+def _in_sequence(last: int, nxt: int) -> bool:
+    return nxt == last + 1 or (nxt == 0 and last == INT32_MAX)
+
+
+@dataclass(slots=True)
+class AppendResult:
+    base_offset: int
+    #: Resolves to base_offset once durable.
+    done: asyncio.Future[int]
+    log_append_time: int = -1
+    duplicate: bool = False
+
+
+class Partition:
+    def __init__(self, topic: TopicInfo, index: int, stream_id: int, leader_epoch: int) -> None:
+        self.topic = topic
+        self.index = index
+        self.stream_id = stream_id
+        self.leader_epoch = leader_epoch
+        self.stream: Stream | None = None
+        self.producers: dict[int, ProducerEntry] = {}
+        # Time index: the running max timestamp where it grows, and the batch base offset there.
+        self._ts = array("q")
+        self._ts_offsets = array("q")
+        # Leader-epoch cache: (epoch, first offset written in that epoch), epochs increasing.
+        self.epochs: list[tuple[int, int]] = []
+        self.failed: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"Partition({self.topic.name}-{self.index}, stream {self.stream_id}, epoch {self.leader_epoch})"
+
+    # --- opening -------------------------------------------------------------------------------
+
+    async def open(self, storage: StorageEngine) -> None:
+        self.stream = await storage.open_stream(self.stream_id, self.leader_epoch)
+        await self._scan()
+        if not self.epochs or self.epochs[-1][0] < self.leader_epoch:
+            self.epochs.append((self.leader_epoch, self.stream.end_offset))
+
+    async def _scan(self) -> None:
+        """Rebuild producer state, time index and epoch cache from the stream's batch headers."""
+        stream = self.stream
+        assert stream is not None
+        offset = stream.start_offset
+        end = stream.end_offset
+        scanned = 0
+        while offset < end:
+            chunk = await stream.read(offset, SCAN_CHUNK)
+            if not chunk:
+                break
+            for b in chunk:
+                try:
+                    batches = read_batches(b.payload, verify_crc=False)
+                except CorruptRecords:
+                    continue  # not Kafka batches (an internal stream's own format): nothing to index
+                for rb in batches:
+                    self._index(rb, None)
+                scanned += len(b.payload)
+            offset = chunk[-1].end_offset
+        if scanned:
+            log.info("%r: scanned %d bytes, %d producers", self, scanned, len(self.producers))
+
+    def _index(self, rb: RecordBatch, done: asyncio.Future[int] | None) -> None:
+        if not self._ts or rb.max_timestamp > self._ts[-1]:
+            self._ts.append(rb.max_timestamp)
+            self._ts_offsets.append(rb.base_offset)
+        e = rb.partition_leader_epoch
+        if e >= 0 and (not self.epochs or e > self.epochs[-1][0]):
+            self.epochs.append((e, rb.base_offset))
+        if rb.producer_id != NO_PRODUCER_ID and rb.base_sequence >= 0:
+            entry = self.producers.get(rb.producer_id)
+            if entry is None or rb.producer_epoch != entry.epoch:
+                entry = ProducerEntry(rb.producer_epoch)
+                self.producers[rb.producer_id] = entry
+            entry.batches.append(BatchMeta(rb.base_sequence, rb.last_sequence, rb.base_offset, done))
+
+    # --- offsets -------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> Stream:
+        if self.stream is None:
+            raise BrokerError(ErrorCode.LEADER_NOT_AVAILABLE, f"{self!r} is not open")
+        return self.stream
+
+    @property
+    def high_watermark(self) -> int:
+        return self.ready.end_offset
+
+    @property
+    def log_start_offset(self) -> int:
+        return self.ready.start_offset
+
+    def check_leader_epoch(self, current_leader_epoch: int) -> None:
+        if current_leader_epoch < 0 or current_leader_epoch == self.leader_epoch:
+            return
+        if current_leader_epoch > self.leader_epoch:
+            raise BrokerError(ErrorCode.UNKNOWN_LEADER_EPOCH, "the client knows a newer leader epoch")
+        raise BrokerError(ErrorCode.FENCED_LEADER_EPOCH, "the client's leader epoch is stale")
+
+    def epoch_for_offset(self, offset: int) -> int:
+        i = bisect.bisect_right([o for _, o in self.epochs], offset) - 1
+        return self.epochs[i][0] if i >= 0 else -1
+
+    def end_offset_for_epoch(self, requested: int) -> tuple[int, int]:
+        """Kafka's LeaderEpochFileCache.endOffsetFor: (epoch, end offset) for OffsetForLeaderEpoch."""
+        leo = self.ready.next_offset
+        if requested < 0:
+            return -1, -1
+        if self.epochs and self.epochs[-1][0] == requested:
+            return requested, leo
+        higher = next(((e, o) for e, o in self.epochs if e > requested), None)
+        if higher is None:
+            return -1, -1
+        floor = [(e, o) for e, o in self.epochs if e <= requested]
+        if not floor:
+            return requested, higher[1]
+        return floor[-1][0], higher[1]
+
+    async def offset_for_timestamp(self, target: int) -> tuple[int, int]:
+        """(timestamp, offset) of the first record at or after `target` ms, or (-1, -1)."""
+        stream = self.ready
+        i = bisect.bisect_left(self._ts, target)
+        if i >= len(self._ts):
+            return -1, -1
+        # Every record before this batch is older than target; the answer is in it or after it.
+        offset = max(self._ts_offsets[i], stream.start_offset)
+        while offset < stream.end_offset:
+            chunk = await stream.read(offset, 1 << 20)
+            if not chunk:
+                break
+            for b in chunk:
+                try:
+                    batches = read_batches(b.payload, verify_crc=False)
+                except CorruptRecords:
+                    continue
+                for rb in batches:
+                    if rb.max_timestamp < target or rb.next_offset <= offset:
+                        continue
+                    for r in batch_records(b.payload, rb):
+                        if r.offset >= offset and r.timestamp is not None and r.timestamp >= target:
+                            if r.offset >= stream.end_offset:
+                                return -1, -1
+                            return r.timestamp, r.offset
+            offset = chunk[-1].end_offset
+        return -1, -1
+
+    # --- appending -----------------------------------------------------------------------------
+
+    def append(self, records: memoryview, batches: list[RecordBatch], now_ms: int) -> AppendResult:
+        """Validate producer state, give the batches offsets and hand them to the stream.
+
+        Synchronous up to stream.append, so batches of concurrent requests cannot interleave
+        between the sequence check and the offset assignment.
+        """
+        stream = self.ready
+        if self.failed is not None:
+            raise BrokerError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"{self!r} failed: {self.failed}")
+        dup = self._check_producer(batches)
+        if dup is not None:
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            if dup.done is None:
+                fut.set_result(dup.base_offset)
+            else:
+                dup.done.add_done_callback(lambda f: _chain(f, fut))
+            return AppendResult(dup.base_offset, fut, dup.log_append_time, duplicate=True)
+        log_append = self.topic.config("message.timestamp.type") == "LogAppendTime"
+        first = stream.next_offset
+        end = assign_offsets(
+            records,
+            batches,
+            first,
+            log_append_time_ms=now_ms if log_append else None,
+            partition_leader_epoch=self.leader_epoch,
+        )
+        done = stream.append(bytes(records), end - first)
+        done.add_done_callback(self._append_done)
+        for rb in batches:
+            self._index(rb, done)
+            if log_append and rb.producer_id != NO_PRODUCER_ID:
+                self.producers[rb.producer_id].batches[-1].log_append_time = now_ms
+        return AppendResult(first, done, now_ms if log_append else -1)
+
+    def _append_done(self, fut: asyncio.Future[int]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None and self.failed is None:
+            # The stream takes no more appends; the partition is reopened (and rescanned) on next use.
+            self.failed = exc
+            log.warning("%r: append failed: %s", self, exc)
+
+    def _check_producer(self, batches: list[RecordBatch]) -> BatchMeta | None:
+        """Kafka's ProducerAppendInfo checks; returns the original of a duplicate batch."""
+        seen: dict[int, tuple[int, int]] = {}  # pid -> (epoch, last seq) within this request
+        for n, rb in enumerate(batches):
+            pid = rb.producer_id
+            if pid == NO_PRODUCER_ID or rb.base_sequence < 0:
+                continue
+            entry = self.producers.get(pid)
+            if pid in seen:
+                epoch, last = seen[pid]
+            elif entry is not None:
+                epoch, last = entry.epoch, entry.last_seq
+            else:
+                epoch, last = -1, -1
+            if epoch >= 0 and rb.producer_epoch < epoch:
+                raise BrokerError(
+                    ErrorCode.INVALID_PRODUCER_EPOCH,
+                    f"producer {pid} epoch {rb.producer_epoch} is older than the current epoch {epoch}",
+                )
+            if entry is not None and rb.producer_epoch == entry.epoch and pid not in seen:
+                for meta in entry.batches:
+                    if meta.first_seq == rb.base_sequence and meta.last_seq == rb.last_sequence:
+                        if len(batches) != 1:
+                            raise BrokerError(
+                                ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, "a duplicate batch among new ones"
+                            )
+                        return meta
+            if rb.producer_epoch != epoch:
+                # A new epoch starts at sequence 0; an unknown producer (state trimmed away, or
+                # never seen) is accepted at any sequence, as Kafka does.
+                if rb.base_sequence != 0 and epoch >= 0:
+                    raise BrokerError(
+                        ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                        f"producer {pid}: new epoch {rb.producer_epoch} must start at sequence 0, "
+                        f"got {rb.base_sequence}",
+                    )
+            elif not _in_sequence(last, rb.base_sequence):
+                raise BrokerError(
+                    ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                    f"producer {pid} epoch {epoch}: expected sequence {last + 1}, got {rb.base_sequence} (batch {n})",
+                )
+            seen[pid] = (rb.producer_epoch, rb.last_sequence)
+        return None
+
+
+def _chain(src: asyncio.Future[int], dst: asyncio.Future[int]) -> None:
+    if dst.done():
+        return
+    if src.cancelled():
+        dst.cancel()
+    elif src.exception() is not None:
+        dst.set_exception(src.exception())  # type: ignore[arg-type]
+    else:
+        dst.set_result(src.result())

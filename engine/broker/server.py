@@ -1,0 +1,209 @@
+"""The Kafka listener: framing, in-order handling per connection, concurrency across connections.
+
+Kafka answers the requests of one connection in the order they came, and handles
+them one at a time (it mutes the socket while a request is in progress). Here each
+connection has a queue of complete frames and one worker task that handles them in
+order; reading pauses while the queue is long, so a client that floods requests
+without reading answers is throttled by TCP instead of filling memory. Anything
+wrong with a connection's bytes ends that connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from engine.broker.context import RequestContext
+from engine.protocol import (
+    ApiKey,
+    CorruptRequest,
+    FrameDecoder,
+    FrameError,
+    UnknownApiKey,
+    UnsupportedVersion,
+    decode_request,
+    encode_body,
+    encode_response,
+)
+from engine.protocol.framing import frame
+from engine.protocol.headers import RequestHeader, encode_response_header
+from engine.protocol.messages import ApiVersionsResponse
+
+if TYPE_CHECKING:
+    from engine.broker.broker import Broker
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED = 64
+RESUME_AT = 16
+
+
+class _Close:
+    """Sentinel: end the connection instead of answering."""
+
+
+CLOSE = _Close()
+
+
+class KafkaServer:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.connections: set[Connection] = set()
+        self._server: asyncio.Server | None = None
+
+    @property
+    def active_connections(self) -> int:
+        return len(self.connections)
+
+    async def bind(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Connection(self), host, port, start_serving=False, reuse_address=True, backlog=1024
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def serve(self) -> None:
+        assert self._server is not None
+        await self._server.start_serving()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+
+    def _unsupported_api_versions(self, header: RequestHeader) -> list[bytes | bytearray | memoryview]:
+        # v0 body and v0 header: readable whatever version the client asked with; it retries with our max.
+        body = ApiVersionsResponse(error_code=35, api_keys=self.broker.dispatcher.api_versions())
+        parts = encode_body(body, 0)
+        parts.insert(0, encode_response_header(header.correlation_id, 0))
+        return frame(parts)
+
+    async def process(self, data: memoryview, conn: Connection) -> list[bytes | bytearray | memoryview] | _Close | None:
+        broker = self.broker
+        counters = broker.counters
+        try:
+            request = decode_request(data)
+        except UnsupportedVersion as e:
+            if e.api_key == ApiKey.API_VERSIONS and isinstance(e.header, RequestHeader):
+                counters["requests_unsupported_version"] += 1
+                return self._unsupported_api_versions(e.header)
+            counters["requests_rejected"] += 1
+            log.info("%s: %s; closing the connection", conn.peer, e)
+            return CLOSE
+        except (UnknownApiKey, CorruptRequest) as e:
+            counters["requests_rejected"] += 1
+            log.info("%s: %s; closing the connection", conn.peer, e)
+            return CLOSE
+        handle = broker.dispatcher.get(request.api_key)
+        if handle is None:
+            counters["requests_rejected"] += 1
+            log.info("%s: no handler for api key %d; closing the connection", conn.peer, request.api_key)
+            return CLOSE
+        header = request.header
+        ctx = RequestContext(broker, header.api_version, header.correlation_id, header.client_id, conn.host)
+        try:
+            response = await handle(ctx, request.body)
+            counters["requests_total"] += 1
+            counters[f"requests_{ApiKey(request.api_key).name.lower()}"] += 1
+            if request.api_key == ApiKey.PRODUCE and getattr(request.body, "acks", 1) == 0:
+                return None  # acks=0: Kafka sends no answer at all
+            return encode_response(header, response)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            counters["requests_failed"] += 1
+            log.exception(
+                "%s: %s v%d (correlation id %d) failed; closing the connection",
+                conn.peer, ApiKey(request.api_key).name, header.api_version, header.correlation_id,
+            )  # fmt: skip
+            return CLOSE
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, server: KafkaServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.host = "?"
+        self.peer = "?"
+        self.decoder = FrameDecoder(server.broker.config.socket_request_max_bytes)
+        self.queue: deque[memoryview] = deque()
+        self.worker: asyncio.Task[None] | None = None
+        self.reading_paused = False
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.host = str(peer[0])
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.server.connections.add(self)
+        self.server.broker.counters["connections_total"] += 1
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.decoder.feed(data)
+        except FrameError as e:
+            self.server.broker.counters["frames_rejected"] += 1
+            log.info("%s: %s; closing the connection", self.peer, e)
+            self.abort()
+            return
+        self.server.broker.counters["bytes_in"] += len(data)
+        if not frames:
+            return
+        self.queue.extend(frames)
+        if len(self.queue) >= MAX_QUEUED and not self.reading_paused and self.transport is not None:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        try:
+            while self.queue:
+                data = self.queue.popleft()
+                if self.reading_paused and len(self.queue) <= RESUME_AT and self.transport is not None:
+                    self.reading_paused = False
+                    self.transport.resume_reading()
+                out = await self.server.process(data, self)
+                if isinstance(out, _Close):
+                    self.abort()
+                    return
+                if out is not None and self.transport is not None and not self.transport.is_closing():
+                    self.transport.writelines(out)
+                    self.server.broker.counters["bytes_out"] += sum(len(p) for p in out)
+                    if not self.can_write.is_set():
+                        await self.can_write.wait()
+        finally:
+            self.worker = None
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    def abort(self) -> None:
+        self.queue.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.can_write.set()
+        self.queue.clear()
+        if self.worker is not None:
+            self.worker.cancel()
+        try:
+            self.decoder.close()
+        except FrameError as e:
+            log.debug("%s: %s", self.peer, e)
