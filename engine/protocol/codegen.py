@@ -22,8 +22,7 @@ from functools import cache
 from typing import Any
 
 from engine.protocol import _wire, messages
-from engine.protocol.gen_messages import attr_name
-from engine.protocol.schema import FieldSpec, MessageSpec, StructSpec, load_message
+from engine.protocol.schema import FieldSpec, MessageSpec, StructSpec, attr_name, load_message
 
 ZERO_COPY_MIN = 4096
 
@@ -332,6 +331,10 @@ class _Gen:
                     L.append(f"    x = o.{attr_name(f)}")
                     if f.is_array:
                         L.append("    if x:")
+                    elif dflt is None and f.struct is not None:
+                        # Present, and (as Kafka requires) not just the struct's defaults.
+                        empty = self.const(self.cls_for(f.struct)(), "d")
+                        L.append(f"    if x is not None and x != {empty}:")
                     elif dflt is None:
                         L.append("    if x is not None:")
                     else:

@@ -9,12 +9,11 @@ the classes show exactly what the broker can see or send.
 from __future__ import annotations
 
 import json
-import keyword
 import sys
 from pathlib import Path
 
 from engine.protocol.apis import SUPPORTED_APIS, ApiSpec
-from engine.protocol.schema import FieldSpec, MessageSpec, StructSpec, load_message
+from engine.protocol.schema import FieldSpec, MessageSpec, StructSpec, attr_name, load_message
 
 _PY_TYPES = {
     "bool": "bool",
@@ -32,22 +31,24 @@ _PY_TYPES = {
 }
 
 
-def attr_name(f: FieldSpec) -> str:
-    return f.attr + "_" if keyword.iskeyword(f.attr) else f.attr
-
-
 def live_fields(struct: StructSpec, lo: int, hi: int) -> list[FieldSpec]:
     return [f for f in struct.fields if f.versions.intersects(lo, hi)]
 
 
 def is_nullable(f: FieldSpec, lo: int, hi: int) -> bool:
-    return f.nullable.intersects(lo, hi) or f.default == "null" or f.type == "records"
+    return f.nullable.intersects(lo, hi) or f.default == "null" or f.type == "records" or _tagged_struct(f)
+
+
+def _tagged_struct(f: FieldSpec) -> bool:
+    # A tagged struct is None when absent (Kafka: "equal to its default"), so encoders
+    # test presence with ``is not None`` instead of comparing every field.
+    return f.struct is not None and not f.is_array and f.tagged.lo >= 0
 
 
 def default_expr(f: FieldSpec, owner: str, lo: int, hi: int) -> str:
     """The dataclass default (``= ...``) for a field, following Kafka's generator rules."""
     d = f.default
-    if d == "null" or (f.type == "records" and not f.is_array):
+    if d == "null" or (f.type == "records" and not f.is_array) or _tagged_struct(f):
         return "None"
     if f.is_array:
         return "field(default_factory=list)"

@@ -205,9 +205,9 @@ class FetchResponse:
         high_watermark: int = 0
         last_stable_offset: int = -1
         log_start_offset: int = -1
-        diverging_epoch: FetchResponse.EpochEndOffset = field(default_factory=lambda: FetchResponse.EpochEndOffset())
-        current_leader: FetchResponse.LeaderIdAndEpoch = field(default_factory=lambda: FetchResponse.LeaderIdAndEpoch())
-        snapshot_id: FetchResponse.SnapshotId = field(default_factory=lambda: FetchResponse.SnapshotId())
+        diverging_epoch: FetchResponse.EpochEndOffset | None = None
+        current_leader: FetchResponse.LeaderIdAndEpoch | None = None
+        snapshot_id: FetchResponse.SnapshotId | None = None
         aborted_transactions: list[FetchResponse.AbortedTransaction] | None = field(default_factory=list)
         preferred_read_replica: int = -1
         records: Records | None = None

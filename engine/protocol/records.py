@@ -180,6 +180,8 @@ def read_batches(records: Buffer, *, verify_crc: bool = True, allow_partial: boo
             raise CorruptRecords(f"batch at byte {pos} claims {length} bytes, only {n - pos - LOG_OVERHEAD} remain")
         if h[12] < 0 or h[6] < 0:
             raise CorruptRecords(f"batch at byte {pos} has record count {h[12]}, last offset delta {h[6]}")
+        if h[5] & COMPRESSION_MASK > 4:
+            raise CorruptRecords(f"batch at byte {pos} has unknown compression codec {h[5] & COMPRESSION_MASK}")
         if verify_crc:
             actual = crc32c(mv[pos + ATTRIBUTES_OFFSET : end])
             if actual != h[4]:

@@ -9,6 +9,7 @@ decoders from them at run time. Nothing here is on a hot path.
 from __future__ import annotations
 
 import json
+import keyword
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -53,6 +54,11 @@ class Versions:
 
 
 NONE = Versions(-1, -1)
+
+
+def attr_name(f: FieldSpec) -> str:
+    """The Python attribute for a field (a keyword gets a trailing underscore)."""
+    return f.attr + "_" if keyword.iskeyword(f.attr) else f.attr
 
 
 def snake(name: str) -> str:
