@@ -28,6 +28,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -376,6 +377,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the S3 server and brokers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     command = "python3 " + shlex.join(
         ["benchmarks/side_by_side.py", *(sys.argv[1:] if argv is None else argv)]
     )

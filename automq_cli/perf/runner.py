@@ -122,6 +122,7 @@ class Runner:
         self.reports: Any = self.ctx.Queue()
         self.produce_go = self.ctx.Event()
         self.produce_stop = self.ctx.Event()
+        self.abort = self.ctx.Event()  # set when the run fails or is interrupted: workers skip their flush
         self.consume_paused = self.ctx.Event()
         self.consume_stop = self.ctx.Event()
         self.epoch = self.ctx.Value("d", 0.0)  # wall-clock start shared with workers for aligned reports
@@ -248,7 +249,11 @@ class Runner:
         if not self.created_topics or self.o.keep_topics:
             return
         try:
-            futures = admin.delete_topics(list(self.created_topics), operation_timeout=30, request_timeout=30)
+            # An aborted run may be aborted because the broker is gone: do not wait long for it.
+            timeout = 10 if self.abort.is_set() else 30
+            futures = admin.delete_topics(
+                list(self.created_topics), operation_timeout=timeout, request_timeout=timeout
+            )
             for name, fut in futures.items():
                 try:
                     fut.result()
@@ -279,7 +284,7 @@ class Runner:
                     worker,
                     "producer",
                     producer_main,
-                    (spec, self.reports, self.produce_go, self.produce_stop, self.epoch),
+                    (spec, self.reports, self.produce_go, self.produce_stop, self.abort, self.epoch),
                 )
                 worker += 1
             for sub in range(self.w.subscriptions_per_topic):
@@ -442,6 +447,9 @@ class Runner:
             self._start_workers()
             self._wait_ready()
             self._phases()
+        except BaseException:
+            self.abort.set()
+            raise
         finally:
             self._stop_workers()
             self._delete_topics(admin)
@@ -585,7 +593,8 @@ class Runner:
         self.produce_stop.set()
         self.consume_stop.set()
         self.produce_go.set()  # release producers still waiting to start, so they exit
-        deadline = time.monotonic() + 40  # a producer may spend up to 30 s flushing
+        # Producers flush for up to --drain-timeout in a normal ending, not at all when aborted.
+        deadline = time.monotonic() + (5 if self.abort.is_set() else self.o.drain_timeout_s + 10)
         while any(p.is_alive() for p in self.procs.values()) and time.monotonic() < deadline:
             # Keep reading: a worker cannot exit while its queue feeder still holds reports.
             with contextlib.suppress(queue.Empty):

@@ -79,17 +79,21 @@ def _next_boundary(epoch: float, interval: float, now: float) -> float:
     return epoch + (int((now - epoch) / interval) + 1) * interval
 
 
-def producer_main(spec: ProducerSpec, reports: Any, go: Any, stop: Any, epoch: Any, parent_pid: int) -> None:
+def producer_main(
+    spec: ProducerSpec, reports: Any, go: Any, stop: Any, abort: Any, epoch: Any, parent_pid: int
+) -> None:
     _ignore_sigint()
     try:
-        _produce(spec, reports, go, stop, epoch, parent_pid)
+        _produce(spec, reports, go, stop, abort, epoch, parent_pid)
     except BaseException as exc:  # report, never die silently: the parent aborts the run
         reports.put(
             {"kind": "fatal", "w": spec.worker, "role": "producer", "error": f"{type(exc).__name__}: {exc}"}
         )
 
 
-def _produce(spec: ProducerSpec, reports: Any, go: Any, stop: Any, epoch: Any, parent_pid: int) -> None:
+def _produce(
+    spec: ProducerSpec, reports: Any, go: Any, stop: Any, abort: Any, epoch: Any, parent_pid: int
+) -> None:
     from confluent_kafka import Producer
 
     from automq_cli.perf.ratelimit import TokenBucket
@@ -131,7 +135,7 @@ def _produce(spec: ProducerSpec, reports: Any, go: Any, stop: Any, epoch: Any, p
     reported = {"sent": 0, "acked": 0, "errors": 0}
     sent = 0
 
-    def report(done: bool, undelivered: int = 0) -> None:
+    def report(done: bool) -> None:
         record_many(hist, latencies)
         latencies.clear()
         reports.put(
@@ -142,7 +146,7 @@ def _produce(spec: ProducerSpec, reports: Any, go: Any, stop: Any, epoch: Any, p
                 "sent": sent - reported["sent"],
                 "queued": len(producer),  # in the client, not yet acknowledged
                 "acked": counts["acked"] - reported["acked"],
-                "errors": counts["errors"] - reported["errors"] + undelivered,
+                "errors": counts["errors"] - reported["errors"],
                 "hist": hist.encode() if hist.get_total_count() else None,
                 "done": done,
                 "last_error": last_error[0] if last_error else (errors_seen[-1] if errors_seen else None),
@@ -199,14 +203,18 @@ def _produce(spec: ProducerSpec, reports: Any, go: Any, stop: Any, epoch: Any, p
             bucket.spend(done_now)
         poll(0)
 
-    undelivered = producer.flush(spec.flush_timeout_s)
+    # An aborted run (Ctrl-C, a failed worker) does not wait for a slow broker.
+    undelivered = producer.flush(0 if abort.is_set() else spec.flush_timeout_s)
     if undelivered:
         # Still queued in the client: the broker did not keep up with the offered rate.
-        last_error[:] = [f"{undelivered} records still undelivered after a {spec.flush_timeout_s:g}s flush"]
-        # Drop them rather than let the client's destructor wait for them.
+        # Purge them (their delivery reports count them as errors) rather than let
+        # the client's destructor wait for them.
         producer.purge()
-        producer.poll(0)
-    report(True, undelivered)
+        deadline = time.monotonic() + 5
+        while len(producer) and time.monotonic() < deadline:
+            producer.poll(0.1)
+        last_error[:] = [f"{undelivered} records still undelivered after a {spec.flush_timeout_s:g}s flush"]
+    report(True)
 
 
 def consumer_main(
