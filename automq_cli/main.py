@@ -20,6 +20,9 @@ def _register() -> None:
     from automq_cli import perf
 
     app.add_typer(perf.app, name="perf")
+    from automq_cli import cluster
+
+    app.add_typer(cluster.app, name="cluster")
 
 
 def main() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import signal
 import sys
 
@@ -12,10 +14,18 @@ from engine.broker.broker import Broker
 from engine.broker.config import BrokerConfig, BrokerConfigError
 
 
+def _write_ready(path: str, broker: Broker) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"port": broker.port, "metrics_port": broker.metrics_port, "pid": os.getpid()}, f)
+    os.replace(tmp, path)  # readers never see half a file
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.broker", description="amq broker")
     parser.add_argument("--config", required=True, help="broker settings (JSON or YAML)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--ready-file", help="once serving, write {port, metrics_port, pid} here as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -41,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException:
             await broker.stop(flush=False)
             raise
+        if args.ready_file:
+            _write_ready(args.ready_file, broker)
         await stop.wait()
         logging.getLogger("engine.broker").info("stopping: uploading what the WAL holds")
         await broker.stop(flush=True)
