@@ -415,6 +415,13 @@ def start_broker(state: dict[str, Any], node_id: int = 0, timeout: float = 90.0)
         time.sleep(0.05)
     entry["port"] = int(info["port"])
     entry["metrics_port"] = info.get("metrics_port")
+    # A restart must come back on the same ports, or clients (and cluster.json) lose it.
+    config_path = Path(entry["config"])
+    cfg = json.loads(config_path.read_text())
+    if cfg.get("port") != entry["port"] or (info.get("metrics_port") and cfg.get("metrics_port") == 0):
+        cfg["port"] = entry["port"]
+        cfg["metrics_port"] = info.get("metrics_port") or cfg.get("metrics_port", 0)
+        config_path.write_text(json.dumps(cfg, indent=2) + "\n")
     if info.get("metrics_port"):
         state["metrics"] = [f"http://127.0.0.1:{b['metrics_port']}/metrics" for b in state["brokers"]
                             if b.get("metrics_port")]  # fmt: skip
@@ -478,7 +485,7 @@ def cluster_status(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(f"amq cluster: error: {message}", markup=False, highlight=False)
+    typer.echo(f"amq cluster: error: {message}", err=True)
     return typer.Exit(code)
 
 
@@ -536,7 +543,7 @@ def down(
     home = amq_home()
     state = read_state(home)
     if state is None:
-        _err.print(NOT_RUNNING, markup=False, highlight=False)
+        typer.echo(NOT_RUNNING, err=True)
         return
     with _err.status("stopping the cluster") as status:
         stopped = stop_cluster(state, timeout=timeout, progress=lambda m: status.update(m))
