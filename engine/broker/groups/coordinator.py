@@ -53,6 +53,7 @@ from engine.broker.groups.records import (
 from engine.broker.groups.store import KV, OffsetsLog, StreamLike
 from engine.broker.groups.timers import LoopTimers, Timers
 from engine.protocol import ErrorCode
+from engine.storage.errors import FencedError, StreamClosed
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ def java_string_hash(s: str) -> int:
 
 
 def partition_for(group_id: str, partitions: int) -> int:
-    """The __consumer_offsets partition of a group: the same function Kafka uses."""
-    return (java_string_hash(group_id) & 0x7FFFFFFF) % partitions
+    """The __consumer_offsets partition of a group: Kafka's placement, as the broker computes it."""
+    return abs(java_string_hash(group_id)) % partitions
 
 
 @dataclass(slots=True)
@@ -134,6 +135,18 @@ class GroupListing:
     state: str
 
 
+def _config_from_broker(broker: Any) -> GroupConfig:
+    """Group settings from the broker: ``config.groups`` (a GroupConfig or a dict) if there is one,
+    and ``config.offsets_topic_num_partitions``, which must match the broker's own placement."""
+    bconf = getattr(broker, "config", None)
+    raw = getattr(bconf, "groups", None)
+    config = raw if isinstance(raw, GroupConfig) else GroupConfig.from_dict(raw)
+    n = getattr(bconf, "offsets_topic_num_partitions", None)
+    if isinstance(n, int) and n > 0:
+        config.offsets_topic_partitions = n
+    return config
+
+
 class _Partition:
     __slots__ = ("groups", "index", "loaded", "loading", "log")
 
@@ -146,13 +159,12 @@ class _Partition:
 
 
 def _storage_error_code(exc: BaseException) -> ErrorCode:
-    # Imported here: the storage package pulls in the WAL and S3 clients, which unit
-    # tests of the state machine do not need.
-    try:
-        from engine.storage.errors import FencedError, StreamClosed
-    except ImportError:  # pragma: no cover
-        return ErrorCode.COORDINATOR_NOT_AVAILABLE
+    """What a client should hear when the __consumer_offsets stream failed or could not open."""
     if isinstance(exc, FencedError | StreamClosed):
+        # A newer leader epoch owns the partition: the client looks for the coordinator again.
+        return ErrorCode.NOT_COORDINATOR
+    code = getattr(exc, "error_code", None)  # BrokerError from open_internal_stream
+    if code in (ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.NOT_COORDINATOR):
         return ErrorCode.NOT_COORDINATOR
     return ErrorCode.COORDINATOR_NOT_AVAILABLE
 
@@ -176,8 +188,7 @@ class GroupCoordinator:
     ) -> None:
         self._broker = broker
         if config is None:
-            raw = getattr(broker, "group_config", None) if broker is not None else None
-            config = raw if isinstance(raw, GroupConfig) else GroupConfig.from_dict(raw)
+            config = _config_from_broker(broker)
         self.config = config
         self._timers: Timers = timers or LoopTimers()
         if open_stream is None:
@@ -194,11 +205,19 @@ class GroupCoordinator:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start loading the partitions this broker coordinates (in the background)."""
+        """Start loading the partitions this broker coordinates, in the background.
+
+        Only when __consumer_offsets exists already: a cluster nobody used groups on does
+        not get the topic at start (the first group request creates it, as in Kafka).
+        """
         self._running = True
-        for part in self._partitions:
-            if self._owns_partition(part.index):
-                self._start_load(part)
+        topic_exists = True
+        if self._broker is not None and hasattr(self._broker, "topic"):
+            topic_exists = self._broker.topic(OFFSETS_TOPIC) is not None
+        if topic_exists:
+            for part in self._partitions:
+                if self._owns_partition(part.index):
+                    self._start_load(part)
         self._schedule_expiry()
 
     async def stop(self) -> None:
@@ -221,12 +240,16 @@ class GroupCoordinator:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def partition_for(self, group_id: str) -> int:
+        if self._broker is not None and hasattr(self._broker, "offsets_partition_for"):
+            # The broker's coordinator_for places keys with this; both must agree or two
+            # brokers would write one partition.
+            return int(self._broker.offsets_partition_for(group_id))
         return partition_for(group_id, self.config.offsets_topic_partitions)
 
     def key_for_partition(self, index: int) -> str:
         """Some group id that lives in partition ``index`` (to ask who coordinates that partition)."""
         i = 0
-        while partition_for(str(i), self.config.offsets_topic_partitions) != index:
+        while self.partition_for(str(i)) != index:
             i += 1
         return str(i)
 
@@ -271,8 +294,11 @@ class GroupCoordinator:
                 for m in g.members.values():
                     self._schedule_heartbeat(g, m)
             log.info("loaded %s-%d: %d records, %d groups", OFFSETS_TOPIC, part.index, len(records), len(groups))
-        except Exception:
-            log.exception("loading %s-%d failed", OFFSETS_TOPIC, part.index)
+        except Exception as e:
+            # A BrokerError (not the leader, controller away) is expected and retried on the
+            # next request; anything else is a bug worth its traceback.
+            expected = hasattr(e, "error_code") or isinstance(e, FencedError | StreamClosed)
+            log.warning("loading %s-%d failed: %s", OFFSETS_TOPIC, part.index, e, exc_info=not expected)
             raise
         finally:
             part.loading = None
@@ -369,8 +395,8 @@ class GroupCoordinator:
             if task.cancelled() and not self._running:
                 return None, ErrorCode.COORDINATOR_NOT_AVAILABLE
             raise
-        except Exception:
-            return None, ErrorCode.COORDINATOR_NOT_AVAILABLE
+        except Exception as e:
+            return None, _storage_error_code(e)
         return (part, ErrorCode.NONE) if part.loaded else (None, ErrorCode.COORDINATOR_NOT_AVAILABLE)
 
     def _append(
