@@ -1,0 +1,189 @@
+"""Controller state: Kafka's validation codes, epochs, the version log, persistence; the RPC round trip."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from engine.broker.image import MetadataImage
+from engine.controller.configs import ConfigError, apply_ops, validate_config, validate_topic_name
+from engine.controller.rpc import ControllerClient, RpcError
+from engine.controller.server import ControllerServer
+from engine.controller.state import ControllerState
+from engine.protocol import ErrorCode
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> ControllerState:
+    s = ControllerState(tmp_path / "controller.db")
+    s.register_broker(0, "az1", "127.0.0.1", 9092)
+    return s
+
+
+def codes(results: list[dict[str, object]]) -> list[ErrorCode]:
+    return [ErrorCode(int(r["error_code"])) for r in results]  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("a", True), ("a.b_c-D9", True), ("", False), (".", False), ("..", False), ("a b", False), ("x" * 250, False),
+     ("é", False)],
+)  # fmt: skip
+def test_topic_names(name: str, ok: bool) -> None:
+    if ok:
+        validate_topic_name(name)
+    else:
+        with pytest.raises(ConfigError) as e:
+            validate_topic_name(name)
+        assert e.value.code == ErrorCode.INVALID_TOPIC_EXCEPTION
+
+
+def test_create_topic_errors(state: ControllerState) -> None:
+    results = state.create_topics(
+        [
+            {"name": "ok", "num_partitions": 3, "replication_factor": 1},
+            {"name": "ok", "num_partitions": 1, "replication_factor": 1},
+            {"name": "bad/name", "num_partitions": 1, "replication_factor": 1},
+            {"name": "zero", "num_partitions": 0, "replication_factor": 1},
+            {"name": "rf", "num_partitions": 1, "replication_factor": 3},
+            {"name": "cfg", "num_partitions": 1, "replication_factor": 1, "configs": {"nope": "1"}},
+            {"name": "val", "num_partitions": 1, "replication_factor": 1, "configs": {"retention.ms": "soon"}},
+            {"name": "__consumer_offsets", "num_partitions": 1, "replication_factor": 1},
+        ],
+        validate_only=False,
+        internal=False,
+    )
+    assert codes(results) == [
+        ErrorCode.NONE,
+        ErrorCode.TOPIC_ALREADY_EXISTS,
+        ErrorCode.INVALID_TOPIC_EXCEPTION,
+        ErrorCode.INVALID_PARTITIONS,
+        ErrorCode.INVALID_REPLICATION_FACTOR,
+        ErrorCode.INVALID_CONFIG,
+        ErrorCode.INVALID_CONFIG,
+        ErrorCode.INVALID_REQUEST,
+    ]
+    ok = state.topics["ok"]
+    assert [p.index for p in ok.partitions] == [0, 1, 2]
+    assert len({p.stream_id for p in ok.partitions}) == 3
+    assert all(p.leader == 0 for p in ok.partitions)
+
+
+def test_dot_underscore_collision(state: ControllerState) -> None:
+    assert codes(
+        state.create_topics([{"name": "a.b", "num_partitions": 1, "replication_factor": 1}], False, False)
+    ) == [ErrorCode.NONE]
+    assert codes(
+        state.create_topics([{"name": "a_b", "num_partitions": 1, "replication_factor": 1}], False, False)
+    ) == [ErrorCode.INVALID_TOPIC_EXCEPTION]
+
+
+def test_validate_only_creates_nothing(state: ControllerState) -> None:
+    v = state.version
+    assert codes(state.create_topics([{"name": "t", "num_partitions": 2, "replication_factor": 1}], True, False)) == [
+        ErrorCode.NONE
+    ]
+    assert "t" not in state.topics and state.version == v
+
+
+def test_partitions_configs_delete(state: ControllerState) -> None:
+    state.create_topics([{"name": "t", "num_partitions": 2, "replication_factor": 1}], False, False)
+    assert codes(state.create_partitions([{"name": "t", "count": 2}], False)) == [ErrorCode.INVALID_PARTITIONS]
+    assert codes(state.create_partitions([{"name": "nope", "count": 2}], False)) == [
+        ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+    ]
+    assert codes(state.create_partitions([{"name": "t", "count": 4}], False)) == [ErrorCode.NONE]
+    assert len(state.topics["t"].partitions) == 4
+    ops = [{"name": "retention.ms", "op": "set", "value": "1000"}, {"name": "cleanup.policy", "op": "append",
+                                                                      "value": "compact"}]  # fmt: skip
+    assert codes(state.alter_configs([{"name": "t", "ops": ops}], True, False)) == [ErrorCode.NONE]
+    assert state.topics["t"].configs == {"retention.ms": "1000", "cleanup.policy": "delete,compact"}
+    bad = [{"name": "retention.ms", "op": "set", "value": "-5"}]
+    assert codes(state.alter_configs([{"name": "t", "ops": bad}], True, False)) == [ErrorCode.INVALID_CONFIG]
+    # Legacy AlterConfigs replaces the whole set.
+    assert codes(state.alter_configs([{"name": "t", "ops": [{"name": "segment.ms", "value": "5"}]}], False, False)) == [
+        ErrorCode.NONE
+    ]
+    assert state.topics["t"].configs == {"segment.ms": "5"}
+    assert codes(state.delete_topics(["t", "t2"])) == [ErrorCode.NONE, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION]
+    assert "t" not in state.topics
+
+
+def test_registration_bumps_leader_epochs_and_state_persists(tmp_path: Path) -> None:
+    s = ControllerState(tmp_path / "c.db")
+    assert s.register_broker(0, "az1", "h", 1).epoch == 1
+    s.create_topics([{"name": "t", "num_partitions": 2, "replication_factor": 1}], False, False)
+    assert [p.leader_epoch for p in s.topics["t"].partitions] == [0, 0]
+    assert s.register_broker(0, "az1", "h", 1).epoch == 2
+    assert [p.leader_epoch for p in s.topics["t"].partitions] == [1, 1]
+    pid = s.alloc_producer_ids(10)
+    version = s.version
+    s.close()
+    again = ControllerState(tmp_path / "c.db")
+    assert again.version == version
+    assert [p.leader_epoch for p in again.topics["t"].partitions] == [1, 1]
+    assert again.alloc_producer_ids(10) == pid + 10
+    assert again.brokers[0].epoch == 2
+    # A follower from before the restart gets a snapshot: the record log is not persisted.
+    assert "snapshot" in again.changes_since(version - 1)
+    assert again.changes_since(version) == {"version": version, "records": []}
+
+
+def test_image_follows_records_and_snapshots(state: ControllerState) -> None:
+    image = MetadataImage()
+    image.apply(state.changes_since(0))
+    v = image.version
+    state.create_topics([{"name": "t", "num_partitions": 1, "replication_factor": 1}], False, False)
+    changes = state.changes_since(v)
+    assert "records" in changes
+    assert image.apply(changes) == {"t"}
+    assert image.topics["t"].partitions[0].leader == 0
+    state.delete_topics(["t"])
+    image.apply(state.changes_since(image.version))
+    assert "t" not in image.topics and not image.topics_by_id
+
+
+def test_config_values() -> None:
+    assert validate_config("message.timestamp.type", "LogAppendTime") == "LogAppendTime"
+    assert validate_config("preallocate", "TRUE") == "true"
+    for name, value in [("message.timestamp.type", "Now"), ("max.message.bytes", "x"), ("segment.bytes", "3"),
+                        ("retention.ms", None), ("min.cleanable.dirty.ratio", "2")]:  # fmt: skip
+        with pytest.raises(ConfigError):
+            validate_config(name, value)
+    with pytest.raises(ConfigError):
+        apply_ops({}, [{"name": "retention.ms", "op": "append", "value": "1"}], True)
+
+
+def test_rpc_round_trip_and_long_poll(tmp_path: Path) -> None:
+    async def go() -> None:
+        server = ControllerServer(tmp_path, port=0, session_timeout_ms=300)
+        await server.start()
+        client = ControllerClient("127.0.0.1", server.port)
+        try:
+            reg = await client.call("register_broker", broker_id=0, zone="az1", host="h", port=1)
+            snap = await client.call("metadata", since=0)
+            v = snap["version"]
+            poll = asyncio.ensure_future(client.call("metadata", since=v, wait_ms=5000))
+            await asyncio.sleep(0.1)
+            assert not poll.done()
+            res = await client.call(
+                "create_topics", topics=[{"name": "t", "num_partitions": 1, "replication_factor": 1}]
+            )
+            assert res["results"][0]["error_code"] == 0
+            changes = await asyncio.wait_for(poll, 2)
+            assert [r["type"] for r in changes["records"]] == ["topic"]
+            with pytest.raises(RpcError) as e:
+                await client.call("heartbeat", broker_id=0, broker_epoch=reg["broker_epoch"] + 1)
+            assert e.value.code == "STALE_BROKER_EPOCH"
+            await asyncio.sleep(0.8)  # no heartbeats: the broker is marked not alive
+            status = await client.call("status")
+            assert status["brokers"][0]["alive"] is False and status["topics"] == 1
+            await client.call("heartbeat", broker_id=0, broker_epoch=reg["broker_epoch"])
+            assert (await client.call("status"))["brokers"][0]["alive"] is True
+        finally:
+            await client.close()
+            await server.stop()
+
+    asyncio.run(go())

@@ -1,0 +1,66 @@
+"""Handler discovery and the small pure helpers of the broker."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from engine.broker.broker import java_string_hashcode
+from engine.broker.config import BrokerConfig, BrokerConfigError
+from engine.broker.dispatch import Dispatcher, DuplicateHandler, discover
+from engine.protocol import SUPPORTED_APIS, ApiKey
+
+MINE = {
+    ApiKey.API_VERSIONS, ApiKey.METADATA, ApiKey.PRODUCE, ApiKey.FETCH, ApiKey.LIST_OFFSETS,
+    ApiKey.OFFSET_FOR_LEADER_EPOCH, ApiKey.DELETE_RECORDS, ApiKey.CREATE_TOPICS, ApiKey.DELETE_TOPICS,
+    ApiKey.CREATE_PARTITIONS, ApiKey.DESCRIBE_CONFIGS, ApiKey.ALTER_CONFIGS, ApiKey.INCREMENTAL_ALTER_CONFIGS,
+    ApiKey.DESCRIBE_CLUSTER, ApiKey.INIT_PRODUCER_ID,
+}  # fmt: skip
+
+
+def test_every_broker_api_has_a_handler_and_is_advertised_with_the_codec_range() -> None:
+    d = Dispatcher()
+    assert set(d.handlers) >= MINE
+    advertised = {v.api_key: (v.min_version, v.max_version) for v in d.api_versions()}
+    for key in MINE:
+        spec = SUPPORTED_APIS[key]
+        assert advertised[key] == (spec.min_version, spec.max_version)
+    # Only APIs with a handler are advertised.
+    assert set(advertised) == set(d.handlers)
+
+
+def test_duplicate_api_keys_are_refused(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg_dir = tmp_path / "dup_handlers"  # type: ignore[operator]
+    pkg_dir.mkdir()
+    (pkg_dir / "__init__.py").write_text("")
+    for name in ("a", "b"):
+        (pkg_dir / f"{name}.py").write_text("API_KEY = 18\nasync def handle(ctx, request):\n    return None\n")
+    (pkg_dir / "broken.py").write_text("raise RuntimeError('half written')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pkg = types.SimpleNamespace(__path__=[str(pkg_dir)], __name__="dup_handlers")
+    with pytest.raises(DuplicateHandler):
+        discover(pkg)
+    (pkg_dir / "b.py").unlink()
+    assert list(discover(pkg)) == [18]  # the broken module is skipped, not fatal
+
+
+# Values from the JVM: "polygenelubricants".hashCode() is the famous Integer.MIN_VALUE.
+@pytest.mark.parametrize(("s", "h"), [("", 0), ("a", 97), ("hello", 99162322), ("Hello World", -862545276),
+                                      ("polygenelubricants", -2147483648)])  # fmt: skip
+def test_java_string_hashcode(s: str, h: int) -> None:
+    assert java_string_hashcode(s) == h
+
+
+def test_broker_config_loading(tmp_path: pytest.TempPathFactory) -> None:
+    cfg = BrokerConfig.from_dict(
+        {"num.partitions": 3, "auto.create.topics.enable": False, "storage": {"wal": {"kind": "s3"}}}
+    )
+    assert cfg.num_partitions == 3 and not cfg.auto_create_topics_enable and cfg.storage.wal.kind == "s3"
+    path = tmp_path / "b.json"  # type: ignore[operator]
+    cfg.save(path)
+    assert BrokerConfig.load(path) == cfg
+    with pytest.raises(BrokerConfigError):
+        BrokerConfig.from_dict({"num_partitions": 0})
+    with pytest.raises(BrokerConfigError):
+        BrokerConfig.from_dict({"no_such_setting": 1})
