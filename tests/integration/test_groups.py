@@ -1,0 +1,420 @@
+"""Consumer groups against a real cluster, with real clients: confluent-kafka, kafka-python, aiokafka.
+
+One cluster (SeaweedFS, controller, broker) for the module, started with the same
+launcher `amq cluster up` uses, in a temporary AMQ_HOME. Every test uses its own
+topic and group. Timeouts are short (session 6 s, heartbeat 300 ms) so rebalances
+take about a second; the kill -9 test runs last because it restarts the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ck = pytest.importorskip("confluent_kafka")
+admin_mod = pytest.importorskip("confluent_kafka.admin")
+launcher = pytest.importorskip("automq_cli.cluster")
+
+SESSION_MS = 6000
+HEARTBEAT_MS = 300
+
+
+@dataclass
+class Cluster:
+    state: dict[str, Any]
+    home: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return str(self.state["bootstrap"])
+
+    def kill_and_restart_broker(self) -> None:
+        launcher.kill_pid(self.state["pids"]["broker-0"])
+        launcher.start_broker(self.state, 0)
+        launcher.write_state(self.state, self.home)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    home = tmp_path_factory.mktemp("amq-home")
+    opts = launcher.ClusterOptions(dir=str(home / "data"), port=0)
+    state = launcher.start_cluster(opts, home=home)
+    try:
+        yield Cluster(state, home)
+    finally:
+        launcher.stop_cluster(state)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def create_topic(bs: str, topic: str, partitions: int) -> None:
+    admin = admin_mod.AdminClient({"bootstrap.servers": bs})
+    for f in admin.create_topics([admin_mod.NewTopic(topic, partitions, 1)]).values():
+        f.result(timeout=30)
+
+
+def produce(bs: str, topic: str, partitions: int, count: int, start: int = 0) -> None:
+    p = ck.Producer({"bootstrap.servers": bs, "linger.ms": 5})
+    for i in range(start, start + count):
+        p.produce(topic, key=b"k%d" % i, value=b"v%d" % i, partition=i % partitions)
+    assert p.flush(30) == 0
+
+
+def ck_consumer(bs: str, group: str, topic: str, strategy: str = "range", **extra: Any) -> Any:
+    c = ck.Consumer(
+        {
+            "bootstrap.servers": bs,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": SESSION_MS,
+            "heartbeat.interval.ms": HEARTBEAT_MS,
+            "partition.assignment.strategy": strategy,
+            **extra,
+        }
+    )
+    c.subscribe([topic])
+    return c
+
+
+def poll_until(pollers: list[Callable[[], Any]], done: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for poll in pollers:
+            poll()
+        if done():
+            return
+    raise AssertionError("condition not reached in time")
+
+
+def ck_parts(c: Any) -> list[int]:
+    return sorted(tp.partition for tp in c.assignment())
+
+
+def balanced(assignments: list[list[int]], partitions: int) -> bool:
+    flat = sorted(p for a in assignments for p in a)
+    sizes = {len(a) for a in assignments}
+    return flat == list(range(partitions)) and max(sizes) - min(sizes) <= 1 and min(sizes) > 0
+
+
+# -- confluent-kafka (librdkafka) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["range", "roundrobin", "cooperative-sticky"])
+def test_confluent_three_members_rebalance_on_join_and_leave(cluster: Cluster, strategy: str) -> None:
+    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+    create_topic(bs, topic, 6)
+    consumers: list[Any] = []
+    for _ in range(3):
+        consumers.append(ck_consumer(bs, group, topic, strategy))
+        poll_until(
+            [lambda c=c: c.poll(0.05) for c in consumers],
+            lambda: balanced([ck_parts(c) for c in consumers], 6),
+        )
+    assert [len(ck_parts(c)) for c in consumers] == [2, 2, 2]
+    # Every record is consumed once by the stable group.
+    produce(bs, topic, 6, 60)
+    seen: list[bytes] = []
+
+    def poll(c: Any) -> None:
+        m = c.poll(0.05)
+        if m is not None and not m.error():
+            seen.append(m.value())
+
+    poll_until([lambda c=c: poll(c) for c in consumers], lambda: len(seen) >= 60)
+    assert sorted(seen) == sorted(b"v%d" % i for i in range(60))
+    # A member leaves (LeaveGroup on close): the other two take over its partitions.
+    consumers.pop(1).close()
+    poll_until([lambda c=c: c.poll(0.05) for c in consumers], lambda: balanced([ck_parts(c) for c in consumers], 6))
+    assert sorted(len(ck_parts(c)) for c in consumers) == [3, 3]
+    for c in consumers:
+        c.close()
+
+
+def test_confluent_commits_and_committed_offsets(cluster: Cluster) -> None:
+    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+    create_topic(bs, topic, 2)
+    produce(bs, topic, 2, 10)
+    c = ck_consumer(bs, group, topic)
+    got: list[Any] = []
+
+    def poll() -> None:
+        m = c.poll(0.05)
+        if m is not None and not m.error():
+            got.append(m)
+
+    poll_until([poll], lambda: len(got) >= 10)
+    c.commit(asynchronous=False)
+    committed = c.committed([ck.TopicPartition(topic, 0), ck.TopicPartition(topic, 1)], timeout=10)
+    assert [tp.offset for tp in committed] == [5, 5]
+    # Explicit offsets with metadata.
+    c.commit(offsets=[ck.TopicPartition(topic, 0, 3, "meta")], asynchronous=False)
+    tp0 = c.committed([ck.TopicPartition(topic, 0)], timeout=10)[0]
+    assert tp0.offset == 3 and tp0.metadata == "meta"
+    c.close()
+    admin = admin_mod.AdminClient({"bootstrap.servers": bs})
+    listed = admin.list_consumer_groups().result(timeout=10)
+    states = {g.group_id: g.state for g in listed.valid}
+    assert states.get(group) == ck.ConsumerGroupState.EMPTY
+    desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    assert desc.state == ck.ConsumerGroupState.EMPTY and desc.members == []
+    admin.delete_consumer_groups([group])[group].result(timeout=10)
+    listed = admin.list_consumer_groups().result(timeout=10)
+    assert group not in {g.group_id for g in listed.valid}
+
+
+def test_confluent_assign_based_consumer_commits_with_generation_minus_one(cluster: Cluster) -> None:
+    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+    create_topic(bs, topic, 1)
+    produce(bs, topic, 1, 5)
+    c = ck.Consumer({"bootstrap.servers": bs, "group.id": group, "enable.auto.commit": False})
+    c.assign([ck.TopicPartition(topic, 0, 0)])
+    msgs: list[Any] = []
+    poll_until([lambda: msgs.append(c.poll(0.05))], lambda: sum(1 for m in msgs if m and not m.error()) >= 5)
+    c.commit(offsets=[ck.TopicPartition(topic, 0, 5)], asynchronous=False)
+    assert c.committed([ck.TopicPartition(topic, 0)], timeout=10)[0].offset == 5
+    c.close()
+
+
+def test_confluent_static_member_restart_without_rebalance(cluster: Cluster) -> None:
+    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+    create_topic(bs, topic, 4)
+    assigns: dict[str, int] = {"i1": 0, "i2": 0}
+
+    def counter(name: str) -> Callable[[Any, Any], None]:
+        def on_assign(_c: Any, _parts: Any) -> None:
+            assigns[name] += 1
+
+        return on_assign
+
+    def static(instance: str) -> Any:
+        c = ck.Consumer(
+            {
+                "bootstrap.servers": bs,
+                "group.id": group,
+                "group.instance.id": instance,
+                "session.timeout.ms": SESSION_MS,
+                "heartbeat.interval.ms": HEARTBEAT_MS,
+                "partition.assignment.strategy": "range",
+            }
+        )
+        c.subscribe([topic], on_assign=counter(instance))
+        return c
+
+    c1 = static("i1")
+    poll_until([lambda: c1.poll(0.05)], lambda: len(ck_parts(c1)) == 4)
+    c2 = static("i2")
+    poll_until([lambda: c1.poll(0.05), lambda: c2.poll(0.05)], lambda: balanced([ck_parts(c1), ck_parts(c2)], 4))
+    before = (ck_parts(c1), ck_parts(c2))
+    c1_assigns = assigns["i1"]
+    # A static member closes without LeaveGroup and comes back within its session timeout.
+    c2.close()
+    c2 = static("i2")
+    poll_until([lambda: c1.poll(0.05), lambda: c2.poll(0.05)], lambda: bool(ck_parts(c2)))
+    for _ in range(10):  # a rebalance, if one had started, would show within a few heartbeats
+        c1.poll(0.1)
+        c2.poll(0.1)
+    assert (ck_parts(c1), ck_parts(c2)) == before
+    assert assigns["i1"] == c1_assigns, "the other member went through a rebalance"
+    admin = admin_mod.AdminClient({"bootstrap.servers": bs})
+    desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    assert desc.state == ck.ConsumerGroupState.STABLE
+    assert sorted(m.group_instance_id for m in desc.members) == ["i1", "i2"]
+    c1.close()
+    c2.close()
+
+
+# -- kafka-python ---------------------------------------------------------------------------------
+
+
+def test_kafka_python_group_roundrobin_and_commit(cluster: Cluster) -> None:
+    kafka = pytest.importorskip("kafka")
+    from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+
+    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+    create_topic(bs, topic, 4)
+    produce(bs, topic, 4, 40)
+
+    def consumer() -> Any:
+        return kafka.KafkaConsumer(
+            topic,
+            bootstrap_servers=bs,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            session_timeout_ms=SESSION_MS,
+            heartbeat_interval_ms=HEARTBEAT_MS,
+            partition_assignment_strategy=[RoundRobinPartitionAssignor],
+        )
+
+    a, b = consumer(), consumer()
+    seen: list[bytes] = []
+
+    def poll(c: Any) -> None:
+        for records in c.poll(timeout_ms=50).values():
+            seen.extend(r.value for r in records)
+
+    def parts(c: Any) -> list[int]:
+        return sorted(tp.partition for tp in c.assignment())
+
+    poll_until([lambda: poll(a), lambda: poll(b)], lambda: balanced([parts(a), parts(b)], 4) and len(seen) >= 40)
+    assert sorted(set(seen)) == sorted(b"v%d" % i for i in range(40))
+    a.commit()
+    b.commit()
+    b.close()
+    poll_until([lambda: poll(a)], lambda: parts(a) == [0, 1, 2, 3])
+    tp = kafka.TopicPartition(topic, 0)
+    assert a.committed(tp) == 10
+    a.close()
+
+
+# -- aiokafka -------------------------------------------------------------------------------------
+
+
+def test_aiokafka_group_range_join_leave_and_commit(cluster: Cluster) -> None:
+    aiokafka = pytest.importorskip("aiokafka")
+    from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+    create_topic(bs, topic, 4)
+    produce(bs, topic, 4, 20)
+
+    async def main() -> None:
+        def consumer() -> Any:
+            return aiokafka.AIOKafkaConsumer(
+                topic,
+                bootstrap_servers=bs,
+                group_id=group,
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+                session_timeout_ms=SESSION_MS,
+                heartbeat_interval_ms=HEARTBEAT_MS,
+                partition_assignment_strategy=(RangePartitionAssignor,),
+            )
+
+        def parts(c: Any) -> list[int]:
+            return sorted(tp.partition for tp in c.assignment())
+
+        async def until(cond: Callable[[], bool], consumers: list[Any]) -> None:
+            deadline = time.monotonic() + 30
+            while not cond():
+                assert time.monotonic() < deadline, "condition not reached in time"
+                for c in consumers:
+                    await c.getmany(timeout_ms=50)
+
+        a = consumer()
+        await a.start()
+        await until(lambda: parts(a) == [0, 1, 2, 3], [a])
+        b = consumer()
+        await b.start()
+        await until(lambda: balanced([parts(a), parts(b)], 4), [a, b])
+        assert (parts(a), parts(b)) in (([0, 1], [2, 3]), ([2, 3], [0, 1]))
+        tp = aiokafka.TopicPartition(topic, parts(b)[0])
+        await b.commit({tp: 3})
+        assert await b.committed(tp) == 3
+        await b.stop()
+        await until(lambda: parts(a) == [0, 1, 2, 3], [a])
+        assert await a.committed(tp) == 3
+        await a.stop()
+
+    asyncio.run(main())
+
+
+# -- all three clients in one group ---------------------------------------------------------------
+
+
+def test_three_different_clients_share_one_group(cluster: Cluster) -> None:
+    kafka = pytest.importorskip("kafka")
+    aiokafka = pytest.importorskip("aiokafka")
+    from aiokafka.coordinator.assignors.range import RangePartitionAssignor as AioRange
+    from kafka.coordinator.assignors.range import RangePartitionAssignor
+
+    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+    create_topic(bs, topic, 6)
+
+    async def main() -> None:
+        c1 = ck_consumer(bs, group, topic, "range")
+        c2 = kafka.KafkaConsumer(
+            topic, bootstrap_servers=bs, group_id=group, session_timeout_ms=SESSION_MS,
+            heartbeat_interval_ms=HEARTBEAT_MS, partition_assignment_strategy=[RangePartitionAssignor],
+        )  # fmt: skip
+        c3 = aiokafka.AIOKafkaConsumer(
+            topic, bootstrap_servers=bs, group_id=group, session_timeout_ms=SESSION_MS,
+            heartbeat_interval_ms=HEARTBEAT_MS, partition_assignment_strategy=(AioRange,),
+        )  # fmt: skip
+        await c3.start()
+
+        def assignments() -> list[list[int]]:
+            return [ck_parts(c1), sorted(t.partition for t in c2.assignment()),
+                    sorted(t.partition for t in c3.assignment())]  # fmt: skip
+
+        deadline = time.monotonic() + 40
+        while not balanced(assignments(), 6):
+            assert time.monotonic() < deadline, f"no balanced assignment: {assignments()}"
+            c1.poll(0.03)
+            c2.poll(timeout_ms=30)
+            await c3.getmany(timeout_ms=30)
+        assert [len(a) for a in assignments()] == [2, 2, 2]
+        c1.close()
+        c2.close()
+        await c3.stop()
+
+    asyncio.run(main())
+
+
+# -- durability (restarts the broker: keep last) ------------------------------------------------
+
+
+def test_committed_offsets_survive_broker_kill_9(cluster: Cluster) -> None:
+    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+    create_topic(bs, topic, 3)
+    produce(bs, topic, 3, 30)
+    c = ck_consumer(bs, group, topic)
+    n = 0
+
+    def poll() -> None:
+        nonlocal n
+        m = c.poll(0.05)
+        if m is not None and not m.error():
+            n += 1
+
+    poll_until([poll], lambda: n >= 30)
+    c.commit(asynchronous=False)
+    c.close()
+    # A simple (assign-based) group's commit too.
+    simple = unique("simple")
+    s = ck.Consumer({"bootstrap.servers": bs, "group.id": simple})
+    s.commit(offsets=[ck.TopicPartition(topic, 1, 7)], asynchronous=False)
+    s.close()
+
+    cluster.kill_and_restart_broker()
+
+    c = ck_consumer(bs, group, topic)
+    committed = c.committed([ck.TopicPartition(topic, p) for p in range(3)], timeout=30)
+    assert [tp.offset for tp in committed] == [10, 10, 10]
+    # Consumption resumes where the group left off: only the new records arrive.
+    produce(bs, topic, 3, 6, start=30)
+    got: list[bytes] = []
+
+    def poll2() -> None:
+        m = c.poll(0.05)
+        if m is not None and not m.error():
+            got.append(m.value())
+
+    poll_until([poll2], lambda: len(got) >= 6)
+    for _ in range(5):
+        poll2()
+    assert sorted(got) == sorted(b"v%d" % i for i in range(30, 36))
+    c.close()
+    s = ck.Consumer({"bootstrap.servers": bs, "group.id": simple})
+    assert s.committed([ck.TopicPartition(topic, 1)], timeout=30)[0].offset == 7
+    s.close()
