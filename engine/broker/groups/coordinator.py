@@ -199,6 +199,7 @@ class GroupCoordinator:
         self._is_local = is_local or self._broker_is_local
         self._partitions = [_Partition(i) for i in range(config.offsets_topic_partitions)]
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._partition_keys: dict[int, str] = {}
         self._running = False
         self._expiry_timer: Any = None
 
@@ -211,10 +212,7 @@ class GroupCoordinator:
         not get the topic at start (the first group request creates it, as in Kafka).
         """
         self._running = True
-        topic_exists = True
-        if self._broker is not None and hasattr(self._broker, "topic"):
-            topic_exists = self._broker.topic(OFFSETS_TOPIC) is not None
-        if topic_exists:
+        if self._topic_exists():
             for part in self._partitions:
                 if self._owns_partition(part.index):
                     self._start_load(part)
@@ -248,10 +246,18 @@ class GroupCoordinator:
 
     def key_for_partition(self, index: int) -> str:
         """Some group id that lives in partition ``index`` (to ask who coordinates that partition)."""
-        i = 0
-        while self.partition_for(str(i)) != index:
-            i += 1
-        return str(i)
+        key = self._partition_keys.get(index)
+        if key is None:
+            i = 0
+            while self.partition_for(str(i)) != index:
+                i += 1
+            key = self._partition_keys[index] = str(i)
+        return key
+
+    def _topic_exists(self) -> bool:
+        if self._broker is None or not hasattr(self._broker, "topic"):
+            return True
+        return self._broker.topic(OFFSETS_TOPIC) is not None
 
     def _broker_is_local(self, group_id: str) -> bool:
         node_id, _, _ = self._broker.coordinator_for(group_id)
@@ -293,7 +299,8 @@ class GroupCoordinator:
             for g in groups.values():
                 for m in g.members.values():
                     self._schedule_heartbeat(g, m)
-            log.info("loaded %s-%d: %d records, %d groups", OFFSETS_TOPIC, part.index, len(records), len(groups))
+            level = logging.INFO if records else logging.DEBUG
+            log.log(level, "loaded %s-%d: %d records, %d groups", OFFSETS_TOPIC, part.index, len(records), len(groups))
         except Exception as e:
             # A BrokerError (not the leader, controller away) is expected and retried on the
             # next request; anything else is a bug worth its traceback.
@@ -1176,6 +1183,8 @@ class GroupCoordinator:
         """Groups of every partition this broker coordinates; ``states`` filters (case-insensitive)."""
         if not self._running:
             return ErrorCode.COORDINATOR_NOT_AVAILABLE, []
+        if not self._topic_exists():
+            return ErrorCode.NONE, []  # listing must not create __consumer_offsets
         wanted = {s.lower() for s in states} if states else None
         error = ErrorCode.NONE
         out: list[GroupListing] = []
