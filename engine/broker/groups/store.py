@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from engine.protocol.errors import ProtocolError
 from engine.protocol.records import Record, build_batch, iter_records
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class OffsetsLog:
                         if r.key is None:
                             continue
                         out.append((r.key, r.value, r.offset if r.offset >= 0 else b.base_offset))
-                except ValueError as e:
+                except (ValueError, ProtocolError) as e:
                     # Not ours (something produced into the internal topic) or damaged: the
                     # rest of the partition is still worth loading.
                     log.warning("skipping unreadable batch at offset %d of __consumer_offsets: %s", b.base_offset, e)
