@@ -277,3 +277,24 @@ async def test_without_a_coordinator_every_api_says_coordinator_not_available() 
     assert (await call(b, fetch_v1, 1)).topics[0].partitions[0].error_code == na
     # FindCoordinator does not need the coordinator object.
     assert (await call(b, FindCoordinatorRequest("g"), 3)).error_code == 0
+
+
+@run
+async def test_offset_commit_for_unknown_topic_or_partition() -> None:
+    class WithTopics(FakeBroker):
+        def topic(self, name: str) -> Any:
+            return type("TopicInfo", (), {"partitions": [0, 1]})() if name == "t" else None
+
+    b = WithTopics()
+    assert b.groups is not None
+    await b.groups.start()
+    part = OffsetCommitRequest.OffsetCommitRequestPartition
+    topic = OffsetCommitRequest.OffsetCommitRequestTopic
+    topics = [topic("t", [part(0, 5), part(2, 5)]), topic("nope", [part(0, 1)])]
+    req = OffsetCommitRequest("g", -1, "", None, -1, topics)
+    r = await call(b, req, 8)
+    assert [(t.name, p.partition_index, p.error_code) for t in r.topics for p in t.partitions] == [
+        ("t", 0, 0),
+        ("t", 2, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
+        ("nope", 0, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
+    ]
