@@ -197,11 +197,10 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Requests already received are still carried out, as Kafka does (an acks=0 producer
+        # may close right after sending); only their answers are dropped.
         self.server.connections.discard(self)
         self.can_write.set()
-        self.queue.clear()
-        if self.worker is not None:
-            self.worker.cancel()
         try:
             self.decoder.close()
         except FrameError as e:
