@@ -223,8 +223,6 @@ class GroupCoordinator:
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
         for part in self._partitions:
-            if part.loading is not None:
-                part.loading.cancel()
             self._unload(part, ErrorCode.NOT_COORDINATOR)
         for t in list(self._tasks):
             t.cancel()
@@ -308,7 +306,8 @@ class GroupCoordinator:
             log.warning("loading %s-%d failed: %s", OFFSETS_TOPIC, part.index, e, exc_info=not expected)
             raise
         finally:
-            part.loading = None
+            if part.loading is asyncio.current_task():
+                part.loading = None
 
     def _rebuild(self, index: int, records: list[tuple[bytes, bytes | None, int]]) -> dict[str, Group]:
         metas: dict[str, GroupValue] = {}
@@ -363,6 +362,9 @@ class GroupCoordinator:
         return groups
 
     def _unload(self, part: _Partition, error: ErrorCode) -> None:
+        if part.loading is not None:
+            part.loading.cancel()
+            part.loading = None
         for g in part.groups.values():
             self._deactivate(g, error)
         part.groups = {}
@@ -387,7 +389,7 @@ class GroupCoordinator:
             return None, ErrorCode.COORDINATOR_NOT_AVAILABLE
         part = self._partitions[self.partition_for(group_id)]
         if not self._owns(group_id):
-            if part.loaded:
+            if part.loaded or part.loading is not None:
                 log.info("%s-%d is coordinated elsewhere now: unloading", OFFSETS_TOPIC, part.index)
                 self._unload(part, ErrorCode.NOT_COORDINATOR)
             return None, ErrorCode.NOT_COORDINATOR
@@ -399,8 +401,8 @@ class GroupCoordinator:
         except TimeoutError:
             return None, ErrorCode.COORDINATOR_LOAD_IN_PROGRESS
         except asyncio.CancelledError:
-            if task.cancelled() and not self._running:
-                return None, ErrorCode.COORDINATOR_NOT_AVAILABLE
+            if task.cancelled():  # the load was abandoned (unload, stop), not this request
+                return None, ErrorCode.NOT_COORDINATOR
             raise
         except Exception as e:
             return None, _storage_error_code(e)
