@@ -11,10 +11,12 @@ machine and the exact command.
     python3 benchmarks/side_by_side.py --amq-bootstrap 127.0.0.1:9092 --amq-cluster-state ~/.amq/cluster.json
     python3 benchmarks/side_by_side.py --amq-start                   # `amq cluster up` on the same S3
 
-Runs (each `--duration` long after `--warmup`): max-throughput, then
-steady-state at half of amq's max rate (half of Tansu's when amq is absent),
-lowest-latency, catch-up-read. The S3 server's PUT bandwidth is measured in
-the same run, as the yardstick for the throughput goal.
+Runs (each `--duration` long after `--warmup`, each on a freshly started
+broker with its own bucket): max-throughput; steady-state at half of amq's
+max rate (half of Tansu's when amq is absent); steady-state at 1,000/s;
+lowest-latency; catch-up-read. Runs that fall short of the offered rate are
+flagged (their latencies are client queueing). The S3 server's PUT bandwidth
+is measured in the same run, as the yardstick for the throughput goal.
 """
 
 from __future__ import annotations
@@ -106,9 +108,9 @@ def s3_put_bandwidth(s3: S3Config, seconds: float = 6.0, object_mib: int = 8, th
 
 
 @contextlib.contextmanager
-def tansu_on_s3(server: S3Server, workdir: Path) -> Iterator[System]:
-    bucket = server.create_bucket("tansu")
-    tansu = Tansu(workdir / "tansu", s3=bucket).start(timeout=60)
+def tansu_on_s3(server: S3Server, workdir: Path, run_key: str) -> Iterator[System]:
+    bucket = server.create_bucket(f"tansu-{run_key}")
+    tansu = Tansu(workdir / f"tansu-{run_key}", s3=bucket).start(timeout=60)
     try:
         assert tansu.pid is not None
         yield System("tansu", tansu.bootstrap, [tansu.pid])
@@ -130,7 +132,7 @@ def _amq(
 
 
 @contextlib.contextmanager
-def amq_cluster(args: argparse.Namespace, server: S3Server, workdir: Path) -> Iterator[System]:
+def amq_cluster(args: argparse.Namespace, server: S3Server, workdir: Path, run_key: str) -> Iterator[System]:
     """An amq cluster: the one named by --amq-bootstrap, or one `amq cluster up` starts on the same S3."""
     if args.amq_bootstrap:
         perf_args = ["--bootstrap", args.amq_bootstrap]
@@ -140,10 +142,10 @@ def amq_cluster(args: argparse.Namespace, server: S3Server, workdir: Path) -> It
         return
     if _amq("cluster", "--help").returncode != 0:
         raise SystemExit("`amq cluster` is not available yet: pass --amq-bootstrap or use --peers tansu")
-    home = workdir / "amq-home"
+    home = workdir / f"amq-home-{run_key}"
     home.mkdir(parents=True, exist_ok=True)
     env = {"AMQ_HOME": str(home)}
-    bucket = server.create_bucket("amq")
+    bucket = server.create_bucket(f"amq-{run_key}")
     up = _amq(
         "cluster", "up",
         "--s3-endpoint", bucket.url,
@@ -360,7 +362,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--workloads",
         default="max-throughput,steady-half-max,steady-1k,lowest-latency,catch-up-read",
-        help="runs, in order (steady-half-max needs max-throughput first; steady-<N>k = steady-state at N,000/s)",
+        help="runs, in order (steady-half-max needs max-throughput first; steady-<N>[k] = steady-state at N[,000]/s)",
     )
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
     p.add_argument("--results-dir", type=Path, help="keep every run's JSON here (default: a temp dir)")
@@ -394,12 +396,18 @@ def main(argv: list[str] | None = None) -> int:
         put_bw = s3_put_bandwidth(s3)
         print(f"S3 PUT bandwidth: {put_bw:.1f} MiB/s", flush=True)
         systems: dict[str, System] = {}
-        # One system at a time, so they never compete for the 2 cores.
+        # One system at a time, so they never compete for the 2 cores; and a fresh
+        # broker (fresh bucket) for every run, so a run never pays for the previous
+        # one's backlog still draining to S3.
         for name in [s for s in SYSTEMS if s in args.systems]:
-            ctx = amq_cluster(args, server, workdir) if name == "amq" else tansu_on_s3(server, workdir)
-            with ctx as system:
-                systems[name] = system
-                runs = run_all(system, args, systems, out_dir)
+            systems[name] = System(name, "")
+
+            def start(run_key: str, name: str = name) -> contextlib.AbstractContextManager[System]:
+                if name == "amq":
+                    return amq_cluster(args, server, workdir, run_key)
+                return tansu_on_s3(server, workdir, run_key)
+
+            runs = run_all(systems[name], start, args, systems, out_dir)
     finally:
         server.stop()
     body = [
@@ -440,7 +448,14 @@ def _librdkafka() -> str:
     return str(libversion()[0])
 
 
-def run_all(system: System, args: argparse.Namespace, systems: dict[str, System], out_dir: Path) -> list[Run]:
+def run_all(
+    system: System,
+    start: Any,
+    args: argparse.Namespace,
+    systems: dict[str, System],
+    out_dir: Path,
+) -> list[Run]:
+    """Every workload against one system; `start(run_key)` gives a fresh instance of it per run."""
     runs: list[Run] = []
     for key in [k.strip() for k in args.workloads.split(",") if k.strip()]:
         if key == "steady-half-max":
@@ -455,15 +470,22 @@ def run_all(system: System, args: argparse.Namespace, systems: dict[str, System]
                 print("skipping steady-half-max: no max-throughput result to halve", flush=True)
                 continue
             run = Run(key, "steady-state", ["--rate", str(int(max_rate / 2))])
-        elif key.startswith("steady-") and key.endswith("k") and key[7:-1].isdigit():
-            # A fixed offered load both systems can sustain, so latencies compare like with like.
-            run = Run(key, "steady-state", ["--rate", f"{int(key[7:-1]) * 1000}"])
+        elif key.startswith("steady-") and key[7:].rstrip("k").isdigit():
+            # A fixed offered load (steady-100 = 100/s, steady-2k = 2,000/s), low enough for both
+            # systems to sustain, so their latencies compare like with like.
+            rate = int(key[7:].rstrip("k")) * (1000 if key.endswith("k") else 1)
+            run = Run(key, "steady-state", ["--rate", str(rate)])
         elif key == "catch-up-read":
             run = Run(key, key, ["--backlog", args.backlog])
         else:
             run = Run(key, key)
         runs.append(run)
-        perf(system, run, args, out_dir)
+        with start(key) as live:
+            result = perf(live, run, args, out_dir)
+        if result is not None:
+            system.results[key] = result
+        else:
+            system.failures[key] = live.failures.get(key, "failed")
     return runs
 
 
