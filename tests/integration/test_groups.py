@@ -1,59 +1,27 @@
 """Consumer groups against a real cluster, with real clients: confluent-kafka, kafka-python, aiokafka.
 
-One cluster (SeaweedFS, controller, broker) for the module, started with the same
-launcher `amq cluster up` uses, in a temporary AMQ_HOME. Every test uses its own
-topic and group. Timeouts are short (session 6 s, heartbeat 300 ms) so rebalances
-take about a second; the kill -9 test runs last because it restarts the broker.
+The tests share the session's `broker_cluster` (tests/integration/cluster_fixture.py),
+each with its own topic and group; the kill -9 test starts a cluster of its own.
+Timeouts are short (session 6 s, heartbeat 300 ms) so a rebalance takes about a second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.cluster_fixture import LocalCluster, start_local_cluster, unique
+
 ck = pytest.importorskip("confluent_kafka")
 admin_mod = pytest.importorskip("confluent_kafka.admin")
-launcher = pytest.importorskip("automq_cli.cluster")
 
 SESSION_MS = 6000
 HEARTBEAT_MS = 300
-
-
-@dataclass
-class Cluster:
-    state: dict[str, Any]
-    home: Path
-
-    @property
-    def bootstrap(self) -> str:
-        return str(self.state["bootstrap"])
-
-    def kill_and_restart_broker(self) -> None:
-        launcher.kill_pid(self.state["pids"]["broker-0"])
-        launcher.start_broker(self.state, 0)
-        launcher.write_state(self.state, self.home)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    home = tmp_path_factory.mktemp("amq-home")
-    opts = launcher.ClusterOptions(dir=str(home / "data"), port=0)
-    state = launcher.start_cluster(opts, home=home)
-    try:
-        yield Cluster(state, home)
-    finally:
-        launcher.stop_cluster(state)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def create_topic(bs: str, topic: str, partitions: int) -> None:
@@ -110,8 +78,8 @@ def balanced(assignments: list[list[int]], partitions: int) -> bool:
 
 
 @pytest.mark.parametrize("strategy", ["range", "roundrobin", "cooperative-sticky"])
-def test_confluent_three_members_rebalance_on_join_and_leave(cluster: Cluster, strategy: str) -> None:
-    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+def test_confluent_three_members_rebalance_on_join_and_leave(broker_cluster: LocalCluster, strategy: str) -> None:
+    bs, topic, group = broker_cluster.bootstrap, unique("t"), unique("g")
     create_topic(bs, topic, 6)
     consumers: list[Any] = []
     for _ in range(3):
@@ -140,8 +108,8 @@ def test_confluent_three_members_rebalance_on_join_and_leave(cluster: Cluster, s
         c.close()
 
 
-def test_confluent_commits_and_committed_offsets(cluster: Cluster) -> None:
-    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+def test_confluent_commits_and_committed_offsets(broker_cluster: LocalCluster) -> None:
+    bs, topic, group = broker_cluster.bootstrap, unique("t"), unique("g")
     create_topic(bs, topic, 2)
     produce(bs, topic, 2, 10)
     c = ck_consumer(bs, group, topic)
@@ -172,8 +140,8 @@ def test_confluent_commits_and_committed_offsets(cluster: Cluster) -> None:
     assert group not in {g.group_id for g in listed.valid}
 
 
-def test_confluent_assign_based_consumer_commits_with_generation_minus_one(cluster: Cluster) -> None:
-    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+def test_confluent_assign_based_consumer_commits_with_generation_minus_one(broker_cluster: LocalCluster) -> None:
+    bs, topic, group = broker_cluster.bootstrap, unique("t"), unique("g")
     create_topic(bs, topic, 1)
     produce(bs, topic, 1, 5)
     c = ck.Consumer({"bootstrap.servers": bs, "group.id": group, "enable.auto.commit": False})
@@ -185,8 +153,8 @@ def test_confluent_assign_based_consumer_commits_with_generation_minus_one(clust
     c.close()
 
 
-def test_confluent_static_member_restart_without_rebalance(cluster: Cluster) -> None:
-    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+def test_confluent_static_member_restart_without_rebalance(broker_cluster: LocalCluster) -> None:
+    bs, topic, group = broker_cluster.bootstrap, unique("t"), unique("g")
     create_topic(bs, topic, 4)
     assigns: dict[str, int] = {"i1": 0, "i2": 0}
 
@@ -236,11 +204,11 @@ def test_confluent_static_member_restart_without_rebalance(cluster: Cluster) -> 
 # -- kafka-python ---------------------------------------------------------------------------------
 
 
-def test_kafka_python_group_roundrobin_and_commit(cluster: Cluster) -> None:
+def test_kafka_python_group_roundrobin_and_commit(broker_cluster: LocalCluster) -> None:
     kafka = pytest.importorskip("kafka")
     from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
-    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+    bs, topic, group = broker_cluster.bootstrap, unique("t"), unique("g")
     create_topic(bs, topic, 4)
     produce(bs, topic, 4, 40)
 
@@ -280,11 +248,11 @@ def test_kafka_python_group_roundrobin_and_commit(cluster: Cluster) -> None:
 # -- aiokafka -------------------------------------------------------------------------------------
 
 
-def test_aiokafka_group_range_join_leave_and_commit(cluster: Cluster) -> None:
+def test_aiokafka_group_range_join_leave_and_commit(broker_cluster: LocalCluster) -> None:
     aiokafka = pytest.importorskip("aiokafka")
     from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+    bs, topic, group = broker_cluster.bootstrap, unique("t"), unique("g")
     create_topic(bs, topic, 4)
     produce(bs, topic, 4, 20)
 
@@ -332,13 +300,13 @@ def test_aiokafka_group_range_join_leave_and_commit(cluster: Cluster) -> None:
 # -- all three clients in one group ---------------------------------------------------------------
 
 
-def test_three_different_clients_share_one_group(cluster: Cluster) -> None:
+def test_three_different_clients_share_one_group(broker_cluster: LocalCluster) -> None:
     kafka = pytest.importorskip("kafka")
     aiokafka = pytest.importorskip("aiokafka")
     from aiokafka.coordinator.assignors.range import RangePartitionAssignor as AioRange
     from kafka.coordinator.assignors.range import RangePartitionAssignor
 
-    bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
+    bs, topic, group = broker_cluster.bootstrap, unique("t"), unique("g")
     create_topic(bs, topic, 6)
 
     async def main() -> None:
@@ -371,10 +339,18 @@ def test_three_different_clients_share_one_group(cluster: Cluster) -> None:
     asyncio.run(main())
 
 
-# -- durability (restarts the broker: keep last) ------------------------------------------------
+# -- durability (a cluster of its own, since the broker gets killed) ------------------------------------------------
 
 
-def test_committed_offsets_survive_broker_kill_9(cluster: Cluster) -> None:
+def test_committed_offsets_survive_broker_kill_9(tmp_path: Path) -> None:
+    own = start_local_cluster(tmp_path)
+    try:
+        committed_offsets_survive_kill_9(own)
+    finally:
+        own.stop()
+
+
+def committed_offsets_survive_kill_9(cluster: LocalCluster) -> None:
     bs, topic, group = cluster.bootstrap, unique("t"), unique("g")
     create_topic(bs, topic, 3)
     produce(bs, topic, 3, 30)
@@ -396,7 +372,8 @@ def test_committed_offsets_survive_broker_kill_9(cluster: Cluster) -> None:
     s.commit(offsets=[ck.TopicPartition(topic, 1, 7)], asynchronous=False)
     s.close()
 
-    cluster.kill_and_restart_broker()
+    cluster.kill_broker()
+    cluster.restart_broker()
 
     c = ck_consumer(bs, group, topic)
     committed = c.committed([ck.TopicPartition(topic, p) for p in range(3)], timeout=30)
