@@ -65,10 +65,13 @@ def consume(c: LocalCluster, topic: str, partition: int, count: int, offset: int
 def test_confluent_round_trip_keys_headers_nulls(broker_cluster: LocalCluster, codec: str) -> None:
     topic = create(broker_cluster, unique(codec))
     records = [
-        {"key": f"k{i}".encode() if i % 3 else None, "value": None if i % 7 == 0 else f"value-{i}".encode() * 5,
-         "headers": [("h", f"{i}".encode()), ("empty", None)] if i % 2 else None}
+        {
+            "key": f"k{i}".encode() if i % 3 else None,
+            "value": None if i % 7 == 0 else f"value-{i}".encode() * 5,
+            "headers": [("h", f"{i}".encode()), ("empty", None)] if i % 2 else None,
+        }
         for i in range(300)
-    ]  # fmt: skip
+    ]
     delivered = produce(broker_cluster, topic, records, **{"compression.type": codec, "enable.idempotence": True})
     assert all(not isinstance(d, KafkaError) for d in delivered)
     got = consume(broker_cluster, topic, 0, len(records))
@@ -107,9 +110,14 @@ def test_confluent_admin_and_error_codes(broker_cluster: LocalCluster) -> None:
         except KafkaException as e:
             codes[t] = e.args[0].code()
     assert sorted(codes.values()) == sorted(
-        [KafkaError.NO_ERROR, KafkaError.TOPIC_EXCEPTION, KafkaError.INVALID_REPLICATION_FACTOR,
-         KafkaError.INVALID_CONFIG, KafkaError.INVALID_CONFIG]
-    )  # fmt: skip
+        [
+            KafkaError.NO_ERROR,
+            KafkaError.TOPIC_EXCEPTION,
+            KafkaError.INVALID_REPLICATION_FACTOR,
+            KafkaError.INVALID_CONFIG,
+            KafkaError.INVALID_CONFIG,
+        ]
+    )
     with pytest.raises(KafkaException) as e:
         a.create_topics([NewTopic(name, 1, 1)])[name].result(TIMEOUT)
     assert e.value.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
@@ -160,8 +168,12 @@ def test_log_append_time_topic(broker_cluster: LocalCluster) -> None:
 def test_list_offsets_by_timestamp_and_delete_records(broker_cluster: LocalCluster) -> None:
     topic = create(broker_cluster, unique("ts"))
     base = 1_700_000_000_000
-    produce(broker_cluster, topic, [{"value": str(i).encode(), "timestamp": base + 10 * i} for i in range(50)],
-            **{"batch.num.messages": 7})  # fmt: skip
+    produce(
+        broker_cluster,
+        topic,
+        [{"value": str(i).encode(), "timestamp": base + 10 * i} for i in range(50)],
+        **{"batch.num.messages": 7},
+    )
     consumer = CKConsumer({"bootstrap.servers": broker_cluster.bootstrap, "group.id": "unused"})
     try:
         for ts, offset in [(0, 0), (base + 10 * 20, 20), (base + 10 * 20 + 5, 21), (base + 10 * 49, 49)]:
@@ -201,14 +213,19 @@ def test_kafka_python_round_trip_and_admin(broker_cluster: LocalCluster) -> None
             a.create_topics([KNewTopic(unique("kp0"), 0, 1)])
         described = a.describe_configs([KConfigResource(ConfigResourceType.TOPIC, name)])
         assert "segment.ms" in str(described)
-        producer = KafkaProducer(bootstrap_servers=broker_cluster.bootstrap, acks="all", compression_type="gzip",
-                                 enable_idempotence=True)  # fmt: skip
+        producer = KafkaProducer(
+            bootstrap_servers=broker_cluster.bootstrap, acks="all", compression_type="gzip", enable_idempotence=True
+        )
         metas = [producer.send(name, key=b"k", value=f"v{i}".encode(), partition=1) for i in range(20)]
         producer.flush(TIMEOUT)
         assert [m.get(TIMEOUT).offset for m in metas] == list(range(20))
         producer.close()
-        consumer = KafkaConsumer(bootstrap_servers=broker_cluster.bootstrap, consumer_timeout_ms=5000,
-                                 auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
+        consumer = KafkaConsumer(
+            bootstrap_servers=broker_cluster.bootstrap,
+            consumer_timeout_ms=5000,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
         consumer.assign([KTP(name, 1)])
         values = [m.value for _, m in zip(range(20), consumer, strict=False)]
         consumer.close()
@@ -225,16 +242,18 @@ def test_aiokafka_round_trip(broker_cluster: LocalCluster) -> None:
     topic = create(broker_cluster, unique("aio"))
 
     async def go() -> list[tuple[bytes | None, bytes | None]]:
-        producer = AIOKafkaProducer(bootstrap_servers=broker_cluster.bootstrap, compression_type="lz4",
-                                    enable_idempotence=True)  # fmt: skip
+        producer = AIOKafkaProducer(
+            bootstrap_servers=broker_cluster.bootstrap, compression_type="lz4", enable_idempotence=True
+        )
         await producer.start()
         try:
             for i in range(30):
                 await producer.send_and_wait(topic, value=f"a{i}".encode(), key=None if i % 2 else b"k")
         finally:
             await producer.stop()
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker_cluster.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="earliest")  # fmt: skip
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=broker_cluster.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
         await consumer.start()
         try:
             consumer.assign([ATP(topic, 0)])
@@ -255,13 +274,24 @@ def test_aiokafka_round_trip(broker_cluster: LocalCluster) -> None:
 def test_kcat_round_trip_and_metadata(broker_cluster: LocalCluster) -> None:
     topic = unique("kcat")  # auto-created by Metadata
     lines = "".join(f"k{i}:v{i}\n" for i in range(10))
-    subprocess.run(["kcat", "-b", broker_cluster.bootstrap, "-t", topic, "-P", "-K:", "-z", "snappy"],
-                   input=lines.encode(), check=True, timeout=TIMEOUT)  # fmt: skip
-    out = subprocess.run(["kcat", "-b", broker_cluster.bootstrap, "-t", topic, "-C", "-e", "-f", "%k=%s@%o\n"],
-                         capture_output=True, check=True, timeout=TIMEOUT).stdout.decode()  # fmt: skip
+    subprocess.run(
+        ["kcat", "-b", broker_cluster.bootstrap, "-t", topic, "-P", "-K:", "-z", "snappy"],
+        input=lines.encode(),
+        check=True,
+        timeout=TIMEOUT,
+    )
+    out = subprocess.run(
+        ["kcat", "-b", broker_cluster.bootstrap, "-t", topic, "-C", "-e", "-f", "%k=%s@%o\n"],
+        capture_output=True,
+        check=True,
+        timeout=TIMEOUT,
+    ).stdout.decode()
     assert out.splitlines() == [f"k{i}=v{i}@{i}" for i in range(10)]
-    meta = json.loads(subprocess.run(["kcat", "-b", broker_cluster.bootstrap, "-L", "-J"], capture_output=True,
-                                     check=True, timeout=TIMEOUT).stdout)  # fmt: skip
+    meta = json.loads(
+        subprocess.run(
+            ["kcat", "-b", broker_cluster.bootstrap, "-L", "-J"], capture_output=True, check=True, timeout=TIMEOUT
+        ).stdout
+    )
     assert topic in [t["topic"] for t in meta["topics"]]
     assert not [t for t in meta["topics"] if t["topic"].startswith("__")]  # internal topics stay hidden
 
@@ -269,7 +299,15 @@ def test_kcat_round_trip_and_metadata(broker_cluster: LocalCluster) -> None:
 def test_metrics_endpoint(broker_cluster: LocalCluster) -> None:
     with urllib.request.urlopen(broker_cluster.metrics_url, timeout=5) as r:
         m = json.loads(r.read())
-    for key in ("s3_put_requests", "s3_put_bytes", "s3_get_requests", "wal_bytes_written", "cross_zone_bytes",
-                "requests_total", "bytes_in", "bytes_out"):  # fmt: skip
+    for key in (
+        "s3_put_requests",
+        "s3_put_bytes",
+        "s3_get_requests",
+        "wal_bytes_written",
+        "cross_zone_bytes",
+        "requests_total",
+        "bytes_in",
+        "bytes_out",
+    ):
         assert isinstance(m[key], int), key
     assert m["cross_zone_bytes"] == 0 and m["wal_kind"] == "file" and m["zone"] == "az1"
