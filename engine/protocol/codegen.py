@@ -129,10 +129,22 @@ class _Gen:
         return walk(self.msg.root)
 
     def gen_decoder(self, s: StructSpec) -> None:
-        cls = self.cls_for(s)
         L = self.lines
         L.append(f"def d_{s.name}(b, p):")
         L.append("    lb = len(b)")
+        ctor = self.struct_body(s, "    ", "v_")
+        L.append(f"    return {ctor}, p")
+        L.append("")
+
+    def is_leaf(self, s: StructSpec) -> bool:
+        return not any(f.struct is not None for f in self.fields_in(s))
+
+    def struct_body(self, s: StructSpec, ind: str, prefix: str) -> str:
+        """Emit the reads of ``s``'s fields into ``{prefix}{attr}`` locals; return the
+        constructor call. Used for struct functions and, for leaf structs, inline in the
+        parent's array loop (a call and a tuple less per partition)."""
+        cls = self.cls_for(s)
+        L = self.lines
         present = self.fields_in(s)
         plain = [f for f in present if not self.is_tagged(f)]
         tagged = [f for f in present if self.is_tagged(f)]
@@ -146,45 +158,44 @@ class _Gen:
             if run:
                 fmt = ">" + "".join(_FIXED[x.type] for x in run)
                 st = self.const(struct.Struct(fmt), "S")
-                names = ", ".join(f"v_{x.attr}" for x in run)
-                L.append(f"    {names}{',' if len(run) == 1 else ''} = {st}.unpack_from(b, p)")
-                L.append(f"    p += {struct.calcsize(fmt)}")
+                names = ", ".join(f"{prefix}{x.attr}" for x in run)
+                L.append(f"{ind}{names}{',' if len(run) == 1 else ''} = {st}.unpack_from(b, p)")
+                L.append(f"{ind}p += {struct.calcsize(fmt)}")
                 continue
-            self.decode_field(f, "    ", f"v_{f.attr}")
+            self.decode_field(f, ind, f"{prefix}{f.attr}")
             i += 1
         if self.flex:
             if not tagged:
                 # Almost always an empty section: one byte, no call.
-                L.append("    if b[p]:")
-                L.append("        p = _skip_tags(b, p)")
-                L.append("    else:")
-                L.append("        p += 1")
+                L.append(f"{ind}if b[p]:")
+                L.append(f"{ind}    p = _skip_tags(b, p)")
+                L.append(f"{ind}else:")
+                L.append(f"{ind}    p += 1")
             else:
                 for f in tagged:
-                    L.append(f"    v_{f.attr} = {self.default_expr(f, cls)}")
-                L.append("    nt, p = _ruv(b, p)")
-                L.append("    for _ in range(nt):")
-                L.append("        tag, p = _ruv(b, p)")
-                L.append("        sz, p = _ruv(b, p)")
-                L.append("        end = p + sz")
-                L.append("        if end > lb:")
-                L.append("            raise _DecodeError('tagged field runs past the end')")
+                    L.append(f"{ind}{prefix}{f.attr} = {self.default_expr(f, cls)}")
+                L.append(f"{ind}nt, p = _ruv(b, p)")
+                L.append(f"{ind}for _ in range(nt):")
+                L.append(f"{ind}    tag, p = _ruv(b, p)")
+                L.append(f"{ind}    sz, p = _ruv(b, p)")
+                L.append(f"{ind}    end = p + sz")
+                L.append(f"{ind}    if end > lb:")
+                L.append(f"{ind}        raise _DecodeError('tagged field runs past the end')")
                 for f in tagged:
-                    L.append(f"        if tag == {f.tag}:")
-                    L.append("            q = p")
-                    self.decode_field(f, "            ", f"v_{f.attr}", pos_var="q")
-                    L.append("            if q != end:")
-                    L.append(f"                raise _DecodeError('tagged field {f.tag} has the wrong size')")
-                L.append("        p = end")
+                    L.append(f"{ind}    if tag == {f.tag}:")
+                    L.append(f"{ind}        q = p")
+                    self.decode_field(f, ind + "        ", f"{prefix}{f.attr}", pos_var="q")
+                    L.append(f"{ind}        if q != end:")
+                    L.append(f"{ind}            raise _DecodeError('tagged field {f.tag} has the wrong size')")
+                L.append(f"{ind}    p = end")
         args = []
         present_attrs = {f.attr for f in present}
         fields_by_attr = {attr_name(f): f for f in s.fields}
         for fld in dataclasses.fields(cls):
             spec = fields_by_attr[fld.name]
-            args.append(f"v_{spec.attr}" if spec.attr in present_attrs else self.default_expr(spec, cls))
+            args.append(f"{prefix}{spec.attr}" if spec.attr in present_attrs else self.default_expr(spec, cls))
         c = self.const(cls, "C")
-        L.append(f"    return {c}({', '.join(args)}), p")
-        L.append("")
+        return f"{c}({', '.join(args)})"
 
     def fixed(self, f: FieldSpec) -> bool:
         return not f.is_array and f.type in _FIXED and not self.is_tagged(f)
@@ -198,11 +209,16 @@ class _Gen:
         """
         L = self.lines
         if self.flex:
-            L.append(f"{ind}n = b[{P}] - 1")
-            L.append(f"{ind}{P} += 1")
-            L.append(f"{ind}if n > 126:")
-            L.append(f"{ind}    n, {P} = _ruv(b, {P} - 1)")
-            L.append(f"{ind}    n -= 1")
+            # One- and two-byte varints inline (names, counts, records up to 16 KiB).
+            L.append(f"{ind}n = b[{P}]")
+            L.append(f"{ind}if n < 128:")
+            L.append(f"{ind}    {P} += 1")
+            L.append(f"{ind}elif b[{P} + 1] < 128:")
+            L.append(f"{ind}    n = (n & 127) | (b[{P} + 1] << 7)")
+            L.append(f"{ind}    {P} += 2")
+            L.append(f"{ind}else:")
+            L.append(f"{ind}    n, {P} = _ruv(b, {P})")
+            L.append(f"{ind}n -= 1")
         else:
             st = "_I16" if kind == "string" else "_I32"
             L.append(f"{ind}n, = {st}.unpack_from(b, {P})")
@@ -221,14 +237,22 @@ class _Gen:
                 L.append(f"{ind}    raise _DecodeError('null array in non-nullable field {f.name}')")
             # A forged count must not make us loop (or allocate) beyond what the frame holds.
             L.append(f"{ind}elif n > lb - {P}:")
-            L.append(f"{ind}    raise _DecodeError('array of {{n}} elements cannot fit')")
+            L.append(f"{ind}    raise _DecodeError(f'array of {{n}} elements cannot fit')")
             L.append(f"{ind}else:")
-            if f.struct is not None:
+            ap = f"ap_{var}"
+            if f.struct is not None and P == "p" and self.is_leaf(f.struct):
                 L.append(f"{ind}    {var} = []")
-                L.append(f"{ind}    ap = {var}.append")
+                L.append(f"{ind}    {ap} = {var}.append")
+                L.append(f"{ind}    for _ in range(n):")
+                # Leaves never inline further, so "e_" cannot meet another inlined level.
+                ctor = self.struct_body(f.struct, ind + "        ", "e_")
+                L.append(f"{ind}        {ap}({ctor})")
+            elif f.struct is not None:
+                L.append(f"{ind}    {var} = []")
+                L.append(f"{ind}    {ap} = {var}.append")
                 L.append(f"{ind}    for _ in range(n):")
                 L.append(f"{ind}        o, {P} = d_{f.type}(b, {P})")
-                L.append(f"{ind}        ap(o)")
+                L.append(f"{ind}        {ap}(o)")
             elif f.type in _FIXED:
                 code = _FIXED[f.type]
                 L.append(f"{ind}    {var} = list(_unpack(f'>{{n}}{code}', b, {P}))")
@@ -236,10 +260,10 @@ class _Gen:
             else:
                 reader = self.reader(f, element=True)
                 L.append(f"{ind}    {var} = []")
-                L.append(f"{ind}    ap = {var}.append")
+                L.append(f"{ind}    {ap} = {var}.append")
                 L.append(f"{ind}    for _ in range(n):")
                 L.append(f"{ind}        o, {P} = {reader}(b, {P})")
-                L.append(f"{ind}        ap(o)")
+                L.append(f"{ind}        {ap}(o)")
             return
         if f.struct is not None:
             L.append(f"{ind}{var}, {P} = d_{f.type}(b, {P})")
