@@ -23,15 +23,22 @@ class RequestHeader:
     header_version: int = 1
 
 
-def parse_request_header(frame: Buffer) -> tuple[RequestHeader, int]:
+def parse_request_header(frame: Buffer, header_version: int | None = None) -> tuple[RequestHeader, int]:
     """Parse the header at the start of ``frame``; return it and where the body starts.
 
+    The header version follows from (api_key, api_version) unless ``header_version``
+    forces one (0 has no client_id; only ControlledShutdown v0 ever used it).
     Raises ``struct.error``/``IndexError``/``ValueError`` on a short or bad header; use
     ``codec.decode_request`` for typed errors.
     """
     api_key, api_version, correlation_id = _HEAD.unpack_from(frame, 0)
-    first_flexible = _FIRST_FLEXIBLE.get(api_key)
-    hv = 2 if first_flexible is not None and api_version >= first_flexible else 1
+    if header_version is None:
+        first_flexible = _FIRST_FLEXIBLE.get(api_key)
+        hv = 2 if first_flexible is not None and api_version >= first_flexible else 1
+    elif header_version == 0:
+        return RequestHeader(api_key, api_version, correlation_id, None, 0), 8
+    else:
+        hv = header_version
     # client_id is a legacy (non-compact) nullable string even in header v2, so that any
     # broker can read it before knowing whether the api version is flexible.
     (n,) = INT16.unpack_from(frame, 8)

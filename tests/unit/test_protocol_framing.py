@@ -169,6 +169,15 @@ def test_request_header_v2_with_client_id_and_tags() -> None:
     assert req.header.correlation_id == 77 and isinstance(req.body, m.MetadataRequest)
 
 
+def test_forced_header_versions() -> None:
+    raw = struct.pack(">hhi", 7, 0, 99) + b"body"
+    hdr, pos = parse_request_header(raw, header_version=0)
+    assert (hdr.api_key, hdr.correlation_id, hdr.client_id, hdr.header_version, pos) == (7, 99, None, 0, 8)
+    raw = struct.pack(">hhih", ApiKey.PRODUCE, 3, 5, 2) + b"id" + b"\x00rest"
+    hdr, pos = parse_request_header(raw, header_version=2)
+    assert (hdr.client_id, hdr.header_version, raw[pos:]) == ("id", 2, b"rest")
+
+
 def test_null_client_id() -> None:
     data = encode_request(RequestHeader(ApiKey.HEARTBEAT, 0, 1, None), m.HeartbeatRequest("g", 1, "m"))
     req = decode_request(memoryview(data)[4:])
