@@ -19,14 +19,17 @@ from engine.protocol.messages import ApiVersionsResponse
 log = logging.getLogger(__name__)
 
 Handle = Callable[[Any, Any], Awaitable[Any]]
+#: Optional `begin(ctx, request)`: does the part that must follow request order, returns the rest.
+Begin = Callable[[Any, Any], Awaitable[Awaitable[Any]]]
 
 
 class DuplicateHandler(RuntimeError):
     pass
 
 
-def discover(package: Any = handlers) -> dict[int, Handle]:
-    found: dict[int, Handle] = {}
+def discover(package: Any = handlers) -> dict[int, Any]:
+    """Handler modules by api key."""
+    found: dict[int, Any] = {}
     owners: dict[int, str] = {}
     for info in pkgutil.iter_modules(package.__path__):
         name = f"{package.__name__}.{info.name}"
@@ -44,20 +47,25 @@ def discover(package: Any = handlers) -> dict[int, Handle]:
             continue
         if int(key) in found:
             raise DuplicateHandler(f"api key {int(key)} is handled by both {owners[int(key)]} and {name}")
-        found[int(key)] = handle
+        found[int(key)] = module
         owners[int(key)] = name
     return found
 
 
 class Dispatcher:
     def __init__(self) -> None:
-        self.handlers = discover()
+        modules = discover()
+        self.handlers: dict[int, Handle] = {k: m.handle for k, m in modules.items()}
+        self.begins: dict[int, Begin] = {k: m.begin for k, m in modules.items() if callable(getattr(m, "begin", None))}
         missing = sorted(ApiKey(k).name for k in SUPPORTED_APIS if k not in self.handlers)
         if missing:
             log.info("APIs without a handler (not advertised): %s", ", ".join(missing))
 
     def get(self, api_key: int) -> Handle | None:
         return self.handlers.get(api_key)
+
+    def begin(self, api_key: int) -> Begin | None:
+        return self.begins.get(api_key)
 
     def api_versions(self) -> list[ApiVersionsResponse.ApiVersion]:
         """What ApiVersions advertises: the codec's ranges of the APIs that have a handler."""

@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
 from engine.broker.context import RequestContext
 from engine.protocol import (
@@ -28,6 +29,8 @@ from engine.protocol import (
     encode_body,
     encode_response,
 )
+from engine.protocol._wire import Buffer
+from engine.protocol.codec import Request
 from engine.protocol.framing import frame
 from engine.protocol.headers import RequestHeader, encode_response_header
 from engine.protocol.messages import ApiVersionsResponse
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED = 64
 RESUME_AT = 16
+#: Pipelined requests of one connection whose answers may be pending at once.
+MAX_IN_FLIGHT = 32
 
 
 class _Close:
@@ -46,6 +51,7 @@ class _Close:
 
 
 CLOSE = _Close()
+Answer = list[Buffer] | _Close | None
 
 
 class KafkaServer:
@@ -78,14 +84,15 @@ class KafkaServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
 
-    def _unsupported_api_versions(self, header: RequestHeader) -> list[bytes | bytearray | memoryview]:
+    def _unsupported_api_versions(self, header: RequestHeader) -> list[Buffer]:
         # v0 body and v0 header: readable whatever version the client asked with; it retries with our max.
         body = ApiVersionsResponse(error_code=35, api_keys=self.broker.dispatcher.api_versions())
         parts = encode_body(body, 0)
         parts.insert(0, encode_response_header(header.correlation_id, 0))
         return frame(parts)
 
-    async def process(self, data: memoryview, conn: Connection) -> list[bytes | bytearray | memoryview] | _Close | None:
+    async def process(self, data: memoryview, conn: Connection) -> Answer | asyncio.Future[Answer]:
+        """Handle one frame: its answer, or (pipelined APIs) a future of it once the ordered part is done."""
         broker = self.broker
         counters = broker.counters
         try:
@@ -108,22 +115,40 @@ class KafkaServer:
             return CLOSE
         header = request.header
         ctx = RequestContext(broker, header.api_version, header.correlation_id, header.client_id, conn.host)
+        counters["requests_total"] += 1
+        counters[f"requests_{ApiKey(request.api_key).name.lower()}"] += 1
+        begin = broker.dispatcher.begin(request.api_key)
         try:
-            response = await handle(ctx, request.body)
-            counters["requests_total"] += 1
-            counters[f"requests_{ApiKey(request.api_key).name.lower()}"] += 1
-            if request.api_key == ApiKey.PRODUCE and getattr(request.body, "acks", 1) == 0:
-                return None  # acks=0: Kafka sends no answer at all
-            return encode_response(header, response)
+            if begin is not None:
+                rest = await begin(ctx, request.body)
+                return asyncio.ensure_future(self._finish(rest, request, conn))
+            return self._encode(request, await handle(ctx, request.body))
         except asyncio.CancelledError:
             raise
         except Exception:
-            counters["requests_failed"] += 1
-            log.exception(
-                "%s: %s v%d (correlation id %d) failed; closing the connection",
-                conn.peer, ApiKey(request.api_key).name, header.api_version, header.correlation_id,
-            )  # fmt: skip
-            return CLOSE
+            return self._failed(request, conn)
+
+    async def _finish(self, rest: Awaitable[Any], request: Request, conn: Connection) -> Answer:
+        try:
+            return self._encode(request, await rest)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return self._failed(request, conn)
+
+    def _encode(self, request: Request, response: Any) -> Answer:
+        if request.api_key == ApiKey.PRODUCE and getattr(request.body, "acks", 1) == 0:
+            return None  # acks=0: Kafka sends no answer at all
+        return encode_response(request.header, response)
+
+    def _failed(self, request: Request, conn: Connection) -> _Close:
+        self.broker.counters["requests_failed"] += 1
+        h = request.header
+        log.exception(
+            "%s: %s v%d (correlation id %d) failed; closing the connection",
+            conn.peer, ApiKey(request.api_key).name, h.api_version, h.correlation_id,
+        )  # fmt: skip
+        return CLOSE
 
 
 class Connection(asyncio.Protocol):
@@ -135,6 +160,9 @@ class Connection(asyncio.Protocol):
         self.decoder = FrameDecoder(server.broker.config.socket_request_max_bytes)
         self.queue: deque[memoryview] = deque()
         self.worker: asyncio.Task[None] | None = None
+        # Answers of pipelined requests (Produce) still in progress, in request order.
+        self.answers: deque[asyncio.Future[Answer]] = deque()
+        self.writer: asyncio.Task[None] | None = None
         self.reading_paused = False
         self.can_write = asyncio.Event()
         self.can_write.set()
@@ -174,16 +202,48 @@ class Connection(asyncio.Protocol):
                     self.reading_paused = False
                     self.transport.resume_reading()
                 out = await self.server.process(data, self)
-                if isinstance(out, _Close):
-                    self.abort()
-                    return
-                if out is not None and self.transport is not None and not self.transport.is_closing():
-                    self.transport.writelines(out)
-                    self.server.broker.counters["bytes_out"] += sum(len(p) for p in out)
+                if isinstance(out, asyncio.Future):
+                    self._queue_answer(out)
+                    if len(self.answers) >= MAX_IN_FLIGHT:
+                        await asyncio.wait([self.answers[0]])
+                elif self.answers:
+                    # Answers leave in request order, so this one waits behind pipelined ones.
+                    done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+                    done.set_result(out)
+                    self._queue_answer(done)
+                else:
+                    if not self._emit(out):
+                        return
                     if not self.can_write.is_set():
                         await self.can_write.wait()
         finally:
             self.worker = None
+
+    def _queue_answer(self, fut: asyncio.Future[Answer]) -> None:
+        self.answers.append(fut)
+        if self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._write_answers())
+
+    async def _write_answers(self) -> None:
+        try:
+            while self.answers:
+                out = await asyncio.shield(self.answers[0])
+                self.answers.popleft()
+                if not self._emit(out):
+                    return
+                if not self.can_write.is_set():
+                    await self.can_write.wait()
+        finally:
+            self.writer = None
+
+    def _emit(self, out: Answer) -> bool:
+        if isinstance(out, _Close):
+            self.abort()
+            return False
+        if out is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(out)
+            self.server.broker.counters["bytes_out"] += sum(len(p) for p in out)
+        return True
 
     def pause_writing(self) -> None:
         self.can_write.clear()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 
 from engine.broker.context import RequestContext
 from engine.broker.errors import BrokerError, error_code_for
@@ -32,6 +33,15 @@ def _fail(resp: PartitionResponse, code: ErrorCode, message: str | None) -> None
 
 
 async def handle(ctx: RequestContext, request: ProduceRequest) -> ProduceResponse:
+    return await (await begin(ctx, request))
+
+
+async def begin(ctx: RequestContext, request: ProduceRequest) -> Awaitable[ProduceResponse]:
+    """Validate and append (offsets follow request order); the returned awaitable waits for durability.
+
+    The server runs the next request of the connection as soon as this returns, so a
+    producer with several requests in flight gets them into one WAL sync.
+    """
     b = ctx.broker
     now_ms = int(time.time() * 1000)
     out = ProduceResponse()
@@ -77,21 +87,26 @@ async def handle(ctx: RequestContext, request: ProduceRequest) -> ProduceRespons
     if request.acks == 0:
         for _, result in pending:
             result.done.add_done_callback(_swallow)
+    return _complete(out, pending, request.acks, request.timeout_ms)
+
+
+async def _complete(
+    out: ProduceResponse, pending: list[tuple[PartitionResponse, AppendResult]], acks: int, timeout_ms: int
+) -> ProduceResponse:
+    if acks == 0 or not pending:
         return out
-    if pending:
-        timeout = max(request.timeout_ms, 1) / 1000
-        futures = [asyncio.shield(r.done) for _, r in pending]
-        done, _ = await asyncio.wait(futures, timeout=timeout)
-        for (resp, result), fut in zip(pending, futures, strict=True):
-            if fut not in done:
-                _fail(resp, ErrorCode.REQUEST_TIMED_OUT, f"not durable within {request.timeout_ms} ms")
-                result.done.add_done_callback(_swallow)
-            elif fut.exception() is not None:
-                exc = fut.exception()
-                assert exc is not None
-                _fail(resp, error_code_for(exc), str(exc))
-            else:
-                resp.base_offset = fut.result()
+    futures = [asyncio.shield(r.done) for _, r in pending]
+    done, _ = await asyncio.wait(futures, timeout=max(timeout_ms, 1) / 1000)
+    for (resp, result), fut in zip(pending, futures, strict=True):
+        if fut not in done:
+            _fail(resp, ErrorCode.REQUEST_TIMED_OUT, f"not durable within {timeout_ms} ms")
+            result.done.add_done_callback(_swallow)
+        elif fut.exception() is not None:
+            exc = fut.exception()
+            assert exc is not None
+            _fail(resp, error_code_for(exc), str(exc))
+        else:
+            resp.base_offset = fut.result()
     return out
 
 
