@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from engine.broker.groups import GroupConfig, GroupCoordinator, GroupState, ManualTimers, OffsetCommitEntry
 from engine.broker.groups.group import JoinResult, SyncResult
@@ -840,3 +840,69 @@ async def test_stop_answers_parked_requests() -> None:
     await h.c.stop()
     assert (await ja).error == ErrorCode.NOT_COORDINATOR
     assert await h.heartbeat(a, gen) == ErrorCode.COORDINATOR_NOT_AVAILABLE
+
+
+# -- wiring to a broker ---------------------------------------------------------------------------
+
+
+class _BrokerConfig:
+    offsets_topic_num_partitions = 5
+    groups: ClassVar[dict[str, int]] = {"min_session_timeout_ms": 500}
+
+
+class _Broker:
+    """What GroupCoordinator(broker) uses of engine.broker.broker.Broker (docs/broker.md)."""
+
+    node_id = 1
+    config = _BrokerConfig()
+
+    def __init__(self) -> None:
+        self.streams = MemoryStreams()
+        self.topic_exists = False
+        self.leader = 1
+
+    def topic(self, name: str) -> object | None:
+        assert name == "__consumer_offsets"
+        return object() if self.topic_exists else None
+
+    async def open_internal_stream(self, topic: str, partition: int) -> Any:
+        self.topic_exists = True  # the broker creates the topic on first use
+        return await self.streams(topic, partition)
+
+    def offsets_partition_for(self, key: str) -> int:
+        from engine.broker.broker import java_string_hashcode
+
+        return abs(java_string_hashcode(key)) % self.config.offsets_topic_num_partitions
+
+    def coordinator_for(self, key: str) -> tuple[int, str, int]:
+        return self.leader, "h", 1
+
+
+@run
+async def test_coordinator_takes_settings_and_placement_from_the_broker() -> None:
+    b = _Broker()
+    c = GroupCoordinator(b, timers=ManualTimers())
+    assert c.config.offsets_topic_partitions == 5 and c.config.min_session_timeout_ms == 500
+    await c.start()
+    await c.wait_loaded()
+    # Neither start nor ListGroups creates __consumer_offsets; the first group request does.
+    assert (await c.list_groups()) == (ErrorCode.NONE, [])
+    assert b.streams.opens == 0
+    codes = await c.commit_offsets(
+        group_id="grp", generation_id=-1, member_id="", group_instance_id=None, offsets=[OffsetCommitEntry("t", 0, 1)]
+    )
+    assert codes == [ErrorCode.NONE] and b.streams.opens == 1
+    assert list(b.streams.logs) == [("__consumer_offsets", b.offsets_partition_for("grp"))]
+    await c.stop()
+    # A restarted coordinator loads every partition it leads, now that the topic exists.
+    c2 = GroupCoordinator(b, timers=ManualTimers())
+    await c2.start()
+    await c2.wait_loaded()
+    assert sorted(c2.loaded_partitions()) == [0, 1, 2, 3, 4]
+    assert c2.group("grp") is not None
+    # Leadership moves away: the next request unloads the partition and says NOT_COORDINATOR.
+    b.leader = 2
+    err, rows = await c2.fetch_offsets(group_id="grp", partitions=None)
+    assert err == ErrorCode.NOT_COORDINATOR and rows == []
+    assert b.offsets_partition_for("grp") not in c2.loaded_partitions()
+    await c2.stop()
