@@ -68,7 +68,10 @@ class ClusterOptions:
     region: str = "us-east-1"
     s3_prefix: str = ""
     zone: str = "az1"
-    num_partitions: int = 1
+    #: None: the broker config file's value, else Kafka's default of 1.
+    num_partitions: int | None = None
+    #: YAML/JSON file of broker settings (BrokerConfig fields); the launcher's own settings win.
+    broker_config: str = ""
     wal_capacity: int = 512 << 20
     upload_interval_s: float = 2.0
     extra_broker: dict[str, Any] = field(default_factory=dict)
@@ -277,8 +280,7 @@ def start_cluster(
     opts: ClusterOptions, home: Path | None = None, progress: Progress | None = None, timeout: float = 90.0
 ) -> dict[str, Any]:
     """Start SeaweedFS (unless external S3), the controller and one broker; write cluster.json."""
-    from engine.broker.config import BrokerConfig, S3Settings
-    from engine.storage.config import StorageConfig, WalConfig
+    from engine.broker.config import S3Settings
     from engine.storage.s3server import EmbeddedS3, S3ServerError
 
     say = progress or (lambda _m: None)
@@ -348,32 +350,20 @@ def start_cluster(
 
     # broker
     wal_dir = directory / ("shared-wal" if opts.wal == "nfs" else "broker-0/wal")
-    broker_cfg = BrokerConfig(
-        node_id=0,
-        zone=opts.zone,
-        port=opts.port,
-        controller=controller,
-        metrics_port=opts.metrics_port,
-        data_dir=str(directory / "broker-0"),
-        storage_metadata_path=str(directory / "metadata.db"),
-        num_partitions=opts.num_partitions,
-        s3=s3,
-        storage=StorageConfig(
-            wal=WalConfig(kind=opts.wal, path=str(wal_dir), wal_id="broker-0", capacity=opts.wal_capacity),  # type: ignore[arg-type]
-            owner="broker-0",
-            upload_interval_s=opts.upload_interval_s,
-        ),
-    )
-    for k, v in opts.extra_broker.items():
-        setattr(broker_cfg, k, v)
+    try:
+        broker_cfg = _broker_config(opts, directory, controller, s3, wal_dir)
+    except (OSError, ValueError) as e:
+        raise fail(f"broker settings: {e}") from None
     (directory / "broker-0").mkdir(exist_ok=True)
     config_path = directory / "broker-0" / "broker.json"
     broker_cfg.save(config_path)
     state.update(
         {
             "wal_kind": opts.wal,
-            "zones": [opts.zone],
-            "brokers": [{"id": 0, "zone": opts.zone, "config": str(config_path), "log": str(logs / "broker-0.log")}],
+            "zones": [broker_cfg.zone],
+            "brokers": [
+                {"id": 0, "zone": broker_cfg.zone, "config": str(config_path), "log": str(logs / "broker-0.log")}
+            ],
         }
     )
     say("starting the broker (recovering its WAL, registering with the controller)")
@@ -387,6 +377,31 @@ def start_cluster(
     (directory / SETTINGS_FILE).write_text(json.dumps(asdict(opts), indent=2) + "\n")
     write_state(state, home)
     return state
+
+
+def _broker_config(opts: ClusterOptions, directory: Path, controller: str, s3: Any, wal_dir: Path) -> Any:
+    """The settings file (if any) under what the launcher decides: ports, paths, S3, WAL kind."""
+    from engine.broker.config import BrokerConfig
+
+    base: dict[str, Any] = {}
+    if opts.broker_config:
+        base = BrokerConfig.load(opts.broker_config).to_dict()
+    storage = base.setdefault("storage", {})
+    wal = storage.setdefault("wal", {})
+    wal.update({"kind": opts.wal, "path": str(wal_dir), "wal_id": "broker-0"})
+    wal.setdefault("capacity", opts.wal_capacity)
+    storage["owner"] = "broker-0"
+    storage.setdefault("upload_interval_s", opts.upload_interval_s)
+    base.update(
+        node_id=0, port=opts.port, controller=controller, metrics_port=opts.metrics_port,
+        data_dir=str(directory / "broker-0"), storage_metadata_path=str(directory / "metadata.db"),
+        s3=asdict(s3),
+    )  # fmt: skip
+    base.setdefault("zone", opts.zone)
+    if opts.num_partitions is not None:
+        base["num_partitions"] = opts.num_partitions
+    base.update(opts.extra_broker)
+    return BrokerConfig.from_dict(base)
 
 
 def start_broker(state: dict[str, Any], node_id: int = 0, timeout: float = 90.0) -> dict[str, Any]:
@@ -507,6 +522,10 @@ def up(
     num_partitions: Annotated[
         int | None, typer.Option("--num-partitions", help="Partitions of auto-created topics.")
     ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", help="YAML/JSON broker settings (engine/broker/config.py); flags win over it."),
+    ] = None,
 ) -> None:
     """Start SeaweedFS, the controller and one broker in the background; return once clients can connect."""
     home = amq_home()
@@ -515,14 +534,17 @@ def up(
     opts = ClusterOptions(**{k: v for k, v in saved.items() if k in ClusterOptions.__dataclass_fields__})
     opts.dir = str(directory)
     given = {"wal": wal, "port": port, "s3_endpoint": s3_endpoint, "s3_bucket": s3_bucket, "access_key": access_key,
-             "secret_key": secret_key, "region": region, "num_partitions": num_partitions}  # fmt: skip
+             "secret_key": secret_key, "region": region, "num_partitions": num_partitions,
+             "broker_config": str(Path(config).resolve()) if config else None}  # fmt: skip
     for k, v in given.items():
         if v is not None:
             setattr(opts, k, v)
     if port is None and not saved:
         opts.port = 9092
-    if opts.num_partitions < 1:
+    if opts.num_partitions is not None and opts.num_partitions < 1:
         raise _fail(f"--num-partitions must be at least 1, got {opts.num_partitions}")
+    if config and not Path(config).is_file():
+        raise _fail(f"--config {config}: no such file")
     try:
         with _err.status("starting the cluster") as status:
             state = start_cluster(opts, home, progress=lambda m: status.update(m))

@@ -97,7 +97,11 @@ class BrokerConfig:
     @classmethod
     def load(cls, path: str | Path) -> BrokerConfig:
         text = Path(path).read_text()
-        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        try:
+            data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as e:
+            kind = "JSON" if str(path).endswith(".json") else "YAML"
+            raise BrokerConfigError(f"{path}: not valid {kind}: {e}") from None
         if not isinstance(data, dict):
             raise BrokerConfigError(f"{path}: expected a mapping of settings")
         return cls.from_dict(data)
