@@ -64,3 +64,22 @@ def test_broker_config_loading(tmp_path: pytest.TempPathFactory) -> None:
         BrokerConfig.from_dict({"num_partitions": 0})
     with pytest.raises(BrokerConfigError):
         BrokerConfig.from_dict({"no_such_setting": 1})
+
+
+def test_auto_create_off_and_internal_names_never_reach_the_controller() -> None:
+    import asyncio
+
+    from engine.broker.broker import Broker
+    from engine.protocol import ErrorCode
+
+    async def go() -> None:
+        off = Broker(BrokerConfig(auto_create_topics_enable=False, controller="127.0.0.1:1"))
+        assert await off.auto_create_topics(["a"]) == {"a": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION}
+        on = Broker(BrokerConfig(controller="127.0.0.1:1"))
+        assert await on.auto_create_topics(["__consumer_offsets"]) == {
+            "__consumer_offsets": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        }
+        await off.controller.close()
+        await on.controller.close()
+
+    asyncio.run(go())
