@@ -183,8 +183,8 @@ class Broker:
         changes = await self.controller.call(
             "metadata", timeout=wait_ms / 1000 + 10, since=self.image.version, wait_ms=wait_ms
         )
-        if int(changes.get("version", 0)) == self.image.version and "snapshot" not in changes:
-            return
+        if int(changes.get("version", 0)) <= self.image.version:
+            return  # a concurrent refresh got here first: applying this would step back in time
         touched = self.image.apply(changes)
         self._topics_changed(touched)
         async with self._image_changed:
