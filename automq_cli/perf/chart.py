@@ -25,7 +25,14 @@ def write_chart(result: dict[str, Any], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["intervals"]
-    t = [r["t"] for r in rows]
+    interval = result.get("interval_s", 1.0)
+    # Each value covers the interval ending at its t: draw it as a step from the
+    # interval's start, repeating the last value so the last interval shows too.
+    t = [r["t"] - interval for r in rows] + ([rows[-1]["t"]] if rows else [])
+
+    def steps(values: list[float]) -> list[float]:
+        return values + values[-1:]
+
     fig, (ax_thr, ax_lat) = plt.subplots(2, 1, figsize=(11, 7.5), sharex=True)
     w = result["workload"]
     fig.suptitle(
@@ -33,16 +40,19 @@ def write_chart(result: dict[str, Any], path: str | Path) -> None:
         f"({w['messageSize']} B records, {w['topics']}x{w['partitionsPerTopic']} partitions)",
         fontsize=11,
     )
-    # Each value covers the interval ending at t: draw it as a step over that interval.
-    step = {"drawstyle": "steps-pre"}
-    ax_thr.plot(t, [r["produce_mib_per_s"] for r in rows], label="produce MiB/s", color="tab:blue", **step)
-    ax_thr.plot(t, [r["consume_mib_per_s"] for r in rows], label="consume MiB/s", color="tab:green", **step)
+    step = {"drawstyle": "steps-post"}
+    ax_thr.plot(
+        t, steps([r["produce_mib_per_s"] for r in rows]), label="produce MiB/s", color="tab:blue", **step
+    )
+    ax_thr.plot(
+        t, steps([r["consume_mib_per_s"] for r in rows]), label="consume MiB/s", color="tab:green", **step
+    )
     ax_thr.set_ylabel("MiB/s")
     ax_thr.grid(alpha=0.3)
     ax_thr.legend(loc="lower right", fontsize=8)
 
     def series(side: str, key: str) -> list[float]:
-        return [r[side][key] if r[side][key] is not None else float("nan") for r in rows]
+        return steps([r[side][key] if r[side][key] is not None else float("nan") for r in rows])
 
     for side, label, color in (
         ("publish_latency_ms", "publish", "tab:orange"),
@@ -57,7 +67,6 @@ def write_chart(result: dict[str, Any], path: str | Path) -> None:
     ax_lat.legend(loc="lower right", fontsize=8)
 
     # Shade each phase that is not the measured window, so it is clear what the summary covers.
-    interval = result.get("interval_s", 1.0)
     for phase in result.get("phases", []):
         color = _PHASE_COLORS.get(phase["name"])
         if color is None:
