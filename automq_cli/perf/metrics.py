@@ -182,8 +182,12 @@ class ClusterMetrics:
             out["cross_zone_bytes"] = count("cross_zone_bytes")
             # Counters the cluster publishes beyond the documented ones, kept for whoever needs them.
             out["other_counters"] = {k: v for k, v in sorted(deltas.items()) if k not in COUNTERS}
-        else:
+        elif target.metrics_urls:
             out["note"] = "no metrics URL answered; S3/WAL/cross-zone counters omitted"
+        else:
+            out["note"] = (
+                "no metrics URLs for this cluster (not an amq cluster?); S3/WAL/cross-zone counters omitted"
+            )
         if per_broker:
             # cpu: sum over brokers (100 = one core busy); rss: the largest broker's peak,
             # because the memory goal is per broker.
