@@ -16,7 +16,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from automq_cli.cluster import pid_alive
-from tests.integration.cluster_fixture import start_local_cluster
+from engine.storage.s3server import EmbeddedS3
+from tests.integration.cluster_fixture import start_local_cluster, unique
 
 PARTITIONS = 4
 
@@ -177,3 +178,46 @@ def test_s3_wal_cluster_round_trip(tmp_path: Path, wal: str) -> None:
         assert consume_all(cluster.bootstrap, "s3wal", 0) == list(range(20))
     finally:
         cluster.stop()
+
+
+def test_external_s3_endpoint(tmp_path: Path, s3_server: EmbeddedS3) -> None:
+    ep = s3_server.endpoint
+    cluster = start_local_cluster(
+        tmp_path,
+        s3_endpoint=ep.url,
+        access_key=ep.access_key,
+        secret_key=ep.secret_key,
+        s3_bucket=ep.bucket,
+        s3_prefix=f"{unique('ext')}/",
+    )
+    try:
+        assert "s3" not in cluster.state["pids"]  # nothing embedded was started
+        p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+        for i in range(5):
+            p.produce("ext", value=str(i).encode())
+        assert p.flush(30) == 0
+        assert consume_all(cluster.bootstrap, "ext", 0) == list(range(5))
+    finally:
+        cluster.stop()
+    home = tmp_path / "h2"
+    wrong = amq(
+        home,
+        "up",
+        "--dir",
+        str(tmp_path / "c2"),
+        "--port",
+        "0",
+        "--s3-endpoint",
+        ep.url,
+        "--access-key",
+        "nobody",
+        "--secret-key",
+        "wrong",
+        "--s3-bucket",
+        ep.bucket,
+    )
+    dead = amq(home, "up", "--dir", str(tmp_path / "c3"), "--port", "0", "--s3-endpoint", "http://127.0.0.1:9")
+    for res, words in ((wrong, "refused the credentials"), (dead, "unreachable")):
+        assert res.returncode == 1 and words in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (home / "cluster.json").exists()
