@@ -132,6 +132,7 @@ class ClusterMetrics:
             return {"metrics_available": False, "note": NO_SOURCE_NOTE}
         wall = max(self._t_end - self._t_start, 1e-9)
         deltas: dict[str, float] = {}
+        at_end: dict[str, float] = {}
         static: dict[str, Any] = {}
         for url in target.metrics_urls:
             begin, end = self._start.get(url), self._end.get(url)
@@ -142,6 +143,7 @@ class ClusterMetrics:
                     continue
                 if isinstance(value, int | float) and isinstance(begin.get(key), int | float):
                     deltas[key] = deltas.get(key, 0) + (value - begin[key])
+                    at_end[key] = at_end.get(key, 0) + value
                 elif isinstance(value, str):
                     static.setdefault(key, value)
         counters_seen = bool(self._start) and bool(self._end)
@@ -180,8 +182,11 @@ class ClusterMetrics:
             }
             out["wal_bytes_written"] = count("wal_bytes_written")
             out["cross_zone_bytes"] = count("cross_zone_bytes")
-            # Counters the cluster publishes beyond the documented ones, kept for whoever needs them.
+            # What the cluster publishes beyond the documented counters, kept for whoever needs it:
+            # the change over the window (right for counters) and the value at its end (right for
+            # gauges such as cache or WAL usage).
             out["other_counters"] = {k: v for k, v in sorted(deltas.items()) if k not in COUNTERS}
+            out["other_at_end"] = {k: v for k, v in sorted(at_end.items()) if k not in COUNTERS}
         elif target.metrics_urls:
             out["note"] = "no metrics URL answered; S3/WAL/cross-zone counters omitted"
         else:

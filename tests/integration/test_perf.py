@@ -1,9 +1,10 @@
 """`amq perf run` end to end, as a user runs it: a subprocess against a real Kafka-compatible broker.
 
-The broker is the `perf_target` fixture. Until the amq broker exists it is
-Tansu (memory storage) from tests/peers.py; set AMQ_PERF_BOOTSTRAP (and
-optionally AMQ_PERF_BROKER_PIDS=pid,pid) to point these tests at a running
-cluster instead, or replace the fixture with one that starts `amq cluster up`.
+The broker is the `perf_target` fixture, chosen by AMQ_PERF_TARGET:
+  amq (default)  a local amq cluster started with `amq cluster up` in a temp AMQ_HOME;
+                 its cluster.json supplies the metrics URL and broker pid, as for a user
+  tansu          Tansu with memory storage (tests/peers.py): any Kafka-compatible broker
+  external       the cluster at AMQ_PERF_BOOTSTRAP (broker pids in AMQ_PERF_BROKER_PIDS=pid,pid)
 """
 
 from __future__ import annotations
@@ -32,30 +33,58 @@ LATENCY_KEYS = ("p50", "p75", "p90", "p95", "p99", "p999", "max")
 
 @dataclass
 class PerfTarget:
+    name: str
     bootstrap: str
     broker_pids: list[int] = field(default_factory=list)
     # Client settings this broker needs to behave in a few-second test (not part of what is measured).
     client_args: list[str] = field(default_factory=list)
+    # An AMQ_HOME whose cluster.json describes this cluster (an amq cluster: real metrics).
+    amq_home: Path | None = None
+
+
+def _amq(args: list[str], home: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "automq_cli.main", *args],
+        cwd=REPO,
+        env={**os.environ, "AMQ_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")
 def perf_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PerfTarget]:
-    bootstrap = os.environ.get("AMQ_PERF_BOOTSTRAP")
-    if bootstrap:
+    kind = os.environ.get("AMQ_PERF_TARGET", "external" if os.environ.get("AMQ_PERF_BOOTSTRAP") else "amq")
+    if kind == "external":
         pids = [int(p) for p in os.environ.get("AMQ_PERF_BROKER_PIDS", "").split(",") if p.strip()]
-        yield PerfTarget(bootstrap, pids)
-        return
-    tansu = Tansu(tmp_path_factory.mktemp("tansu")).start()
-    try:
-        assert tansu.pid is not None
-        # Tansu forms consumer groups only after about half a session timeout.
-        yield PerfTarget(
-            tansu.bootstrap,
-            [tansu.pid],
-            ["-C", "session.timeout.ms=3000", "-C", "heartbeat.interval.ms=300"],
-        )
-    finally:
-        tansu.stop()
+        yield PerfTarget("external", os.environ["AMQ_PERF_BOOTSTRAP"], pids)
+    elif kind == "amq":
+        home = tmp_path_factory.mktemp("amq-home")
+        up = _amq(["cluster", "up", "--port", "0"], home)
+        try:
+            assert up.returncode == 0, f"amq cluster up failed: {up.stderr.strip()[-1000:]}"
+            state = json.loads((home / "cluster.json").read_text())
+            pids = [b["pid"] for b in state.get("brokers", []) if b.get("pid")]
+            yield PerfTarget("amq", state["bootstrap"], pids, amq_home=home)
+        finally:
+            _amq(["cluster", "down"], home, timeout=60)
+    elif kind == "tansu":
+        tansu = Tansu(tmp_path_factory.mktemp("tansu")).start()
+        try:
+            assert tansu.pid is not None
+            # Tansu forms consumer groups only after about half a session timeout.
+            yield PerfTarget(
+                "tansu",
+                tansu.bootstrap,
+                [tansu.pid],
+                ["-C", "session.timeout.ms=3000", "-C", "heartbeat.interval.ms=300"],
+            )
+        finally:
+            tansu.stop()
+    else:
+        raise pytest.UsageError(f"AMQ_PERF_TARGET must be amq, tansu or external, not {kind!r}")
 
 
 def run_perf(
@@ -140,18 +169,21 @@ def test_steady_run_on_the_local_cluster_state(
     perf_target: PerfTarget, counters_url: str, tmp_path: Path
 ) -> None:
     """No --bootstrap: the target, metrics URL and broker pids come from $AMQ_HOME/cluster.json."""
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "cluster.json").write_text(
-        json.dumps(
-            {
-                "bootstrap": perf_target.bootstrap,
-                "metrics": [counters_url],
-                "brokers": [{"id": 0, "pid": pid, "zone": "az1"} for pid in perf_target.broker_pids],
-                "wal_kind": "file",
-            }
+    home = perf_target.amq_home
+    if home is None:
+        # Not an amq cluster: describe it in a cluster.json of our own, with a stand-in metrics endpoint.
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "cluster.json").write_text(
+            json.dumps(
+                {
+                    "bootstrap": perf_target.bootstrap,
+                    "metrics": [counters_url],
+                    "brokers": [{"id": 0, "pid": pid, "zone": "az1"} for pid in perf_target.broker_pids],
+                    "wal_kind": "file",
+                }
+            )
         )
-    )
     out, chart = tmp_path / "run.json", tmp_path / "run.png"
     args = ["--rate", "1000", "--record-size", "512B", "--duration", "3s", "--warmup", "1s"]
     args += ["--partitions", "4", "--subscriptions", "2", "--consumers", "1", "--name", "itest-steady"]
@@ -166,6 +198,7 @@ def test_steady_run_on_the_local_cluster_state(
     assert "Traceback" not in proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     check_common(result)
+    assert result["bootstrap"] == perf_target.bootstrap
     assert result["mode"] == "steady" and result["duration_s"] == pytest.approx(3.0)
     assert result["workload"]["name"] == "itest-steady" and result["workload"]["messageSize"] == 512
     assert len(result["consume"]["per_subscription"]) == 2
@@ -174,8 +207,14 @@ def test_steady_run_on_the_local_cluster_state(
     assert result["consume"]["msg_per_s"] == pytest.approx(2 * result["produce"]["msg_per_s"], rel=0.35)
     cluster = result["cluster"]
     assert cluster["metrics_available"] is True
-    assert cluster["s3"]["put"] == 7 and cluster["wal_bytes_written"] == 8_000_000
-    assert cluster["wal_kind"] == "file" and cluster["zones"] == 1
+    assert cluster["wal_kind"] == "file" and cluster["zones"] == 1 and cluster["brokers"] >= 1
+    assert set(cluster["s3"]) == {"put", "get", "list", "delete", "put_bytes", "get_bytes"}
+    if perf_target.amq_home is not None:
+        # The real broker's counters: ~1.5 MiB acknowledged in the window went through its WAL.
+        assert cluster["wal_bytes_written"] >= result["produce"]["bytes"] * 0.5
+        assert cluster["cross_zone_bytes"] == 0
+    else:
+        assert cluster["s3"]["put"] == 7 and cluster["wal_bytes_written"] == 8_000_000
     if perf_target.broker_pids:
         assert cluster["broker_rss_bytes"] > 0 and cluster["broker_cpu_percent"] >= 0
     # Not a terminal: one plain line per interval on stdout.
@@ -189,7 +228,8 @@ def test_catch_up_run(perf_target: PerfTarget, tmp_path: Path) -> None:
     out = tmp_path / "catchup.json"
     args = ["--bootstrap", perf_target.bootstrap, "--rate", "3000", "--backlog", "2MiB", "--duration", "2s"]
     args += ["--warmup", "0", "--partitions", "4", "--json-out", str(out)]
-    proc = run_perf([*args, *perf_target.client_args])
+    # An empty AMQ_HOME: the run must not pick up any local cluster's metrics.
+    proc = run_perf([*args, *perf_target.client_args], env={"AMQ_HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     check_common(result)
@@ -199,7 +239,7 @@ def test_catch_up_run(perf_target: PerfTarget, tmp_path: Path) -> None:
     assert cu["read_mib_per_s"] > 0
     assert cu["publish_latency_ms_before"]["p99"] and cu["publish_latency_ms_during"]["p99"]
     assert [p["name"] for p in result["phases"]][:3] == ["backlog", "catch-up", "measure"]
-    # Against a cluster without a metrics endpoint the counters are omitted, and the result says so.
+    # --bootstrap names no cluster.json here, so there is no metrics source, and the result says so.
     assert result["cluster"]["metrics_available"] is False and result["cluster"]["note"]
     assert "counters omitted" in proc.stdout
 

@@ -323,6 +323,7 @@ def test_cluster_block_records_counter_deltas_cpu_and_rss(counters_url: str) -> 
     assert c["wal_kind"] == "file"  # from the endpoint when cluster.json has none
     assert (c["zones"], c["zone_names"], c["brokers"]) == (1, ["az1"], 1)
     assert c["other_counters"] == {"uploads": 3}
+    assert c["other_at_end"] == {"uploads": 6}
     assert c["broker_rss_bytes"] > 0 and c["broker_cpu_percent"] >= 0
 
 
