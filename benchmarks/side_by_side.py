@@ -7,9 +7,9 @@ settings. The table (each figure for both systems and the ratio amq/Tansu)
 replaces this script's own section of BENCHMARKS.md, with the date, the
 machine and the exact command.
 
-    python3 benchmarks/side_by_side.py --peers tansu                 # Tansu only (today)
+    python3 benchmarks/side_by_side.py                               # amq (`amq cluster up`) and Tansu
+    python3 benchmarks/side_by_side.py --peers tansu                 # Tansu only
     python3 benchmarks/side_by_side.py --amq-bootstrap 127.0.0.1:9092 --amq-cluster-state ~/.amq/cluster.json
-    python3 benchmarks/side_by_side.py --amq-start                   # `amq cluster up` on the same S3
 
 Runs (each `--duration` long after `--warmup`, each on a freshly started
 broker with its own bucket): max-throughput; steady-state at half of amq's
@@ -147,10 +147,11 @@ def amq_cluster(args: argparse.Namespace, server: S3Server, workdir: Path, run_k
     env = {"AMQ_HOME": str(home)}
     bucket = server.create_bucket(f"amq-{run_key}")
     up = _amq(
-        "cluster", "up",
+        "cluster", "up", "--port", "0",
         "--s3-endpoint", bucket.url,
-        "--s3-access-key", bucket.access_key,
-        "--s3-secret-key", bucket.secret_key,
+        "--access-key", bucket.access_key,
+        "--secret-key", bucket.secret_key,
+        "--region", bucket.region,
         "--s3-bucket", bucket.bucket,
         env=env,
     )  # fmt: skip
@@ -355,7 +356,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peers", default="amq,tansu", help="comma-separated systems to run: amq, tansu")
     p.add_argument("--amq-bootstrap", help="a running amq cluster to benchmark (instead of starting one)")
     p.add_argument("--amq-cluster-state", type=Path, help="its cluster.json, for metrics and broker pids")
-    p.add_argument("--amq-start", action="store_true", help="start amq with `amq cluster up` on the same S3")
+    p.add_argument(
+        "--amq-start",
+        action="store_true",
+        help="start amq with `amq cluster up` on the same S3, one fresh cluster per run (the default "
+        "without --amq-bootstrap)",
+    )
     p.add_argument("--duration", default="20s", help="measured window per run (default 20s)")
     p.add_argument("--warmup", default="5s", help="warmup per run (default 5s)")
     p.add_argument("--backlog", default="128MiB", help="catch-up backlog (default 128MiB)")
@@ -372,8 +378,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown or not args.systems:
         p.error(f"--peers takes {', '.join(SYSTEMS)}")
-    if "amq" in args.systems and not (args.amq_bootstrap or args.amq_start):
-        p.error("amq needs --amq-bootstrap HOST:PORT or --amq-start (or run --peers tansu)")
     return args
 
 
