@@ -86,6 +86,20 @@ class Stream:
                 if not w.done():
                     w.set_result(None)
 
+    def add_data_waiter(self, fut: asyncio.Future[None]) -> None:
+        """Resolve `fut` when new data becomes readable (or the stream stops taking data).
+
+        One future can wait on many streams: a long-polling fetch needs no task per partition.
+        """
+        if self._error is not None:
+            if not fut.done():
+                fut.set_result(None)
+            return
+        if len(self._waiters) > 64:
+            # Fetches that timed out leave their futures behind on quiet streams.
+            self._waiters = [w for w in self._waiters if not w.done()]
+        self._waiters.append(fut)
+
     async def wait_for_data(self, offset: int, timeout: float) -> bool:
         """For long polls: wait until data at `offset` is readable, up to `timeout` seconds."""
         if self.end_offset > offset or self._error is not None:

@@ -8,7 +8,6 @@ offset. No fetch sessions either: session id 0 tells clients to send full fetche
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from engine.broker.context import RequestContext
 from engine.broker.errors import BrokerError, error_code_for
@@ -97,16 +96,26 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
         if total >= min_bytes or errors or left <= 0 or not waits:
             ctx.broker.counters["fetch_bytes"] += total
             return out
-        # Long poll: until any partition without data gets some, or max_wait runs out.
-        tasks = [loop.create_task(p.ready.wait_for_data(off, left)) for p, off in waits]
+        # Long poll: one future that any waited-on partition resolves when it gets data, or
+        # max_wait does; a task per partition would cost more than the fetch itself.
+        wake: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(left, _wake, wake)
+        for part, offset in waits:
+            stream = part.ready
+            if stream.end_offset > offset:
+                _wake(wake)
+                break
+            stream.add_data_waiter(wake)
         try:
-            done, _ = await asyncio.wait(tasks, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            if done and not any(t.result() for t in done if not t.cancelled() and t.exception() is None):
-                # A stream that stopped taking data (closed, fenced) answers at once: do not spin on it.
-                await asyncio.sleep(min(0.05, max(deadline - loop.time(), 0)))
+            await wake
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            timer.cancel()
+            _wake(wake)
+        if not any(p.ready.end_offset > off for p, off in waits) and deadline > loop.time():
+            # Woken without data: a stream that stopped taking data (closed, fenced). Do not spin on it.
+            await asyncio.sleep(min(0.05, deadline - loop.time()))
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
