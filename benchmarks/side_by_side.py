@@ -12,8 +12,8 @@ machine and the exact command.
     python3 benchmarks/side_by_side.py --amq-bootstrap 127.0.0.1:9092 --amq-cluster-state ~/.amq/cluster.json
 
 Runs (each `--duration` long after `--warmup`, each on a freshly started
-broker with its own bucket): max-throughput; steady-state at half of amq's
-max rate (half of Tansu's when amq is absent); steady-state at 1,000/s;
+broker with its own bucket): max-throughput; the same at half of amq's max
+rate (half of Tansu's when amq is absent); steady-state at 1,000/s;
 lowest-latency; catch-up-read. Runs that fall short of the offered rate are
 flagged (their latencies are client queueing). The S3 server's PUT bandwidth
 is measured in the same run, as the yardstick for the throughput goal.
@@ -287,7 +287,7 @@ def goals(systems: dict[str, System], s3_put_mib_s: float) -> list[str]:
         f"- {'MET' if ok else 'NOT MET'}: amq max produce {a_max:.1f} MiB/s "
         f"vs 80 % of S3 PUT = {0.8 * s3_put_mib_s:.1f} MiB/s"
     )
-    half = amq.results.get("steady-half-max")
+    half = amq.results.get("half-max")
     if half:
         p99 = _get(half, "publish_latency_ms.p99") or float("inf")
         e2e = _get(half, "e2e_latency_ms.p99") or float("inf")
@@ -367,8 +367,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backlog", default="128MiB", help="catch-up backlog (default 128MiB)")
     p.add_argument(
         "--workloads",
-        default="max-throughput,steady-half-max,steady-1k,lowest-latency,catch-up-read",
-        help="runs, in order (steady-half-max needs max-throughput first; steady-<N>[k] = steady-state at N[,000]/s)",
+        default="max-throughput,half-max,steady-1k,lowest-latency,catch-up-read",
+        help="runs, in order (half-max needs max-throughput first; steady-<N>[k] = steady-state at N[,000]/s)",
     )
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
     p.add_argument("--results-dir", type=Path, help="keep every run's JSON here (default: a temp dir)")
@@ -425,9 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         f"client: `amq perf run` (librdkafka {_librdkafka()}), same settings for both; each run "
         f"{args.warmup} warmup + {args.duration} measured.",
         f"- S3 server PUT bandwidth in this run: {put_bw:.1f} MiB/s (8 MiB objects, 4 threads).",
-        "- Workloads: templates/workloads/*.yaml; steady-half-max = steady-state at half of "
-        + ("amq's" if "amq" in systems else "Tansu's")
-        + " max-throughput rate, 1:4 fan-out.",
+        "- Workloads: templates/workloads/*.yaml; half-max = the max-throughput workload throttled to half "
+        "of " + ("amq's" if "amq" in systems else "Tansu's") + " max rate (the latency goal's run); "
+        "steady-1k = steady-state (1:4 fan-out) at 1,000 records/s.",
         "",
         *render_table(runs, systems),
         "",
@@ -462,8 +462,9 @@ def run_all(
     """Every workload against one system; `start(run_key)` gives a fresh instance of it per run."""
     runs: list[Run] = []
     for key in [k.strip() for k in args.workloads.split(",") if k.strip()]:
-        if key == "steady-half-max":
-            # Half of amq's max rate when amq ran first, so both systems get the same offered load.
+        if key == "half-max":
+            # The max-throughput shape at half of amq's max rate (amq runs first), so both systems
+            # get the same offered load.
             ref = (
                 systems.get("amq")
                 if "amq" in systems and "max-throughput" in systems["amq"].results
@@ -471,9 +472,9 @@ def run_all(
             )
             max_rate = _get(ref.results.get("max-throughput"), "produce.msg_per_s")
             if not max_rate:
-                print("skipping steady-half-max: no max-throughput result to halve", flush=True)
+                print("skipping half-max: no max-throughput result to halve", flush=True)
                 continue
-            run = Run(key, "steady-state", ["--rate", str(int(max_rate / 2))])
+            run = Run(key, "max-throughput", ["--rate", str(int(max_rate / 2))])
         elif key.startswith("steady-") and key[7:].rstrip("k").isdigit():
             # A fixed offered load (steady-100 = 100/s, steady-2k = 2,000/s), low enough for both
             # systems to sustain, so their latencies compare like with like.
