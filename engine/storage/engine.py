@@ -46,10 +46,15 @@ def make_wal(config: WalConfig, owner: str, store: ObjectStore, metadata: Metada
         return found is not None and found.epoch == epoch
 
     if config.kind == "file":
-        return RingWal(config.path, config.capacity, owner)
+        return RingWal(config.path, config.capacity, owner, after_sync=metadata.refresh_epochs)
     if config.kind == "nfs":
         return RingWal(
-            Path(config.path) / config.wal_id, config.capacity, owner, next_epoch=next_epoch, check_owner=True
+            Path(config.path) / config.wal_id,
+            config.capacity,
+            owner,
+            next_epoch=next_epoch,
+            check_owner=True,
+            after_sync=metadata.refresh_epochs,
         )
     if config.kind == "s3":
         return S3Wal(
@@ -60,6 +65,7 @@ def make_wal(config: WalConfig, owner: str, store: ObjectStore, metadata: Metada
             still_owner=still_owner,
             batch_interval_s=config.s3_batch_interval_s,
             batch_bytes=config.s3_batch_bytes,
+            after_sync=metadata.refresh_epochs,
         )
     raise StorageError(f"unknown WAL kind {config.kind!r}: use file, nfs or s3")
 
@@ -322,6 +328,7 @@ class StorageEngine:
             except FencedError as e:
                 # Another owner opened some of these streams: their data must not become visible.
                 ids = {r.stream_id for c in commits for r in c.ranges}
+                self.metadata.refresh_epochs()
                 epochs = self.metadata.current_epochs(ids)
                 fenced = {r.stream_id for c in commits for r in c.ranges if epochs[r.stream_id] != r.epoch}
                 if not fenced:

@@ -67,7 +67,12 @@ class MetadataStore(Protocol):
     async def get_stream(self, stream_id: int) -> StreamMeta | None: ...
 
     def current_epochs(self, stream_ids: Iterable[int]) -> dict[int, int]:
-        """Epochs as the store knows them now. Called on every WAL group commit, so it must be cheap."""
+        """Epochs as of the last refresh_epochs(). Called for every acknowledgement: must be cheap."""
+        ...
+
+    def refresh_epochs(self) -> None:
+        """Bring current_epochs() up to date. The WAL calls it after each sync and before it
+        acknowledges, possibly from a worker thread, so an owner fenced before the sync is seen."""
         ...
 
     async def next_object_id(self) -> int: ...

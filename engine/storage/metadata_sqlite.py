@@ -118,21 +118,40 @@ class SqliteMetadataStore:
 
         return await self._run(tx)
 
-    def current_epochs(self, stream_ids: Iterable[int]) -> dict[int, int]:
-        ids = list(stream_ids)
+    def refresh_epochs(self) -> None:
+        """Re-read cached epochs if another connection wrote since the last look.
+
+        Called by the WAL after each fsync, off the event loop, so that current_epochs()
+        (on the loop, for every acknowledgement) is a dictionary lookup. `PRAGMA data_version`
+        changes only when another connection committed, so most calls cost microseconds.
+        """
         with self._reader_lock:
             version = self._reader.execute("PRAGMA data_version").fetchone()[0]
-            missing = [s for s in ids if s not in self._epochs]
-            if version != self._seen_version or missing:
-                if version != self._seen_version:
-                    # Another connection wrote: any cached epoch may be stale, not just these.
-                    self._epochs.clear()
-                self._seen_version = version
+            if version == self._seen_version:
+                return
+            self._seen_version = version
+            ids = list(self._epochs)
+            fresh: dict[int, int] = {}
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
                 rows = self._reader.execute(
-                    f"SELECT stream_id, epoch FROM streams WHERE stream_id IN ({','.join('?' * len(ids))})", ids
+                    f"SELECT stream_id, epoch FROM streams WHERE stream_id IN ({','.join('?' * len(chunk))})", chunk
                 ).fetchall()
-                self._epochs.update(rows)
-            return {s: self._epochs.get(s, -1) for s in ids}
+                fresh.update(rows)
+            self._epochs = fresh
+
+    def current_epochs(self, stream_ids: Iterable[int]) -> dict[int, int]:
+        epochs = self._epochs
+        out: dict[int, int] = {}
+        for s in stream_ids:
+            e = epochs.get(s)
+            if e is None:
+                with self._reader_lock:
+                    row = self._reader.execute("SELECT epoch FROM streams WHERE stream_id=?", (s,)).fetchone()
+                e = -1 if row is None else int(row[0])
+                self._epochs[s] = e
+            out[s] = e
+        return out
 
     async def trim_stream(self, stream_id: int, epoch: int, new_start: int) -> None:
         def tx(c: sqlite3.Connection) -> None:

@@ -74,6 +74,7 @@ class RingWal:
         *,
         next_epoch: Callable[[int], Awaitable[int]] | None = None,
         check_owner: bool = False,
+        after_sync: Callable[[], None] | None = None,
     ) -> None:
         """`next_epoch(current)` returns the epoch to open at (the nfs kind asks the metadata store)."""
         if capacity < 1 << 20:
@@ -83,6 +84,7 @@ class RingWal:
         self.owner = owner
         self._next_epoch = next_epoch
         self._check_owner = check_owner
+        self._after_sync = after_sync
         self.stats = WalStats()
         self.epoch = 0
         self._fd = -1
@@ -304,6 +306,8 @@ class RingWal:
         self.stats.bytes_written += written
         if self._check_owner and os.stat(self.header_path).st_ino != self._header_ino:
             raise FencedError(f"WAL {self.directory} was taken over by another owner")
+        if self._after_sync is not None:
+            self._after_sync()
         self._write_pos = pos
         if trim - self._persisted_trim >= self.capacity // 8:
             self._persist_trim(trim)

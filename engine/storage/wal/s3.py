@@ -39,6 +39,7 @@ class S3Wal:
         batch_bytes: int = 8 << 20,
         max_inflight: int = 4,
         retry_backoff_s: float = 0.5,
+        after_sync: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.prefix = f"wal/{wal_id}/"
@@ -48,6 +49,7 @@ class S3Wal:
         self.batch_interval_s = batch_interval_s
         self.batch_bytes = batch_bytes
         self.retry_backoff_s = retry_backoff_s
+        self._after_sync = after_sync
         self.stats = WalStats()
         self.epoch = 0
         self._pos = 0
@@ -144,6 +146,8 @@ class S3Wal:
         if previous is not None:
             with contextlib.suppress(BaseException):
                 await previous
+        if err is None and self._after_sync is not None:
+            self._after_sync()
         if err is None:
             self.stats.bytes_written += len(body)
             self.stats.syncs += 1
