@@ -380,6 +380,8 @@ class Broker:
         out.update(sorted(self.counters.items()))
         out["partitions_open"] = len(self._partitions)
         out["connections_active"] = self._server.active_connections if self._server else 0
+        out["socket_write_buffer_bytes"] = self._server.write_buffer_bytes() if self._server else 0
+        out["requests_held_bytes"] = self._server.held_bytes() if self._server else 0
         out["metadata_version"] = self.image.version
         out["broker_id"] = self.node_id
         out["wal_kind"] = self.config.storage.wal.kind

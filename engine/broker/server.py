@@ -42,8 +42,12 @@ log = logging.getLogger(__name__)
 
 MAX_QUEUED = 64
 RESUME_AT = 16
+#: Bytes of received requests a connection may hold (queued, or pipelined and awaiting the WAL):
+#: one librdkafka request can carry a 1 MiB batch for every partition, so counting requests
+#: alone let two producers hold over a GiB while the WAL was full.
+MAX_HELD_BYTES = 32 << 20
 #: Pipelined requests of one connection whose answers may be pending at once.
-MAX_IN_FLIGHT = 32
+MAX_IN_FLIGHT = 16
 
 
 class _Close:
@@ -63,6 +67,14 @@ class KafkaServer:
     @property
     def active_connections(self) -> int:
         return len(self.connections)
+
+    def write_buffer_bytes(self) -> int:
+        """Answers written but not yet taken by the clients' sockets (a gauge)."""
+        return sum(c.transport.get_write_buffer_size() for c in self.connections if c.transport is not None)
+
+    def held_bytes(self) -> int:
+        """Requests received and not yet answered (a gauge)."""
+        return sum(c.held_bytes for c in self.connections)
 
     async def bind(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -162,6 +174,10 @@ class Connection(asyncio.Protocol):
         self.worker: asyncio.Task[None] | None = None
         # Answers of pipelined requests (Produce) still in progress, in request order.
         self.answers: deque[asyncio.Future[Answer]] = deque()
+        self.held_bytes = 0  # frames received and not yet answered
+        self.pending_bytes = 0  # of those, frames whose answers wait (pipelined produce)
+        self.room = asyncio.Event()
+        self.room.set()
         self.writer: asyncio.Task[None] | None = None
         self.reading_paused = False
         self.can_write = asyncio.Event()
@@ -188,7 +204,12 @@ class Connection(asyncio.Protocol):
         if not frames:
             return
         self.queue.extend(frames)
-        if len(self.queue) >= MAX_QUEUED and not self.reading_paused and self.transport is not None:
+        self.held_bytes += sum(len(f) for f in frames)
+        if (
+            (len(self.queue) >= MAX_QUEUED or self.held_bytes >= MAX_HELD_BYTES)
+            and not self.reading_paused
+            and self.transport is not None
+        ):
             self.transport.pause_reading()
             self.reading_paused = True
         if self.worker is None:
@@ -198,15 +219,17 @@ class Connection(asyncio.Protocol):
         try:
             while self.queue:
                 data = self.queue.popleft()
-                if self.reading_paused and len(self.queue) <= RESUME_AT and self.transport is not None:
-                    self.reading_paused = False
-                    self.transport.resume_reading()
+                size = len(data)
                 out = await self.server.process(data, self)
                 if isinstance(out, asyncio.Future):
+                    # The frame stays alive (its records are being appended) until the answer is ready.
+                    self.pending_bytes += size
+                    out.add_done_callback(lambda _f, size=size: self._release(size, pending=True))
                     self._queue_answer(out)
-                    if len(self.answers) >= MAX_IN_FLIGHT:
-                        await asyncio.wait([self.answers[0]])
-                elif self.answers:
+                    await self.room.wait()
+                    continue
+                self._release(size)
+                if self.answers:
                     # Answers leave in request order, so this one waits behind pipelined ones.
                     done: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
                     done.set_result(out)
@@ -219,8 +242,31 @@ class Connection(asyncio.Protocol):
         finally:
             self.worker = None
 
+    def _update_room(self) -> None:
+        closed = self.transport is None or self.transport.is_closing()
+        if closed or (len(self.answers) < MAX_IN_FLIGHT and self.pending_bytes < MAX_HELD_BYTES):
+            self.room.set()
+        else:
+            self.room.clear()
+
+    def _release(self, size: int, pending: bool = False) -> None:
+        self.held_bytes -= size
+        if pending:
+            self.pending_bytes -= size
+            self._update_room()
+        if (
+            self.reading_paused
+            and len(self.queue) <= RESUME_AT
+            and self.held_bytes < MAX_HELD_BYTES // 2
+            and self.transport is not None
+            and not self.transport.is_closing()
+        ):
+            self.reading_paused = False
+            self.transport.resume_reading()
+
     def _queue_answer(self, fut: asyncio.Future[Answer]) -> None:
         self.answers.append(fut)
+        self._update_room()
         if self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write_answers())
 
@@ -229,6 +275,7 @@ class Connection(asyncio.Protocol):
             while self.answers:
                 out = await asyncio.shield(self.answers[0])
                 self.answers.popleft()
+                self._update_room()
                 if not self._emit(out):
                     return
                 if not self.can_write.is_set():
@@ -261,6 +308,7 @@ class Connection(asyncio.Protocol):
         # may close right after sending); only their answers are dropped.
         self.server.connections.discard(self)
         self.can_write.set()
+        self.room.set()
         try:
             self.decoder.close()
         except FrameError as e:

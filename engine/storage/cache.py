@@ -37,6 +37,9 @@ class StreamCache:
         return self.entries[self.head].batch.base_offset if self.head < len(self.entries) else None
 
     def pop_front(self) -> None:
+        # Let go of the payload now: the list is compacted only now and then, and until then an
+        # evicted entry would keep its bytes alive (up to 256 of them per stream).
+        self.entries[self.head] = _EVICTED
         self.head += 1
         if self.head > 256 and self.head * 2 > len(self.entries):
             del self.entries[: self.head]
@@ -59,6 +62,9 @@ class StreamCache:
                 size += len(b.payload)
             i += 1
         return out
+
+
+_EVICTED = CacheEntry(-1, Batch(-1, 1, b""))
 
 
 class _BaseView:

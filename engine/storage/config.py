@@ -14,7 +14,9 @@ class WalConfig:
     # file: a directory on this broker's disk. nfs: a directory all brokers reach (the WAL goes in <path>/<wal_id>).
     path: str = ""
     wal_id: str = "broker-0"
-    capacity: int = 512 << 20
+    # Un-uploaded data is also held in memory (the log cache) until it is in S3, so the ring's
+    # size bounds that memory too; 256 MiB absorbs seconds of S3 trouble at laptop rates.
+    capacity: int = 256 << 20
     # s3 kind: a WAL object goes up every interval or when this many bytes wait, whichever is first.
     s3_batch_interval_s: float = 0.25
     s3_batch_bytes: int = 8 << 20
@@ -25,13 +27,13 @@ class StorageConfig:
     wal: WalConfig = field(default_factory=WalConfig)
     owner: str = "broker-0"
     log_cache_bytes: int = 256 << 20
-    block_cache_bytes: int = 128 << 20
+    block_cache_bytes: int = 64 << 20
     readahead_blocks: int = 4
     block_size: int = 512 << 10
     # An upload starts when this much durable data waits, or when the oldest has waited upload_interval_s.
-    upload_bytes: int = 32 << 20
+    upload_bytes: int = 16 << 20
     upload_interval_s: float = 2.0
-    max_object_bytes: int = 64 << 20
+    max_object_bytes: int = 32 << 20
     uploads_in_flight: int = 2
     # A stream with at least this much data in one upload gets an object of its own (a stream object).
     stream_object_bytes: int = 16 << 20
