@@ -1,0 +1,94 @@
+"""kafka-python's own integration tests (from its 3.0.12 sdist) against a local amq cluster.
+
+The sdist ships `test/integration/` but not `test/service.py` or a Kafka install; the stand-ins
+live in tests/integration/kafka_python_suite/, with EXCLUSIONS.md naming every test not run and why.
+The sdist is downloaded once with pip and cached under ~/.cache/amq/kafka-python-3.0.12.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.integration.cluster_fixture import LocalCluster
+
+VERSION = "3.0.12"
+# The broker advertises Apache Kafka 2.8's API maxima (docs/protocol.md), so kafka-python infers 2.8.
+KAFKA_VERSION = "2.8"
+SUITE_DIR = Path(__file__).parent / "kafka_python_suite"
+CACHE_DIR = Path.home() / ".cache" / "amq" / f"kafka-python-{VERSION}"
+SDIST_NAME = f"kafka_python-{VERSION}.tar.gz"
+RUN_TIMEOUT_S = 420
+_EXCLUSION = re.compile(r"^\s*[-*]\s+`([^`]+)`")
+
+
+def exclusions(text: str) -> list[str]:
+    """The backticked path or test id that starts each list item of EXCLUSIONS.md."""
+    return [m.group(1) for line in text.splitlines() if (m := _EXCLUSION.match(line))]
+
+
+def exclusion_args(excluded: list[str]) -> list[str]:
+    args: list[str] = []
+    for item in excluded:
+        args += ["--deselect", item] if "::" in item else ["--ignore", item]
+    return args
+
+
+def test_exclusions_parse() -> None:
+    text = "intro `not/this.py`\n- `a/b.py`: why\n  - `a/c.py::test_x`: why not\n* plain text\n"
+    assert exclusions(text) == ["a/b.py", "a/c.py::test_x"]
+    assert exclusion_args(exclusions(text)) == ["--ignore", "a/b.py", "--deselect", "a/c.py::test_x"]
+
+
+def sdist() -> Path:
+    """The cached sdist, fetched from PyPI with pip the first time."""
+    path = CACHE_DIR / SDIST_NAME
+    if not path.exists():
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
+        subprocess.run([*cmd, f"kafka-python=={VERSION}", "-d", str(CACHE_DIR)], check=True, timeout=300)
+    return path
+
+
+def unpack(archive: Path, dest: Path) -> Path:
+    """The sdist unpacked into `dest`, with the stand-ins it needs to run its integration tests."""
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    root = dest / f"kafka_python-{VERSION}"
+    (root / "test" / "__init__.py").touch()
+    shutil.copy(SUITE_DIR / "service.py", root / "test" / "service.py")
+    # The fixtures check that a Kafka install directory exists even when the broker is external.
+    (root / "servers" / "kafka-bin").mkdir(parents=True)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 120)
+def test_kafka_python_integration_suite(broker_cluster: LocalCluster, tmp_path: Path) -> None:
+    root = unpack(sdist(), tmp_path)
+    excluded = exclusions((SUITE_DIR / "EXCLUSIONS.md").read_text())
+    missing = [e for e in excluded if not (root / e.partition("::")[0]).exists()]
+    assert not missing, f"EXCLUSIONS.md names files the sdist does not have: {missing}"
+    env = {
+        **os.environ,
+        "KAFKA_URI": f"kafka://127.0.0.1:{broker_cluster.port}",
+        "KAFKA_VERSION": KAFKA_VERSION,
+        "KAFKA_ROOT": str(root / "servers" / "kafka-bin"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    env.pop("PYTEST_ADDOPTS", None)
+    cmd = [sys.executable, "-m", "pytest", "test/integration", "-q", "-p", "no:cacheprovider", "-rfEs"]
+    cmd += ["--log-level=WARNING", *exclusion_args(excluded)]
+    proc = subprocess.run(
+        cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=RUN_TIMEOUT_S
+    )
+    tail = "\n".join(proc.stdout.splitlines()[-80:])
+    assert proc.returncode == 0, f"kafka-python's integration tests failed (exit {proc.returncode}):\n{tail}"
+    assert " passed" in tail, tail
