@@ -126,9 +126,17 @@ def _topic(md: Any, name: str) -> Any:
     return t
 
 
-def _check_partitions(n: int | None) -> None:
-    if n is not None and n < 1:
+def _partitions(raw: str | None) -> int | None:
+    # Parsed here rather than by click: its usage errors are a multi-line box, not one line.
+    if raw is None:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        raise TopicError(f"--partitions must be a whole number, got {raw!r}") from None
+    if n < 1:
         raise TopicError(f"--partitions must be at least 1, got {n}")
+    return n
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -137,8 +145,9 @@ def _check_partitions(n: int | None) -> None:
 @app.command()
 def create(
     name: Annotated[str, typer.Argument(help="Topic name.")],
-    partitions: Annotated[
-        int | None, typer.Option("--partitions", "-p", help="Partition count. Default: the broker's num.partitions.")
+    partitions_arg: Annotated[
+        str | None,
+        typer.Option("--partitions", "-p", metavar="N", help="Partition count. Default: the broker's num.partitions."),
     ] = None,
     config: ConfigOpt = None,
     if_not_exists: Annotated[bool, typer.Option("--if-not-exists", help="Succeed if the topic exists.")] = False,
@@ -149,7 +158,7 @@ def create(
     from confluent_kafka.admin import NewTopic
 
     with _errors():
-        _check_partitions(partitions)
+        partitions = _partitions(partitions_arg)
         configs = _parse_configs(config)
         admin, _md = _admin(bootstrap)
         # -1 lets the broker apply its own defaults (num.partitions, default.replication.factor).
@@ -256,7 +265,9 @@ def describe(
 @app.command()
 def alter(
     name: Annotated[str, typer.Argument(help="Topic name.")],
-    partitions: Annotated[int | None, typer.Option("--partitions", "-p", help="New (larger) partition count.")] = None,
+    partitions_arg: Annotated[
+        str | None, typer.Option("--partitions", "-p", metavar="N", help="New (larger) partition count.")
+    ] = None,
     config: ConfigOpt = None,
     delete_config: Annotated[
         list[str] | None,
@@ -269,7 +280,7 @@ def alter(
 
     done: list[str] = []
     with _errors():
-        _check_partitions(partitions)
+        partitions = _partitions(partitions_arg)
         configs = _parse_configs(config)
         if partitions is None and not configs and not delete_config:
             raise TopicError("nothing to alter: give --partitions, --config or --delete-config")

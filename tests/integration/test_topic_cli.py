@@ -91,6 +91,7 @@ def test_topic_bad_input_is_one_line_and_touches_nothing(broker_cluster: LocalCl
     one_line_error(amq_topic(c, "alter", missing, "--partitions", "4"), "does not exist")
     one_line_error(amq_topic(c, "create", unique("bad"), "--partitions", "0"), "--partitions")
     one_line_error(amq_topic(c, "create", unique("bad"), "--partitions", "-3"), "--partitions")
+    one_line_error(amq_topic(c, "create", unique("bad"), "--partitions", "abc"), "whole number")
     one_line_error(amq_topic(c, "alter", topic, "--partitions", "1"), "can only grow")
     one_line_error(amq_topic(c, "create", unique("bad"), "--config", "no.such.config=1"), "no.such.config")
     one_line_error(amq_topic(c, "alter", topic, "--config", "no.such.config=1"), "no.such.config")
