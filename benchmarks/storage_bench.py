@@ -87,6 +87,9 @@ async def wal_throughput(tmp: Path, s3: ObjectStoreConfig, total: int) -> float:
 
 async def paced_latency(engine: StorageEngine, stream_id: int, seconds: float, rate: float, size: int) -> list[float]:
     """Append `size`-byte batches at `rate` bytes/s; latency of each in ms."""
+    # Earlier phases leave GiBs of dirty pages (the S3 server does not fsync): write them back
+    # first, or their writeback lands in this phase's fsyncs and measures the previous phase.
+    await asyncio.to_thread(os.sync)
     stream = await engine.open_stream(stream_id, 1)
     batch = os.urandom(size)
     interval = size / rate
