@@ -188,6 +188,10 @@ def perf(system: System, run: Run, args: argparse.Namespace, out_dir: Path) -> d
     for pid in system.pids:
         cmd += ["--broker-pid", str(pid)]
     print(f"\n=== {system.name}: {run.key} ===\n$ {shlex.join(cmd[1:])}", flush=True)
+    # The previous run leaves GiBs of dirty pages behind (SeaweedFS does not fsync); written back
+    # during this run they would stall its WAL fsyncs for seconds and measure the previous run.
+    os.sync()
+    time.sleep(2)
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **system.perf_env}, timeout=args.run_timeout)
     if proc.returncode != 0 or not out.exists():
         system.failures[run.key] = f"exit {proc.returncode}"
