@@ -10,6 +10,7 @@ from engine.storage.config import StorageConfig, WalConfig, WalKind
 from engine.storage.engine import StorageEngine
 from engine.storage.metadata_sqlite import SqliteMetadataStore
 from engine.storage.objectstore import ObjectStoreConfig, make_object_store
+from engine.storage.stream import Stream
 
 
 def storage_config(data_dir: Path, kind: WalKind, **overrides: object) -> StorageConfig:
@@ -42,3 +43,17 @@ def payload(stream_id: int, seq: int, size: int = 100) -> bytes:
     head = f"{stream_id}:{seq}:".encode()
     body = hashlib.sha256(head).digest() * (size // 32 + 1)
     return (head + body)[:size]
+
+
+async def payloads_from_s3(engine: StorageEngine, stream: Stream, end: int) -> list[bytes]:
+    """Upload everything, empty the log cache, and read offsets [0, end) back: they must come from S3."""
+    await engine.flush()
+    engine.log_cache.max_bytes = 0
+    engine.log_cache.evict()
+    got: list[bytes] = []
+    offset = 0
+    while offset < end:
+        for b in await stream.read(offset, 1 << 20):
+            got.append(bytes(b.payload))
+            offset = b.end_offset
+    return got

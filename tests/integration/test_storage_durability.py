@@ -18,7 +18,7 @@ import pytest
 from engine.storage.errors import FencedError
 from engine.storage.objectstore import ObjectStoreConfig
 from engine.storage.s3server import EmbeddedS3
-from tests.integration.storage_helpers import make_engine, payload, stop_engine
+from tests.integration.storage_helpers import make_engine, payload, payloads_from_s3, stop_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -136,16 +136,7 @@ def test_wal_full_appends_wait_nothing_lost(data_dir: Path, s3_config: ObjectSto
         bases = await asyncio.wait_for(asyncio.gather(*futs), 60)
         assert bases == list(range(400))
         assert engine.wal.stats.full_waits > 0
-        await engine.flush()
-        engine.log_cache.max_bytes = 0
-        engine.log_cache.evict()
-        got = []
-        offset = 0
-        while offset < 400:
-            for b in await s.read(offset, 1 << 20):
-                got.append(b.payload)
-                offset = b.end_offset
-        assert got == [payload(1, i, 16 << 10) for i in range(400)]
+        assert await payloads_from_s3(engine, s, 400) == [payload(1, i, 16 << 10) for i in range(400)]
         await stop_engine(engine)
 
     asyncio.run(main())
@@ -172,16 +163,7 @@ def test_s3_outage_appends_continue_then_resume(tmp_path: Path) -> None:
         assert engine.metrics()["upload_failures"] > 0
         server.start()
         await asyncio.wait_for(asyncio.gather(*futs), 60)
-        await engine.flush()
-        engine.log_cache.max_bytes = 0
-        engine.log_cache.evict()
-        got = []
-        offset = 0
-        while offset < 400:
-            for b in await s.read(offset, 1 << 20):
-                got.append(b.payload)
-                offset = b.end_offset
-        assert got == [payload(1, i, 8 << 10) for i in range(400)]
+        assert await payloads_from_s3(engine, s, 400) == [payload(1, i, 8 << 10) for i in range(400)]
         await stop_engine(engine)
 
     server = EmbeddedS3(tmp_path / "s3")
