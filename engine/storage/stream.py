@@ -9,7 +9,6 @@ offset not yet acknowledged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING
 
 from engine.storage.cache import CacheEntry, StreamCache
@@ -99,16 +98,6 @@ class Stream:
             # Fetches that timed out leave their futures behind on quiet streams.
             self._waiters = [w for w in self._waiters if not w.done()]
         self._waiters.append(fut)
-
-    async def wait_for_data(self, offset: int, timeout: float) -> bool:
-        """For long polls: wait until data at `offset` is readable, up to `timeout` seconds."""
-        if self.end_offset > offset or self._error is not None:
-            return self.end_offset > offset
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(fut, timeout)
-        return self.end_offset > offset
 
     async def read(self, offset: int, max_bytes: int = 1 << 20) -> list[Batch]:
         """Durable batches from the one holding `offset`; at least one if any, then up to max_bytes."""

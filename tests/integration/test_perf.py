@@ -9,13 +9,11 @@ The broker is the `perf_target` fixture, chosen by AMQ_PERF_TARGET:
 
 from __future__ import annotations
 
-import http.server
 import importlib.util
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from typing import Any
 import pytest
 
 from automq_cli.perf.target import NO_CLUSTER
+from tests.metrics_stub import growing_counters
 from tests.peers import Tansu, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,40 +105,18 @@ def run_perf(
 @pytest.fixture
 def counters_url() -> Iterator[str]:
     """Stands in for the amq broker's metrics endpoint: counters that grow on every GET."""
-    hits = {"n": 0}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits["n"] += 1
-            n = hits["n"]
-            body = json.dumps(
-                {
-                    "s3_put_requests": 7 * n,
-                    "s3_put_bytes": 7_000_000 * n,
-                    "s3_get_requests": n,
-                    "s3_get_bytes": 1_000 * n,
-                    "s3_list_requests": 0,
-                    "s3_delete_requests": 0,
-                    "wal_bytes_written": 8_000_000 * n,
-                    "cross_zone_bytes": 0,
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/metrics.json"
-    finally:
-        server.shutdown()
-        server.server_close()
+    step = {
+        "s3_put_requests": 7,
+        "s3_put_bytes": 7_000_000,
+        "s3_get_requests": 1,
+        "s3_get_bytes": 1_000,
+        "s3_list_requests": 0,
+        "s3_delete_requests": 0,
+        "wal_bytes_written": 8_000_000,
+        "cross_zone_bytes": 0,
+    }
+    with growing_counters(step) as url:
+        yield url
 
 
 def check_common(result: dict[str, Any]) -> None:
@@ -165,9 +142,7 @@ def check_common(result: dict[str, Any]) -> None:
     )
 
 
-def test_steady_run_on_the_local_cluster_state(
-    perf_target: PerfTarget, counters_url: str, tmp_path: Path
-) -> None:
+def test_steady_run_on_the_local_cluster_state(perf_target: PerfTarget, counters_url: str, tmp_path: Path) -> None:
     """No --bootstrap: the target, metrics URL and broker pids come from $AMQ_HOME/cluster.json."""
     home = perf_target.amq_home
     if home is None:
@@ -280,9 +255,7 @@ def test_no_local_cluster_and_no_bootstrap(tmp_path: Path) -> None:
 
 def test_unreachable_bootstrap_is_detected_quickly(tmp_path: Path) -> None:
     start = time.monotonic()
-    proc = run_perf(
-        ["--bootstrap", f"127.0.0.1:{free_port()}", "--connect-timeout", "3s", "--duration", "1s"]
-    )
+    proc = run_perf(["--bootstrap", f"127.0.0.1:{free_port()}", "--connect-timeout", "3s", "--duration", "1s"])
     assert_one_line_failure(proc, "cannot reach the Kafka bootstrap")
     assert time.monotonic() - start < 15
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from automq_cli.perf.target import NO_CLUSTER, BrokerInfo, Target, load_cluster_
 from automq_cli.perf.units import parse_count, parse_duration, parse_size
 from automq_cli.perf.worker import _next_boundary
 from automq_cli.perf.workload import load_payload, load_workload, parse_workload
+from tests.metrics_stub import growing_counters
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "workloads"
 
@@ -44,9 +43,7 @@ def test_parse_size(text: Any, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"), [("10s", 10.0), ("2m", 120.0), ("500ms", 0.5), ("3", 3.0), (7, 7.0)]
-)
+@pytest.mark.parametrize(("text", "expected"), [("10s", 10.0), ("2m", 120.0), ("500ms", 0.5), ("3", 3.0), (7, 7.0)])
 def test_parse_duration(text: Any, expected: float) -> None:
     assert parse_duration(text) == expected
 
@@ -179,9 +176,7 @@ def test_payload_file_is_repeated_to_the_record_size(tmp_path: Path) -> None:
 # ---- target ----------------------------------------------------------------------------------
 
 
-def test_missing_cluster_state_is_the_documented_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_cluster_state_is_the_documented_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AMQ_HOME", str(tmp_path))
     with pytest.raises(PerfError) as err:
         resolve_target(None)
@@ -190,9 +185,7 @@ def test_missing_cluster_state_is_the_documented_line(
     assert resolve_target("127.0.0.1:1").bootstrap == "127.0.0.1:1"
 
 
-def test_cluster_state_supplies_bootstrap_metrics_and_pids(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cluster_state_supplies_bootstrap_metrics_and_pids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AMQ_HOME", str(tmp_path))
     state = {
         "bootstrap": "127.0.0.1:9092",
@@ -264,43 +257,19 @@ def test_report_boundaries_are_shared_by_all_workers() -> None:
 @pytest.fixture
 def counters_url() -> Iterator[str]:
     """A metrics endpoint whose counters grow by a fixed step on every GET."""
-    state = {"n": 0}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state["n"] += 1
-            n = state["n"]
-            body = json.dumps(
-                {
-                    "s3_put_requests": 10 * n,
-                    "s3_put_bytes": 1000 * n,
-                    "s3_get_requests": 2 * n,
-                    "s3_get_bytes": 200 * n,
-                    "s3_list_requests": n,
-                    "s3_delete_requests": 0,
-                    "wal_bytes_written": 5000 * n,
-                    "cross_zone_bytes": 0,
-                    "uploads": 3 * n,
-                    "wal_kind": "file",
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/metrics.json"
-    finally:
-        server.shutdown()
-        server.server_close()
+    step = {
+        "s3_put_requests": 10,
+        "s3_put_bytes": 1000,
+        "s3_get_requests": 2,
+        "s3_get_bytes": 200,
+        "s3_list_requests": 1,
+        "s3_delete_requests": 0,
+        "wal_bytes_written": 5000,
+        "cross_zone_bytes": 0,
+        "uploads": 3,
+    }
+    with growing_counters(step, {"wal_kind": "file"}) as url:
+        yield url
 
 
 def test_cluster_block_records_counter_deltas_cpu_and_rss(counters_url: str) -> None:
