@@ -23,6 +23,9 @@ def _register() -> None:
     from automq_cli import cluster
 
     app.add_typer(cluster.app, name="cluster")
+    from automq_cli import broker
+
+    app.add_typer(broker.app, name="broker")
     from automq_cli import topic
 
     app.add_typer(topic.app, name="topic")

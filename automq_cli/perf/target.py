@@ -3,23 +3,23 @@
 A running local amq cluster publishes `$AMQ_HOME/cluster.json` (AMQ_HOME
 defaults to ~/.amq). The fields read here (all but `bootstrap` optional):
 
-    {"bootstrap": "127.0.0.1:9092",
+    {"bootstrap": "127.0.0.1:9092,127.0.0.1:9093",             # every broker
      "metrics": ["http://127.0.0.1:9644/metrics.json", ...],   # JSON counters, one URL per broker
      "brokers": [{"id": 0, "pid": 1234, "zone": "az1"}, ...],  # pids for CPU/RSS sampling
      "wal_kind": "file",                                        # file | nfs | s3
      "zones": ["az1", "az2"]}
 
-`amq cluster up` writes it; docs/perf.md documents it for the broker team.
+`amq cluster up` writes it (automq_cli/cluster/state.py is its one reader and
+writer); docs/perf.md documents it for the broker team.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from automq_cli.cluster import state as cluster_state
 from automq_cli.perf.errors import PerfError
 
 NO_CLUSTER = "no local amq cluster is running; start one with `amq cluster up` or pass --bootstrap"
@@ -49,11 +49,11 @@ class Target:
 
 
 def amq_home() -> Path:
-    return Path(os.environ.get("AMQ_HOME") or Path.home() / ".amq").expanduser()
+    return cluster_state.amq_home()
 
 
 def cluster_state_path() -> Path:
-    return amq_home() / "cluster.json"
+    return cluster_state.state_path()
 
 
 def _brokers(raw: Any) -> list[BrokerInfo]:
@@ -78,14 +78,14 @@ def load_cluster_state(path: str | Path | None = None) -> Target:
     """Read cluster.json; a missing or unusable file is the one-line NO_CLUSTER error."""
     p = Path(path).expanduser() if path else cluster_state_path()
     try:
-        data = json.loads(p.read_text())
+        data = cluster_state.load_state_file(p)
     except FileNotFoundError:
         raise PerfError(NO_CLUSTER) from None
     except (OSError, ValueError) as exc:
         raise PerfError(
             f"cannot read the cluster state {str(p)!r} ({exc}); pass --bootstrap instead"
         ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("bootstrap"), str) or not data["bootstrap"]:
+    if not isinstance(data.get("bootstrap"), str) or not data["bootstrap"]:
         raise PerfError(f"the cluster state {str(p)!r} names no bootstrap; pass --bootstrap instead")
     metrics = data.get("metrics") or []
     if isinstance(metrics, str):
@@ -104,6 +104,10 @@ def load_cluster_state(path: str | Path | None = None) -> Target:
     )
 
 
+def _addresses(bootstrap: str) -> set[str]:
+    return {a.strip() for a in bootstrap.split(",") if a.strip()}
+
+
 def resolve_target(
     bootstrap: str | None,
     state_file: str | Path | None = None,
@@ -113,7 +117,7 @@ def resolve_target(
     """--bootstrap wins; otherwise the local cluster's state file must exist.
 
     With --bootstrap, the state file still supplies metrics when it describes
-    the same cluster (same bootstrap), so `amq perf run --bootstrap <local>`
+    the same cluster (a broker address in common), so `amq perf run --bootstrap <local>`
     loses nothing. Explicit --metrics-url / --broker-pid add to whatever was found.
     """
     target: Target
@@ -123,7 +127,7 @@ def resolve_target(
             local = load_cluster_state(state_file)
         except PerfError:
             local = None
-        if local is not None and local.bootstrap == bootstrap:
+        if local is not None and _addresses(local.bootstrap) & _addresses(bootstrap):
             target = local
     else:
         target = load_cluster_state(state_file)

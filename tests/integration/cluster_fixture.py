@@ -3,8 +3,9 @@
     def test_x(broker_cluster: LocalCluster) -> None:
         producer = Producer({"bootstrap.servers": broker_cluster.bootstrap})
 
-`broker_cluster` is shared by the whole session (topics get unique names);
-`start_local_cluster(tmp)` gives a test a cluster of its own (kill -9 tests).
+`broker_cluster` is shared by the whole session (one broker; topics get unique names);
+`start_local_cluster(tmp)` gives a test a cluster of its own (kill -9 tests), and
+`start_local_cluster(tmp, brokers=3, zones=3, wal="nfs")` one of several brokers in zones.
 `KafkaWire` speaks the protocol by hand for what client libraries will not send.
 """
 
@@ -23,10 +24,12 @@ import pytest
 from automq_cli.cluster import (
     ClusterOptions,
     kill_pid,
+    parse_zones,
     remove_state,
     start_broker,
     start_cluster,
     stop_cluster,
+    stop_pid,
     write_state,
 )
 from engine.protocol import RequestHeader, decode_response, encode_request
@@ -99,32 +102,62 @@ class LocalCluster:
 
     @property
     def bootstrap(self) -> str:
+        """Every broker, comma separated (what clients take as bootstrap.servers)."""
         return str(self.state["bootstrap"])
 
     @property
-    def port(self) -> int:
-        return int(self.bootstrap.rpartition(":")[2])
+    def bootstraps(self) -> list[str]:
+        """One address per broker, by broker id."""
+        return [f"127.0.0.1:{self.broker_port(n)}" for n in self.broker_ids]
 
     @property
-    def broker_pid(self) -> int:
-        return int(self.state["pids"]["broker-0"])
+    def broker_ids(self) -> list[int]:
+        return sorted(int(b["id"]) for b in self.state["brokers"])
+
+    @property
+    def port(self) -> int:
+        """Broker 0's port."""
+        return self.broker_port(0)
+
+    def _entry(self, n: int) -> dict[str, Any]:
+        return next(b for b in self.state["brokers"] if b["id"] == n)
+
+    def broker_port(self, n: int = 0) -> int:
+        return int(self._entry(n)["port"])
+
+    def broker_pid(self, n: int = 0) -> int:
+        return int(self.state["pids"][f"broker-{n}"])
+
+    def broker_zone(self, n: int = 0) -> str:
+        return str(self._entry(n)["zone"])
 
     @property
     def metrics_url(self) -> str:
-        return str(self.state["metrics"][0])
+        """Broker 0's metrics endpoint."""
+        return f"http://127.0.0.1:{self._entry(0)['metrics_port']}/metrics"
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        return [str(u) for u in self.state.get("metrics") or []]
 
     @property
     def broker_log(self) -> Path:
-        return Path(self.state["brokers"][0]["log"])
+        return Path(self._entry(0)["log"])
 
-    def wire(self, timeout: float = 10.0) -> KafkaWire:
-        return KafkaWire("127.0.0.1", self.port, timeout)
+    def wire(self, timeout: float = 10.0, broker: int = 0) -> KafkaWire:
+        return KafkaWire("127.0.0.1", self.broker_port(broker), timeout)
 
-    def kill_broker(self) -> None:
-        kill_pid(self.broker_pid)
+    def kill_broker(self, n: int = 0) -> None:
+        """SIGKILL, as a crash would."""
+        kill_pid(self.broker_pid(n))
 
-    def restart_broker(self) -> None:
-        start_broker(self.state, 0)
+    def stop_broker(self, n: int = 0, timeout: float = 30.0) -> None:
+        """SIGTERM (a controlled shutdown); wait until it exits (SIGKILL after `timeout`)."""
+        stop_pid(self.broker_pid(n), f"broker-{n}", timeout=timeout)
+
+    def restart_broker(self, n: int = 0) -> None:
+        """Start it again from its saved config, on the same port."""
+        start_broker(self.state, n)
         write_state(self.state, self.home)
 
     def stop(self) -> None:
@@ -132,9 +165,24 @@ class LocalCluster:
         remove_state(self.home)
 
 
-def start_local_cluster(tmp: Path, **options: Any) -> LocalCluster:
-    """A cluster in `tmp` on free ports, with a small WAL and quick uploads."""
+def start_local_cluster(
+    tmp: Path,
+    brokers: int | None = None,
+    zones: int | str | list[str] | None = None,
+    session_timeout: float | None = None,
+    **options: Any,
+) -> LocalCluster:
+    """A cluster in `tmp` on free ports, with a small WAL and quick uploads.
+
+    brokers/zones as `amq cluster up --brokers/--zones` (zones: a count, "a,b,c" or a list);
+    other options are ClusterOptions fields (wal, num_partitions, extra_broker, ...).
+    """
     opts = ClusterOptions(dir=str(tmp / "data"), port=0, wal_capacity=64 << 20, upload_interval_s=0.5, **options)
+    opts.brokers = brokers
+    if zones is not None:
+        opts.zones = parse_zones(zones)
+    if session_timeout is not None:
+        opts.session_timeout = session_timeout
     home = tmp / "home"
     return LocalCluster(home, start_cluster(opts, home=home))
 

@@ -1,0 +1,464 @@
+"""Start and stop a local cluster: SeaweedFS, one controller and N brokers in Z zones.
+
+Every component is a background process of its own (new session, log file in the cluster
+directory), so `up` returns once clients can connect and the cluster lives on. The state
+file (state.py) records what runs; `down` stops exactly those pids. The tests start
+clusters with these functions too, the way users do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from automq_cli.cluster.processes import (
+    api_versions_ok,
+    free_ports_from,
+    pid_alive,
+    port_free,
+    spawn,
+    stop_pid,
+    tail,
+    terminate_pids,
+)
+from automq_cli.cluster.state import (
+    amq_home,
+    broker_entry,
+    dir_state_path,
+    load_state_file,
+    read_state,
+    refresh_bootstrap,
+    remove_state,
+    save_settings,
+    write_state,
+)
+
+NOT_RUNNING = "no local amq cluster is running; start one with `amq cluster up`"
+WAL_KINDS = ("file", "nfs", "s3")
+_ZONE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+Progress = Callable[[str], None]
+
+
+class ClusterError(Exception):
+    """One line for the user; the CLI prints it and exits non-zero."""
+
+
+@dataclass
+class ClusterOptions:
+    dir: str = ""
+    wal: str = "file"
+    #: Broker 0's Kafka port; the others take the next free ports after it. 0 = any free port for all.
+    port: int = 9092
+    controller_port: int = 0
+    metrics_port: int = 0
+    s3_endpoint: str = ""
+    s3_bucket: str = "amq"
+    access_key: str = ""
+    secret_key: str = ""
+    region: str = "us-east-1"
+    s3_prefix: str = ""
+    #: The zone when `zones` is empty (one zone).
+    zone: str = "az1"
+    #: Zone names; broker i is in zones[i % len(zones)]. Empty: [zone].
+    zones: list[str] = field(default_factory=list)
+    #: None: one broker per zone.
+    brokers: int | None = None
+    #: Seconds without a heartbeat before the controller fences a broker.
+    session_timeout: float = 3.0
+    #: None: the broker config file's value, else Kafka's default of 1.
+    num_partitions: int | None = None
+    #: YAML/JSON file of broker settings (BrokerConfig fields); the launcher's own settings win.
+    broker_config: str = ""
+    wal_capacity: int = 256 << 20
+    upload_interval_s: float = 2.0
+    extra_broker: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Layout:
+    """What `up` will start, decided before anything starts."""
+
+    zones: list[str]
+    #: Zone of broker i.
+    broker_zones: list[str]
+
+    @property
+    def brokers(self) -> int:
+        return len(self.broker_zones)
+
+
+def parse_zones(spec: str | int | list[str]) -> list[str]:
+    """`3` -> az1, az2, az3; `a,b,c` -> those names."""
+    if isinstance(spec, list):
+        names = [str(z).strip() for z in spec]
+    else:
+        text = str(spec).strip()
+        if re.fullmatch(r"-?\d+", text):
+            n = int(text)
+            if n < 1:
+                raise ClusterError(f"--zones must be at least 1, got {n}")
+            if n > 64:
+                raise ClusterError(f"--zones {n} is too many (at most 64)")
+            return [f"az{i + 1}" for i in range(n)]
+        names = [z.strip() for z in text.split(",")]
+    if not names or any(not z for z in names):
+        raise ClusterError(f"--zones {spec!r}: a zone name is empty")
+    for z in names:
+        if not _ZONE_NAME.match(z):
+            raise ClusterError(f"--zones: {z!r} is not a zone name (letters, digits, '.', '_', '-')")
+    seen: set[str] = set()
+    for z in names:
+        if z in seen:
+            raise ClusterError(f"--zones names zone {z!r} twice")
+        seen.add(z)
+    return names
+
+
+def _config_zone(opts: ClusterOptions) -> str | None:
+    if not opts.broker_config:
+        return None
+    raw = _load_broker_settings(opts)
+    zone = raw.get("zone")
+    return str(zone) if zone else None
+
+
+def _load_broker_settings(opts: ClusterOptions) -> dict[str, Any]:
+    from engine.broker.config import BrokerConfig, BrokerConfigError
+
+    if not opts.broker_config:
+        return {}
+    try:
+        return BrokerConfig.load(opts.broker_config).to_dict()
+    except FileNotFoundError:
+        raise ClusterError(f"--config {opts.broker_config}: no such file") from None
+    except (OSError, BrokerConfigError) as e:
+        raise ClusterError(f"broker settings: {e}") from None
+
+
+def plan(opts: ClusterOptions) -> Layout:
+    """Check the options; every error here is raised before anything starts."""
+    if opts.wal not in WAL_KINDS:
+        raise ClusterError(f"--wal must be file, nfs or s3, not {opts.wal!r}")
+    if not 0 <= opts.port <= 65535:
+        raise ClusterError(f"--port {opts.port} is not a TCP port")
+    if not opts.session_timeout > 0:
+        raise ClusterError(f"--session-timeout must be more than 0 seconds, got {opts.session_timeout}")
+    if opts.num_partitions is not None and opts.num_partitions < 1:
+        raise ClusterError(f"--num-partitions must be at least 1, got {opts.num_partitions}")
+    zones = parse_zones(opts.zones) if opts.zones else [_config_zone(opts) or opts.zone]
+    count = len(zones) if opts.brokers is None else opts.brokers
+    if count < 1:
+        raise ClusterError(f"--brokers must be at least 1, got {count}")
+    if count > 64:
+        raise ClusterError(f"--brokers {count} is too many for one machine (at most 64)")
+    if count < len(zones):
+        raise ClusterError(
+            f"--zones gives {len(zones)} zones but --brokers is {count}: each zone needs at least one broker"
+        )
+    if opts.port and opts.port + count - 1 > 65535:
+        raise ClusterError(f"--port {opts.port} leaves no room for {count} brokers")
+    _load_broker_settings(opts)  # a bad settings file fails now, not after SeaweedFS started
+    return Layout(zones=zones, broker_zones=[zones[i % len(zones)] for i in range(count)])
+
+
+def _check_external_s3(opts: ClusterOptions) -> None:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=opts.s3_endpoint,
+        aws_access_key_id=opts.access_key or None,
+        aws_secret_access_key=opts.secret_key or None,
+        region_name=opts.region,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=3, read_timeout=5),
+    )
+    try:
+        client.head_bucket(Bucket=opts.s3_bucket)
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            try:
+                client.create_bucket(Bucket=opts.s3_bucket)
+                return
+            except (ClientError, BotoCoreError) as e2:
+                raise ClusterError(f"cannot create bucket {opts.s3_bucket!r} at {opts.s3_endpoint}: {e2}") from None
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            raise ClusterError(f"S3 at {opts.s3_endpoint} refused the credentials ({code})") from None
+        raise ClusterError(f"S3 at {opts.s3_endpoint} answered {code or e}") from None
+    except BotoCoreError as e:
+        raise ClusterError(f"S3 endpoint {opts.s3_endpoint} is unreachable: {e}") from None
+
+
+def running_processes(state: dict[str, Any]) -> list[str]:
+    return [n for n, pid in (state.get("pids") or {}).items() if isinstance(pid, int) and pid_alive(pid, n)]
+
+
+def check_not_running(home: Path, directory: Path | None = None) -> None:
+    """Refuse a second cluster for this home or this directory; forget states a crash left."""
+    candidates: list[tuple[str, dict[str, Any]]] = []
+    home_state = read_state(home)
+    if home_state is not None:
+        candidates.append(("home", home_state))
+    if directory is not None:
+        with contextlib.suppress(OSError, ValueError):
+            candidates.append(("dir", load_state_file(dir_state_path(directory))))
+    for where, state in candidates:
+        if running_processes(state):
+            raise ClusterError(
+                f"a cluster is already running (bootstrap {state.get('bootstrap')}, dir {state.get('dir')}); "
+                "stop it with `amq cluster down`" + (f" --dir {state.get('dir')}" if where == "dir" else "")
+            )
+    # Left by a crash: nothing of them runs any more.
+    if home_state is not None:
+        remove_state(home)
+    if directory is not None:
+        remove_state(home, directory)
+
+
+def start_cluster(
+    opts: ClusterOptions, home: Path | None = None, progress: Progress | None = None, timeout: float = 90.0
+) -> dict[str, Any]:
+    """Start SeaweedFS (unless external S3), the controller and the brokers; write the state files."""
+    from engine.broker.config import S3Settings
+    from engine.storage.s3server import EmbeddedS3, S3ServerError
+
+    say = progress or (lambda _m: None)
+    home = home or amq_home()
+    layout = plan(opts)
+    directory = Path(opts.dir or home / "data").expanduser().resolve()
+    check_not_running(home, directory)
+    if opts.port and not port_free(opts.port):
+        raise ClusterError(f"port {opts.port} is in use; pick another with --port (0 = any free port)")
+    try:
+        ports = free_ports_from(opts.port, layout.brokers) if opts.port else [0] * layout.brokers
+    except OSError as e:
+        raise ClusterError(str(e)) from None
+    if opts.s3_endpoint:
+        say(f"checking S3 at {opts.s3_endpoint}")
+        _check_external_s3(opts)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ClusterError(f"cannot use {directory} as the cluster directory: {e.strerror}") from None
+    logs = directory / "logs"
+    logs.mkdir(exist_ok=True)
+    pids: dict[str, int] = {}
+    state: dict[str, Any] = {"dir": str(directory), "pids": pids}
+
+    def fail(message: str) -> ClusterError:
+        terminate_pids({n: p for n, p in pids.items() if n.startswith("broker")}, timeout=10)
+        for name in ("controller", "s3"):
+            if name in pids:
+                stop_pid(pids[name], name, timeout=10)
+        return ClusterError(message)
+
+    # S3
+    if opts.s3_endpoint:
+        s3 = S3Settings(opts.s3_endpoint, opts.s3_bucket, opts.access_key, opts.secret_key, opts.region, opts.s3_prefix)
+    else:
+        say("starting SeaweedFS (embedded S3)")
+        server = EmbeddedS3(directory / "s3")
+        try:
+            ep = server.start(timeout=60)
+        except S3ServerError as e:
+            raise fail(f"SeaweedFS did not start: {e}") from None
+        assert server.pid is not None
+        pids["s3"] = server.pid
+        server.proc = None  # it outlives this process; `down` stops it by pid
+        s3 = S3Settings(ep.url, ep.bucket, ep.access_key, ep.secret_key, ep.region, opts.s3_prefix)
+    state["s3_endpoint"] = s3.endpoint
+
+    # controller
+    say("starting the controller")
+    port_file = directory / "controller" / "port"
+    port_file.parent.mkdir(exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        port_file.unlink()
+    ctl = spawn(
+        [sys.executable, "-m", "engine.controller", "--dir", str(directory / "controller"),
+         "--port", str(opts.controller_port), "--port-file", str(port_file),
+         "--session-timeout-ms", str(max(1, round(opts.session_timeout * 1000)))],
+        logs / "controller.log",
+    )  # fmt: skip
+    pids["controller"] = ctl.pid
+    deadline = time.monotonic() + timeout
+    while not port_file.exists() or not port_file.read_text().strip():
+        if ctl.poll() is not None:
+            raise fail(f"the controller exited with code {ctl.returncode}: {tail(logs / 'controller.log')}")
+        if time.monotonic() > deadline:
+            raise fail(f"the controller did not start; see {logs / 'controller.log'}")
+        time.sleep(0.05)
+    controller = f"127.0.0.1:{int(port_file.read_text())}"
+    state["controller"] = controller
+
+    # brokers
+    entries: list[dict[str, Any]] = []
+    for node_id, zone in enumerate(layout.broker_zones):
+        try:
+            cfg = broker_config(opts, directory, controller, s3, node_id, zone, ports[node_id])
+        except (OSError, ValueError) as e:
+            raise fail(f"broker settings: {e}") from None
+        broker_dir = directory / f"broker-{node_id}"
+        broker_dir.mkdir(exist_ok=True)
+        if opts.wal == "nfs":
+            Path(cfg.storage.wal.path).mkdir(parents=True, exist_ok=True)
+        config_path = broker_dir / "broker.json"
+        cfg.save(config_path)
+        entries.append(
+            {"id": node_id, "zone": zone, "config": str(config_path), "log": str(logs / f"broker-{node_id}.log")}
+        )
+    state.update({"wal_kind": opts.wal, "zones": layout.zones, "brokers": entries})
+    what = "the broker" if layout.brokers == 1 else f"{layout.brokers} brokers"
+    say(f"starting {what} (recovering WALs, registering with the controller)")
+    try:
+        start_brokers(state, [e["id"] for e in entries], timeout=timeout)
+    except ClusterError as e:
+        raise fail(str(e)) from None
+    refresh_bootstrap(state)
+    state["started_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    state["logs"] = str(logs)
+    save_settings(directory, asdict(opts))
+    write_state(state, home)
+    return state
+
+
+def wal_path(kind: str, directory: Path, node_id: int) -> Path:
+    """file: the broker's own (zonal) volume; nfs: the one shared directory (the WAL is <path>/broker-N)."""
+    if kind == "nfs":
+        return directory / "shared-wal"
+    return directory / f"broker-{node_id}" / "wal"
+
+
+def broker_config(
+    opts: ClusterOptions, directory: Path, controller: str, s3: Any, node_id: int = 0, zone: str | None = None,
+    port: int | None = None,
+) -> Any:  # fmt: skip
+    """The settings file (if any) under what the launcher decides: ids, zone, ports, paths, S3, WAL."""
+    from engine.broker.config import BrokerConfig
+
+    base = _load_broker_settings(opts)
+    name = f"broker-{node_id}"
+    storage = base.setdefault("storage", {})
+    wal = storage.setdefault("wal", {})
+    wal.update({"kind": opts.wal, "path": str(wal_path(opts.wal, directory, node_id)), "wal_id": name})
+    wal.setdefault("capacity", opts.wal_capacity)
+    storage["owner"] = name
+    storage.setdefault("upload_interval_s", opts.upload_interval_s)
+    base.update(
+        node_id=node_id, port=opts.port if port is None else port, controller=controller,
+        metrics_port=opts.metrics_port, data_dir=str(directory / name),
+        storage_metadata_path=str(directory / "metadata.db"), s3=asdict(s3),
+    )  # fmt: skip
+    if zone is not None:
+        base["zone"] = zone
+    else:
+        base.setdefault("zone", opts.zone)
+    if opts.num_partitions is not None:
+        base["num_partitions"] = opts.num_partitions
+    base.update(opts.extra_broker)
+    return BrokerConfig.from_dict(base)
+
+
+def _spawn_broker(state: dict[str, Any], node_id: int) -> subprocess.Popen[bytes]:
+    entry = broker_entry(state, node_id)
+    if entry is None:
+        raise ClusterError(f"no broker {node_id} in this cluster")
+    ready = Path(entry["config"]).with_name("ready.json")
+    with contextlib.suppress(FileNotFoundError):
+        ready.unlink()
+    args = [sys.executable, "-m", "engine.broker", "--config", entry["config"], "--ready-file", str(ready)]
+    proc = spawn(args, Path(entry["log"]))
+    state.setdefault("pids", {})[f"broker-{node_id}"] = proc.pid
+    entry["pid"] = proc.pid
+    return proc
+
+
+def _broker_ready(state: dict[str, Any], node_id: int, info: dict[str, Any]) -> None:
+    """Record the bound ports; a restart must come back on them, or clients (and the state) lose it."""
+    entry = broker_entry(state, node_id)
+    assert entry is not None
+    entry["port"] = int(info["port"])
+    entry["metrics_port"] = info.get("metrics_port")
+    config_path = Path(entry["config"])
+    cfg = json.loads(config_path.read_text())
+    if cfg.get("port") != entry["port"] or (info.get("metrics_port") and cfg.get("metrics_port") == 0):
+        cfg["port"] = entry["port"]
+        cfg["metrics_port"] = info.get("metrics_port") or cfg.get("metrics_port", 0)
+        config_path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def start_brokers(state: dict[str, Any], node_ids: list[int], timeout: float = 90.0) -> dict[int, dict[str, Any]]:
+    """Start brokers from their saved configs, all at once; wait until each answers ApiVersions.
+
+    On failure the brokers started here are stopped and ClusterError names the first problem.
+    """
+    procs = {n: _spawn_broker(state, n) for n in node_ids}
+    infos: dict[int, dict[str, Any]] = {}
+    ready_infos: dict[int, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    problem: str | None = None
+    while True:
+        for n, proc in procs.items():
+            entry = broker_entry(state, n)
+            if n in ready_infos or entry is None:
+                continue
+            if proc.poll() is not None:
+                problem = f"broker {n} exited with code {proc.returncode}: {tail(Path(entry['log']))}"
+                break
+            ready = Path(entry["config"]).with_name("ready.json")
+            if n not in infos and ready.exists():
+                with contextlib.suppress(OSError, ValueError):
+                    infos[n] = json.loads(ready.read_text())
+            if n in infos and api_versions_ok("127.0.0.1", int(infos[n]["port"])):
+                ready_infos[n] = infos[n]
+        if problem is not None or len(ready_infos) == len(procs):
+            break
+        if time.monotonic() > deadline:
+            late = [n for n in procs if n not in ready_infos]
+            log = (broker_entry(state, late[0]) or {}).get("log")
+            problem = f"broker {late[0]} did not answer within {timeout:.0f}s; see {log}"
+            break
+        time.sleep(0.05)
+    if problem is not None:
+        terminate_pids({f"broker-{n}": p.pid for n, p in procs.items()}, timeout=10)
+        raise ClusterError(problem)
+    for n, info in ready_infos.items():
+        _broker_ready(state, n, info)
+    refresh_bootstrap(state)
+    return ready_infos
+
+
+def start_broker(state: dict[str, Any], node_id: int = 0, timeout: float = 90.0) -> dict[str, Any]:
+    """Start (or restart) one broker from its saved config; wait until it answers ApiVersions."""
+    return start_brokers(state, [node_id], timeout=timeout)[node_id]
+
+
+def stop_cluster(state: dict[str, Any], timeout: float = 30.0, progress: Progress | None = None) -> list[str]:
+    """Stop the brokers (all at once; they upload what their WAL holds), then the controller, then S3."""
+    say = progress or (lambda _m: None)
+    pids: dict[str, int] = {n: p for n, p in (state.get("pids") or {}).items() if isinstance(p, int)}
+    stopped: list[str] = []
+    brokers = {n: p for n, p in pids.items() if n.startswith("broker") and pid_alive(p, n)}
+    if brokers:
+        say(f"stopping {', '.join(sorted(brokers))}")
+        terminate_pids(brokers, timeout=timeout)
+        stopped += sorted(brokers, key=lambda n: (len(n), n))
+    for name in sorted((n for n in pids if not n.startswith("broker")), key=lambda n: (n != "controller", n)):
+        pid = pids[name]
+        if pid_alive(pid, name):
+            say(f"stopping {name} (pid {pid})")
+            stop_pid(pid, name, timeout=timeout)
+            stopped.append(name)
+    return stopped
