@@ -15,17 +15,22 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from engine.broker.config import BrokerConfig
 from engine.broker.dispatch import Dispatcher
 from engine.broker.errors import BrokerError
-from engine.broker.image import BrokerInfo, MetadataImage, TopicInfo
+from engine.broker.image import MetadataImage, TopicInfo
 from engine.broker.partition import Partition
+from engine.controller import api
+from engine.controller.api import BrokerRecord
 from engine.controller.configs import OFFSETS_TOPIC
 from engine.controller.rpc import ControllerClient, ControllerUnavailable, RpcError
 from engine.protocol.errors import ErrorCode
+from engine.storage.config import WalConfig
 from engine.storage.engine import StorageEngine
 from engine.storage.metadata_sqlite import SqliteMetadataStore
-from engine.storage.objectstore import make_object_store
+from engine.storage.objectstore import ObjectStore, make_object_store
 
 if TYPE_CHECKING:
     from engine.broker.server import KafkaServer
@@ -47,6 +52,7 @@ class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self.node_id = config.node_id
+        self.zone = config.zone
         self.host = config.advertised
         self.port = config.port
         self.metrics_port: int | None = None
@@ -58,16 +64,23 @@ class Broker:
         self.dispatcher = Dispatcher()
         self.counters: Counter[str] = Counter()
         self.started_at = time.time()
+        self._store: ObjectStore | None = None
         self._partitions: dict[tuple[str, int], Partition] = {}
         self._opening: dict[tuple[str, int], asyncio.Future[Partition]] = {}
         self._image_changed = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
+        self._takeovers: dict[int, asyncio.Task[None]] = {}
         self._server: KafkaServer | None = None
         self._metrics_server: asyncio.Server | None = None
         self._pid_next = 0
         self._pid_end = 0
         self._pid_lock = asyncio.Lock()
         self._stopping = False
+        #: Set while this broker takes no appends: handing off (controlled shutdown) or rejoining.
+        self._draining = False
+        self._joining = asyncio.Lock()
+        #: (leader, leader epoch) of each __consumer_offsets partition as last seen, to spot moves.
+        self._offsets_leaders: list[tuple[int, int]] = []
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -76,16 +89,15 @@ class Broker:
         from engine.broker.server import KafkaServer
 
         cfg = self.config
-        store = make_object_store(cfg.s3.object_store())
-        self.storage = StorageEngine(cfg.storage, store, SqliteMetadataStore(cfg.metadata_path))
-        await self.storage.start()
+        self._store = make_object_store(cfg.s3.object_store())
         self._server = KafkaServer(self)
         # Bound before registering, so the controller learns the real port even when configured as 0.
         self.port = await self._server.bind(cfg.host, cfg.port)
-        await self._register(timeout=30.0)
-        await self._refresh_image(wait_ms=0)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._follow_metadata()), loop.create_task(self._heartbeat_loop())]
+        # Heartbeats run from the registration on: recovering a large WAL may outlast the session.
+        self._tasks = [loop.create_task(self._heartbeat_loop())]
+        await self._join(timeout=30.0)
+        self._tasks.append(loop.create_task(self._follow_metadata()))
         await self._start_groups()
         if cfg.metrics_port >= 0:
             self._metrics_server, self.metrics_port = await start_metrics_server(self, cfg.host, cfg.metrics_port)
@@ -95,69 +107,108 @@ class Broker:
             self.node_id, cfg.host, self.port, cfg.zone, cfg.storage.wal.kind, self.metrics_port,
         )  # fmt: skip
 
+    async def _join(self, timeout: float) -> None:
+        """Register as a new incarnation, recover this broker's WAL, then take partitions.
+
+        If this broker was fenced, a survivor may be uploading its WAL: recovering it at the
+        same time would upload the same records twice, so the broker waits for that first.
+        """
+        async with self._joining:
+            reg = await self._register(timeout)
+            await self._refresh_image(wait_ms=0)
+            deadline = time.monotonic() + max(timeout, 120.0)
+            while reg.wal_taken_over and self._my_wal_taken_over():
+                if time.monotonic() > deadline:
+                    raise BrokerError(ErrorCode.BROKER_NOT_AVAILABLE, "a survivor never finished uploading our WAL")
+                await self._refresh_image(wait_ms=500)
+            cfg = self.config
+            assert self._store is not None
+            storage = StorageEngine(cfg.storage, self._store, SqliteMetadataStore(cfg.metadata_path))
+            await storage.start()
+            self.storage = storage
+            ready = await self.controller.request(api.BrokerReady(self.node_id, self.broker_epoch))
+            await self.wait_for_metadata(ready.version)
+            self._draining = False
+
+    def _my_wal_taken_over(self) -> bool:
+        wal_id = self.config.storage.wal.wal_id
+        return any(t.wal_id == wal_id and t.state == "pending" for t in self.image.takeovers.values())
+
     async def _start_groups(self) -> None:
-        try:
-            from engine.broker.groups import GroupCoordinator
-        except ModuleNotFoundError as e:
-            if e.name not in ("engine.broker.groups", "engine.broker.groups.GroupCoordinator"):
-                log.exception("the group coordinator failed to import; running without consumer groups")
-            self.groups = None
-            return
-        except Exception:
-            log.exception("the group coordinator failed to import; running without consumer groups")
-            self.groups = None
-            return
-        try:
-            self.groups = GroupCoordinator(self)
-            start = getattr(self.groups, "start", None)
-            if start is not None:
-                await start()
-        except Exception:
-            log.exception("the group coordinator failed to start; running without consumer groups")
-            self.groups = None
+        # A coordinator that cannot be imported or started is a broken broker, not a smaller one.
+        from engine.broker.groups import GroupCoordinator
+
+        self.groups = GroupCoordinator(self)
+        await self.groups.start()
 
     async def stop(self, flush: bool = True) -> None:
+        """Stop serving. With flush (SIGTERM, `amq broker stop`) this is a controlled shutdown:
+        no more appends, everything the WAL holds goes to S3, the controller moves the
+        partitions to other brokers, and only then does the listener close."""
         if self._stopping:
             return
         self._stopping = True
+        if flush and self.storage is not None and self.broker_epoch >= 0:
+            await self._hand_off()
         if self._server is not None:
             await self._server.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
         if self.groups is not None:
-            stop = getattr(self.groups, "stop", None)
-            if stop is not None:
-                try:
-                    await stop()
-                except Exception:
-                    log.exception("the group coordinator failed to stop cleanly")
-        for t in self._tasks:
+            try:
+                await self.groups.stop()
+            except Exception:
+                log.exception("the group coordinator failed to stop cleanly")
+        for t in [*self._tasks, *self._takeovers.values()]:
             t.cancel()
-        for t in self._tasks:
+        for t in [*self._tasks, *self._takeovers.values()]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        if self.storage is not None:
-            await self.storage.close(flush=flush)
-            await self.storage.metadata.close()
-            await self.storage.store.close()
-        with contextlib.suppress(RpcError, OSError):
-            await self.controller.call(
-                "unregister_broker", timeout=2.0, broker_id=self.node_id, broker_epoch=self.broker_epoch
-            )
+        await self._close_storage(flush=flush)
+        if self._store is not None:
+            await self._store.close()
         await self.controller.close()
+
+    async def _close_storage(self, flush: bool) -> None:
+        storage, self.storage = self.storage, None
+        if storage is not None:
+            await storage.close(flush=flush)
+            await storage.metadata.close()
+
+    async def _hand_off(self) -> None:
+        started = time.monotonic()
+        self._draining = True  # produce answers NOT_LEADER_OR_FOLLOWER: clients retry elsewhere
+        assert self.storage is not None
+        try:
+            await asyncio.wait_for(self.storage.flush(), 60)
+        except TimeoutError:
+            log.warning("controlled shutdown: the upload did not finish in 60 s; the WAL keeps the rest")
+            return
+        uploaded = time.monotonic()
+        try:
+            res = await self.controller.request(api.ControlledShutdown(self.node_id, self.broker_epoch), timeout=10)
+        except RpcError as e:
+            log.warning("controlled shutdown: the controller did not move our partitions (%s)", e)
+            return
+        with contextlib.suppress(Exception):
+            await self.wait_for_metadata(res.version, timeout=2.0)
+        log.info("controlled shutdown: WAL uploaded in %.0f ms, %d partitions handed off in %.0f ms",
+                 (uploaded - started) * 1000, res.moved, (time.monotonic() - uploaded) * 1000)  # fmt: skip
 
     # --- controller session ----------------------------------------------------------------------
 
-    async def _register(self, timeout: float) -> None:
+    async def _register(self, timeout: float) -> api.RegisterResult:
         deadline = time.monotonic() + timeout
+        wal = self.config.storage.wal
+        spec = api.WalSpec(wal.kind, wal.path, wal.wal_id)
         while True:
             try:
-                res = await self.controller.call(
-                    "register_broker", broker_id=self.node_id, zone=self.config.zone, host=self.host, port=self.port
+                res = await self.controller.request(
+                    api.RegisterBroker(self.node_id, self.config.zone, self.host, self.port, spec)
                 )
-                self.broker_epoch = int(res["broker_epoch"])
-                self.image.cluster_id = str(res["cluster_id"])
-                return
+                self.broker_epoch = res.broker_epoch
+                self.image.cluster_id = res.cluster_id
+                return res
             except ControllerUnavailable:
                 if time.monotonic() > deadline:
                     raise
@@ -167,26 +218,42 @@ class Broker:
         interval = self.config.heartbeat_interval_ms / 1000
         while True:
             await asyncio.sleep(interval)
+            if self.broker_epoch < 0 or (self._joining.locked() and self.storage is None):
+                continue
             try:
-                await self.controller.call(
-                    "heartbeat", timeout=interval * 5, broker_id=self.node_id, broker_epoch=self.broker_epoch
-                )
+                await self.controller.request(api.Heartbeat(self.node_id, self.broker_epoch), timeout=interval * 5)
             except ControllerUnavailable as e:
                 log.warning("heartbeat: %s", e)
             except RpcError as e:
-                # Superseded (or the controller lost us): register again; partitions reopen at new epochs.
-                log.warning("heartbeat refused (%s); registering again", e)
-                with contextlib.suppress(RpcError):
-                    await self._register(timeout=interval * 5)
+                if self._stopping:
+                    return
+                # Fenced: survivors own our partitions and our WAL now. Start over as a new incarnation.
+                log.warning("heartbeat refused (%s): rejoining as a new incarnation", e)
+                try:
+                    await self._rejoin()
+                except Exception:
+                    log.exception("rejoining failed; retrying")
+
+    async def _rejoin(self) -> None:
+        self._draining = True
+        for key in list(self._partitions):
+            self._drop_partition(key)
+        if self.groups is not None:
+            for index in range(self.config.offsets_topic_num_partitions):
+                self.groups.partition_moved(index)
+        # As after a crash: what the WAL holds is recovered by whoever gets it, never uploaded twice.
+        await self._close_storage(flush=False)
+        await self._join(timeout=30.0)
 
     async def _refresh_image(self, wait_ms: int) -> None:
-        changes = await self.controller.call(
-            "metadata", timeout=wait_ms / 1000 + 10, since=self.image.version, wait_ms=wait_ms
+        changes = await self.controller.request(
+            api.Metadata(since=self.image.version, wait_ms=wait_ms), timeout=wait_ms / 1000 + 10
         )
-        if int(changes.get("version", 0)) <= self.image.version:
+        if changes.version <= self.image.version:
             return  # a concurrent refresh got here first: applying this would step back in time
-        touched = self.image.apply(changes)
+        touched = self.image.apply(msgspec.to_builtins(changes))
         self._topics_changed(touched)
+        self._start_takeovers()
         async with self._image_changed:
             self._image_changed.notify_all()
 
@@ -223,6 +290,44 @@ class Broker:
             await self.wait_for_metadata(int(res["version"]))
         return res
 
+    # --- WAL takeover --------------------------------------------------------------------------
+
+    def _start_takeovers(self) -> None:
+        for t in self.image.takeovers.values():
+            if t.to_broker == self.node_id and t.state == "pending" and t.id not in self._takeovers:
+                if self.storage is None or self._stopping:
+                    continue
+                task = asyncio.get_running_loop().create_task(self._take_over(t))
+                self._takeovers[t.id] = task
+                task.add_done_callback(lambda _t, tid=t.id: self._takeovers.pop(tid, None))
+
+    async def _take_over(self, t: api.WalTakeover) -> None:
+        """Upload a dead broker's WAL, then tell the controller, which reopens its partitions."""
+        wal = WalConfig(kind=t.wal.kind, path=t.wal.path, wal_id=t.wal.wal_id)  # type: ignore[arg-type]
+        while True:
+            started = time.monotonic()
+            storage = self.storage
+            current = self.image.takeovers.get(t.id)
+            if storage is None or current is None or current.to_broker != self.node_id:
+                return
+            try:
+                records, epochs = await storage.take_over_wal(wal, dict(t.streams))
+                await self.controller.request(
+                    api.WalTakenOver(self.node_id, self.broker_epoch, t.id, epochs, records), timeout=10
+                )
+                log.info("took over WAL %s of broker %d: %d records uploaded in %.0f ms", t.wal_id, t.from_broker,
+                         records, (time.monotonic() - started) * 1000)  # fmt: skip
+                return
+            except asyncio.CancelledError:
+                raise
+            except RpcError as e:
+                if e.code in ("UNKNOWN_TAKEOVER", "STALE_BROKER_EPOCH"):
+                    return  # given to someone else meanwhile
+                log.warning("takeover of WAL %s: %s; retrying", t.wal_id, e)
+            except Exception as e:
+                log.warning("takeover of WAL %s failed (%s); retrying", t.wal_id, e, exc_info=True)
+            await asyncio.sleep(0.5)
+
     def _topics_changed(self, names: set[str]) -> None:
         for key, part in list(self._partitions.items()):
             if key[0] not in names:
@@ -233,15 +338,25 @@ class Broker:
                 part.topic = topic  # configs may have changed
             if (
                 info is None
-                or topic is None
                 or info.leader != self.node_id
                 or info.leader_epoch != part.leader_epoch
                 or info.stream_id != part.stream_id
             ):
-                del self._partitions[key]
-                if part.stream is not None and (info is None or info.leader != self.node_id):
-                    stream = part.stream
-                    asyncio.get_running_loop().create_task(self._close_stream(stream))
+                self._drop_partition(key, close=info is None or info.leader != self.node_id)
+        if OFFSETS_TOPIC in names and self.groups is not None:
+            # A coordinator partition whose leader or epoch changed reloads from its stream on next use.
+            topic = self.image.topics.get(OFFSETS_TOPIC)
+            for index, (leader, epoch) in enumerate(self._offsets_leaders):
+                now = topic.partitions[index] if topic is not None and index < len(topic.partitions) else None
+                if now is None or (now.leader, now.leader_epoch) != (leader, epoch):
+                    self.groups.partition_moved(index)
+        topic = self.image.topics.get(OFFSETS_TOPIC)
+        self._offsets_leaders = [(p.leader, p.leader_epoch) for p in topic.partitions] if topic is not None else []
+
+    def _drop_partition(self, key: tuple[str, int], close: bool = True) -> None:
+        part = self._partitions.pop(key, None)
+        if part is not None and part.stream is not None and close:
+            asyncio.get_running_loop().create_task(self._close_stream(part.stream))
 
     async def _close_stream(self, stream: Stream) -> None:
         try:
@@ -257,6 +372,8 @@ class Broker:
     async def partition(self, topic_name: str, index: int) -> Partition:
         """The open partition, or BrokerError with the Kafka code that explains why not."""
         key = (topic_name, index)
+        if self._draining or self.storage is None:
+            raise BrokerError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"broker {self.node_id} is handing off its partitions")
         part = self._partitions.get(key)
         if part is not None and part.failed is None:
             return part
@@ -313,10 +430,10 @@ class Broker:
                 out[r["name"]] = ErrorCode.NONE if code == ErrorCode.TOPIC_ALREADY_EXISTS else code
         return out
 
-    def live_brokers(self) -> list[BrokerInfo]:
+    def live_brokers(self) -> list[BrokerRecord]:
         """Brokers the controller considers alive; this one always, with the port it really bound."""
         out = {b.id: b for b in self.image.brokers.values() if b.alive}
-        out[self.node_id] = BrokerInfo(self.node_id, self.config.zone, self.host, self.port, self.broker_epoch, True)
+        out[self.node_id] = BrokerRecord(self.node_id, self.zone, self.host, self.port, self.broker_epoch)
         return [out[k] for k in sorted(out)]
 
     # --- for the group coordinator (docs/broker.md) -------------------------------------------

@@ -6,17 +6,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
+from engine.controller.api import BrokerRecord, WalTakeover
 from engine.controller.configs import TOPIC_CONFIGS
-
-
-@dataclass(slots=True)
-class BrokerInfo:
-    id: int
-    zone: str
-    host: str
-    port: int
-    epoch: int
-    alive: bool
 
 
 @dataclass(slots=True)
@@ -60,7 +53,9 @@ class MetadataImage:
     def __init__(self) -> None:
         self.version = 0
         self.cluster_id = ""
-        self.brokers: dict[int, BrokerInfo] = {}
+        self.brokers: dict[int, BrokerRecord] = {}
+        #: WALs of dead brokers that a survivor must upload (engine/controller/api.py WalTakeover).
+        self.takeovers: dict[int, WalTakeover] = {}
         self.topics: dict[str, TopicInfo] = {}
         self.topics_by_id: dict[uuid.UUID, TopicInfo] = {}
 
@@ -74,8 +69,11 @@ class MetadataImage:
             self.brokers = {}
             self.topics = {}
             self.topics_by_id = {}
+            self.takeovers = {}
             for b in snap.get("brokers") or []:
                 self._broker(b)
+            for t in snap.get("wal_takeovers") or []:
+                self._takeover(t)
             for t in snap.get("topics") or []:
                 touched.add(self._topic(t))
         for rec in changes.get("records") or []:
@@ -84,6 +82,10 @@ class MetadataImage:
                 self._broker(rec)
             elif kind == "topic":
                 touched.add(self._topic(rec))
+            elif kind == "wal_takeover":
+                self._takeover(rec)
+            elif kind == "wal_takeover_done":
+                self.takeovers.pop(int(rec["id"]), None)
             elif kind == "topic_deleted":
                 old = self.topics.pop(rec["name"], None)
                 if old is not None:
@@ -93,9 +95,13 @@ class MetadataImage:
         return touched
 
     def _broker(self, b: dict[str, Any]) -> None:
-        info = BrokerInfo(int(b["id"]), str(b.get("zone") or ""), str(b["host"]), int(b["port"]),
-                          int(b.get("epoch", 0)), bool(b.get("alive", True)))  # fmt: skip
-        self.brokers[info.id] = info
+        fields = {k: v for k, v in b.items() if k not in ("type", "alive")}
+        rec = msgspec.convert(fields, BrokerRecord, strict=False)
+        self.brokers[rec.id] = rec
+
+    def _takeover(self, t: dict[str, Any]) -> None:
+        rec = msgspec.convert({k: v for k, v in t.items() if k != "type"}, WalTakeover, strict=False)
+        self.takeovers[rec.id] = rec
 
     def _topic(self, t: dict[str, Any]) -> str:
         info = TopicInfo.from_dict(t)

@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", required=True, help="directory for controller.db")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9093, help="RPC port (0 = any free port)")
-    parser.add_argument("--session-timeout-ms", type=int, default=9000)
+    parser.add_argument(
+        "--session-timeout-ms", type=int, default=3000, help="a broker silent this long is fenced, its WAL taken over"
+    )
     parser.add_argument("--port-file", help="write the bound port here once listening")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

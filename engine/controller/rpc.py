@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
+
+from engine.controller.api import REQUESTS, Request
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +40,11 @@ class ControllerUnavailable(RpcError):
         super().__init__("UNAVAILABLE", message)
 
 
+R = TypeVar("R")
+
+
 def encode(obj: dict[str, Any]) -> bytes:
-    body = json.dumps(obj, separators=(",", ":")).encode()
+    body = msgspec.json.encode(obj)
     return _LEN.pack(len(body)) + body
 
 
@@ -52,13 +58,28 @@ async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     if n > MAX_MESSAGE:
         raise ValueError(f"message of {n} bytes is over the limit")
     body = await reader.readexactly(n)
-    msg = json.loads(body)
+    try:
+        msg = msgspec.json.decode(body)
+    except msgspec.DecodeError as e:
+        raise ValueError(f"not JSON: {e}") from None
     if not isinstance(msg, dict):
         raise ValueError("a message must be a JSON object")
     return msg
 
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+#: Takes the typed request of its method (engine/controller/api.py), returns its typed response.
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+def decode_params(method: str, params: Any) -> Request[Any]:
+    """The typed request of a call; RpcError BAD_REQUEST when the params do not fit it."""
+    cls = REQUESTS.get(method)
+    if cls is None:
+        raise RpcError("UNKNOWN_METHOD", f"no method {method!r}")
+    try:
+        return msgspec.convert(params or {}, cls, strict=False)
+    except msgspec.ValidationError as e:
+        raise RpcError("BAD_REQUEST", f"{method}: {e}") from None
 
 
 async def serve_connection(
@@ -70,13 +91,15 @@ async def serve_connection(
 
     async def answer(msg: dict[str, Any]) -> None:
         rid = msg.get("id")
-        method = methods.get(str(msg.get("method")))
+        name = str(msg.get("method"))
+        method = methods.get(name)
         out: dict[str, Any]
         if method is None:
-            out = {"id": rid, "error": {"code": "UNKNOWN_METHOD", "message": f"no method {msg.get('method')!r}"}}
+            out = {"id": rid, "error": {"code": "UNKNOWN_METHOD", "message": f"no method {name!r}"}}
         else:
             try:
-                out = {"id": rid, "result": await method(msg.get("params") or {})}
+                request = decode_params(name, msg.get("params"))
+                out = {"id": rid, "result": msgspec.to_builtins(await method(request))}
             except RpcError as e:
                 out = {"id": rid, "error": {"code": e.code, "message": e.message}}
             except Exception as e:
@@ -185,6 +208,15 @@ class ControllerClient:
         finally:
             self._pending.pop(rid, None)
 
+    async def request(self, req: Request[R], timeout: float = 30.0) -> R:
+        """A typed call: the request struct in, its response struct out."""
+        result = await self.call(req.method, timeout=timeout, **msgspec.to_builtins(req))
+        try:
+            out: R = msgspec.convert(result, req.response, strict=False)
+        except msgspec.ValidationError as e:
+            raise RpcError("BAD_RESPONSE", f"{req.method}: {e}") from None
+        return out
+
     async def close(self) -> None:
         self._closed = True
         if self._writer is not None:
@@ -196,12 +228,25 @@ class ControllerClient:
 
 
 def call_sync(address: str, method: str, timeout: float = 5.0, **params: Any) -> Any:
-    """One call from synchronous code (the CLI)."""
+    """One call from synchronous code (the CLI); the result as plain JSON values."""
 
     async def run() -> Any:
         client = ControllerClient.from_address(address)
         try:
             return await client.call(method, timeout=timeout, **params)
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def request_sync(address: str, req: Request[R], timeout: float = 5.0) -> R:
+    """One typed call from synchronous code (the CLI)."""
+
+    async def run() -> R:
+        client = ControllerClient.from_address(address)
+        try:
+            return await client.request(req, timeout=timeout)
         finally:
             await client.close()
 

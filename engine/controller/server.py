@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
+
+from engine.controller import api
 from engine.controller.rpc import Handler, RpcError, serve_connection
 from engine.controller.state import ControllerState
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ControllerServer:
     def __init__(
-        self, directory: str | Path, host: str = "127.0.0.1", port: int = 0, session_timeout_ms: int = 9000
+        self, directory: str | Path, host: str = "127.0.0.1", port: int = 0, session_timeout_ms: int = 3000
     ) -> None:
         self.directory = Path(directory)
         self.host = host
@@ -30,8 +35,11 @@ class ControllerServer:
         self.methods: dict[str, Handler] = {
             "ping": self.ping,
             "register_broker": self.register_broker,
+            "broker_ready": self.broker_ready,
             "heartbeat": self.heartbeat,
-            "unregister_broker": self.unregister_broker,
+            "controlled_shutdown": self.controlled_shutdown,
+            "cluster_shutdown": self.cluster_shutdown,
+            "wal_taken_over": self.wal_taken_over,
             "metadata": self.metadata,
             "create_topics": self.create_topics,
             "delete_topics": self.delete_topics,
@@ -65,89 +73,116 @@ class ControllerServer:
             self._changed.notify_all()
 
     async def _liveness_loop(self) -> None:
+        # A fine tick: the time from a crash to failover is the session timeout plus at most this.
+        tick = min(0.1, self.session_timeout_s / 10)
         while True:
-            await asyncio.sleep(min(1.0, self.session_timeout_s / 4))
-            dead = self.state.expire(self.session_timeout_s)
-            if dead:
-                log.warning("brokers %s missed their heartbeats: marked not alive", dead)
+            await asyncio.sleep(tick)
+            before = self.state.version
+            try:
+                dead = self.state.expire(self.session_timeout_s)
+            except Exception:
+                log.exception("liveness check failed")
+                continue
+            for bid in dead:
+                log.warning("broker %d missed its heartbeats for %.1fs: fenced", bid, self.session_timeout_s)
+            for t in self.state.takeovers.values():
+                if t.state == "waiting" and t.reason and self.state.version != before:
+                    log.warning("WAL %s of broker %d waits: %s", t.wal_id, t.from_broker, t.reason)
+                elif self.state.version != before:
+                    log.info("broker %d takes over WAL %s of broker %d", t.to_broker, t.wal_id, t.from_broker)
+            if self.state.version != before:
                 await self._notify()
+
+    async def _mutate(self, fn: Callable[[], T]) -> T:
+        before = self.state.version
+        try:
+            out = fn()
+        except KeyError as e:
+            raise RpcError(str(e.args[0]), "refused") from None
+        if self.state.version != before:
+            await self._notify()
+        return out
 
     # --- methods -------------------------------------------------------------------------------
 
-    async def ping(self, p: dict[str, Any]) -> dict[str, Any]:
-        return {"cluster_id": self.state.cluster_id, "version": self.state.version}
+    async def ping(self, p: api.Ping) -> api.PingResult:
+        return api.PingResult(self.state.cluster_id, self.state.version)
 
-    async def register_broker(self, p: dict[str, Any]) -> dict[str, Any]:
-        b = self.state.register_broker(int(p["broker_id"]), str(p.get("zone") or ""), str(p["host"]), int(p["port"]))
-        log.info("broker %d registered at %s:%d (zone %s), epoch %d", b.id, b.host, b.port, b.zone, b.epoch)
-        await self._notify()
-        return {"broker_epoch": b.epoch, "cluster_id": self.state.cluster_id, "version": self.state.version}
+    async def register_broker(self, p: api.RegisterBroker) -> api.RegisterResult:
+        b, busy = await self._mutate(lambda: self.state.register_broker(p.broker_id, p.zone, p.host, p.port, p.wal))
+        log.info("broker %d registered at %s:%d (zone %s, %s WAL), epoch %d%s", b.id, b.host, b.port, b.zone,
+                 b.wal.kind, b.epoch, "; a survivor is still uploading its WAL" if busy else "")  # fmt: skip
+        return api.RegisterResult(b.epoch, self.state.cluster_id, self.state.version, busy)
 
-    async def heartbeat(self, p: dict[str, Any]) -> dict[str, Any]:
-        before = self.state.version
-        try:
-            self.state.heartbeat(int(p["broker_id"]), int(p["broker_epoch"]))
-        except KeyError as e:
-            raise RpcError(str(e.args[0]), f"broker {p.get('broker_id')} epoch {p.get('broker_epoch')}") from None
-        if self.state.version != before:
-            await self._notify()
-        return {"version": self.state.version}
+    async def broker_ready(self, p: api.BrokerReady) -> api.VersionResult:
+        n = await self._mutate(lambda: self.state.broker_ready(p.broker_id, p.broker_epoch))
+        log.info("broker %d is running; it leads %d partitions again", p.broker_id, n)
+        return api.VersionResult(self.state.version)
 
-    async def unregister_broker(self, p: dict[str, Any]) -> dict[str, Any]:
-        if self.state.set_alive(int(p["broker_id"]), False, int(p["broker_epoch"])):
-            await self._notify()
-        return {"version": self.state.version}
+    async def heartbeat(self, p: api.Heartbeat) -> api.HeartbeatResult:
+        b = await self._mutate(lambda: self.state.heartbeat(p.broker_id, p.broker_epoch))
+        return api.HeartbeatResult(self.state.version, b.state)
 
-    async def metadata(self, p: dict[str, Any]) -> dict[str, Any]:
-        since = int(p.get("since", 0))
-        wait_s = max(0, min(int(p.get("wait_ms", 0)), 30_000)) / 1000
+    async def controlled_shutdown(self, p: api.ControlledShutdown) -> api.ShutdownResult:
+        moved = await self._mutate(lambda: self.state.controlled_shutdown(p.broker_id, p.broker_epoch))
+        log.info("broker %d shut down; %d partitions moved to other brokers", p.broker_id, moved)
+        return api.ShutdownResult(self.state.version, moved)
+
+    async def cluster_shutdown(self, p: api.ClusterShutdown) -> api.VersionResult:
+        self.state.stopping = True
+        log.info("the whole cluster is stopping: brokers keep their partitions")
+        return api.VersionResult(self.state.version)
+
+    async def wal_taken_over(self, p: api.WalTakenOver) -> api.VersionResult:
+        moved = await self._mutate(
+            lambda: self.state.wal_taken_over(p.broker_id, p.broker_epoch, p.takeover_id, p.stream_epochs)
+        )
+        log.info("broker %d uploaded takeover %d (%d WAL records); %d partitions reopen", p.broker_id,
+                 p.takeover_id, p.records, moved)  # fmt: skip
+        return api.VersionResult(self.state.version)
+
+    async def metadata(self, p: api.Metadata) -> api.MetadataChanges:
+        since = p.since
+        wait_s = max(0, min(p.wait_ms, 30_000)) / 1000
         if since == self.state.version and wait_s > 0:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait_for(lambda: self.state.version != since), wait_s)
-        return self.state.changes_since(since)
+        return msgspec.convert(self.state.changes_since(since), api.MetadataChanges)
 
-    async def _mutate(self, fn: Any) -> dict[str, Any]:
-        before = self.state.version
-        results = fn()
-        if self.state.version != before:
-            await self._notify()
-        return {"results": results, "version": self.state.version}
+    async def _topics(self, fn: Callable[[], list[dict[str, Any]]]) -> api.TopicResults:
+        results = await self._mutate(fn)
+        return api.TopicResults(results, self.state.version)
 
-    async def create_topics(self, p: dict[str, Any]) -> dict[str, Any]:
-        return await self._mutate(
-            lambda: self.state.create_topics(
-                list(p.get("topics") or []), bool(p.get("validate_only")), bool(p.get("internal"))
-            )
+    async def create_topics(self, p: api.CreateTopics) -> api.TopicResults:
+        return await self._topics(lambda: self.state.create_topics(p.topics, p.validate_only, p.internal))
+
+    async def delete_topics(self, p: api.DeleteTopics) -> api.TopicResults:
+        return await self._topics(lambda: self.state.delete_topics(p.names))
+
+    async def create_partitions(self, p: api.CreatePartitions) -> api.TopicResults:
+        return await self._topics(lambda: self.state.create_partitions(p.topics, p.validate_only))
+
+    async def alter_configs(self, p: api.AlterConfigs) -> api.TopicResults:
+        return await self._topics(lambda: self.state.alter_configs(p.resources, p.incremental, p.validate_only))
+
+    async def alloc_producer_ids(self, p: api.AllocProducerIds) -> api.ProducerIds:
+        return api.ProducerIds(self.state.alloc_producer_ids(p.count), max(1, min(p.count, 1_000_000)))
+
+    async def status(self, p: api.Status) -> api.StatusResult:
+        topics = list(self.state.topics.values())
+        led = self.state.partitions_led()
+        return api.StatusResult(
+            cluster_id=self.state.cluster_id,
+            version=self.state.version,
+            session_timeout_ms=int(self.session_timeout_s * 1000),
+            brokers=[
+                api.BrokerStatus(b.id, b.zone, b.host, b.port, b.epoch, b.alive, b.state, led[b.id], b.wal)
+                for b in sorted(self.state.brokers.values(), key=lambda b: b.id)
+            ],
+            topics=len([t for t in topics if not t.internal]),
+            internal_topics=len([t for t in topics if t.internal]),
+            partitions=sum(len(t.partitions) for t in topics),
+            offline_partitions=sum(1 for t in topics for p in t.partitions if not self.state.running(p.leader)),
+            wal_takeovers=list(self.state.takeovers.values()),
         )
-
-    async def delete_topics(self, p: dict[str, Any]) -> dict[str, Any]:
-        return await self._mutate(lambda: self.state.delete_topics([str(n) for n in p.get("names") or []]))
-
-    async def create_partitions(self, p: dict[str, Any]) -> dict[str, Any]:
-        return await self._mutate(
-            lambda: self.state.create_partitions(list(p.get("topics") or []), bool(p.get("validate_only")))
-        )
-
-    async def alter_configs(self, p: dict[str, Any]) -> dict[str, Any]:
-        return await self._mutate(
-            lambda: self.state.alter_configs(
-                list(p.get("resources") or []), bool(p.get("incremental")), bool(p.get("validate_only"))
-            )
-        )
-
-    async def alloc_producer_ids(self, p: dict[str, Any]) -> dict[str, Any]:
-        count = int(p.get("count", 1000))
-        first = self.state.alloc_producer_ids(count)
-        return {"first": first, "count": count}
-
-    async def status(self, p: dict[str, Any]) -> dict[str, Any]:
-        topics = [t for t in self.state.topics.values()]
-        return {
-            "cluster_id": self.state.cluster_id,
-            "version": self.state.version,
-            "brokers": [b.to_dict() for b in sorted(self.state.brokers.values(), key=lambda b: b.id)],
-            "topics": len([t for t in topics if not t.internal]),
-            "internal_topics": len([t for t in topics if t.internal]),
-            "partitions": sum(len(t.partitions) for t in topics),
-        }

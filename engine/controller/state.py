@@ -11,11 +11,14 @@ import json
 import sqlite3
 import time
 import uuid
-from collections import deque
-from dataclasses import asdict, dataclass, field
+from collections import Counter, deque
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from engine.controller.api import BrokerRecord, WalSpec, WalTakeover
 from engine.controller.configs import (
     OFFSETS_TOPIC,
     ConfigError,
@@ -44,22 +47,16 @@ CREATE TABLE IF NOT EXISTS partitions (
     topic TEXT NOT NULL, idx INTEGER NOT NULL, leader INTEGER NOT NULL,
     leader_epoch INTEGER NOT NULL, stream_id INTEGER NOT NULL, PRIMARY KEY (topic, idx)
 );
+CREATE TABLE IF NOT EXISTS wal_takeovers (id INTEGER PRIMARY KEY, body TEXT NOT NULL);
 """
+# Columns added after the first release; added to older files on open.
+_BROKER_COLUMNS = {"state": "TEXT NOT NULL DEFAULT 'running'", "wal": "TEXT NOT NULL DEFAULT '{}'"}
 
 
-@dataclass
-class BrokerRec:
-    id: int
-    zone: str
-    host: str
-    port: int
-    epoch: int
-    alive: bool
-    last_seen: float = field(default=0.0, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "zone": self.zone, "host": self.host, "port": self.port,
-                "epoch": self.epoch, "alive": self.alive}  # fmt: skip
+def broker_dict(b: BrokerRecord) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(b)
+    out["alive"] = b.alive  # for readers that only want to know that
+    return out
 
 
 @dataclass
@@ -102,17 +99,32 @@ class ControllerState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
-        self.brokers: dict[int, BrokerRec] = {}
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(brokers)")}
+        for column, decl in _BROKER_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE brokers ADD COLUMN {column} {decl}")
+        self.brokers: dict[int, BrokerRecord] = {}
+        #: When each broker was last heard from (monotonic); not persisted.
+        self.last_seen: dict[int, float] = {}
+        self.takeovers: dict[int, WalTakeover] = {}
+        #: Set by `amq cluster down`: brokers that stop keep their partitions (they get them back on start).
+        self.stopping = False
         self.topics: dict[str, TopicRec] = {}
         meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         self.cluster_id = meta.get("cluster_id") or uuid.uuid4().hex[:22]
         self.version = int(meta.get("version", 0))
         self.next_stream_id = int(meta.get("next_stream_id", 1))
         self.next_producer_id = int(meta.get("next_producer_id", 1000))
+        self.next_takeover_id = int(meta.get("next_takeover_id", 1))
         now = time.monotonic()
-        for bid, zone, host, port, epoch, alive in self.db.execute("SELECT * FROM brokers"):
+        rows = self.db.execute("SELECT id, zone, host, port, epoch, state, wal FROM brokers")
+        for bid, zone, host, port, epoch, state, wal in rows:
+            spec = msgspec.convert(json.loads(wal or "{}"), WalSpec)
+            self.brokers[bid] = BrokerRecord(bid, zone, host, port, epoch, state, spec)
             # A restarted controller gives every broker a fresh session before judging liveness.
-            self.brokers[bid] = BrokerRec(bid, zone, host, port, epoch, bool(alive), now)
+            self.last_seen[bid] = now
+        for tid_, body in self.db.execute("SELECT id, body FROM wal_takeovers"):
+            self.takeovers[tid_] = msgspec.json.decode(body, type=WalTakeover)
         for name, tid, internal, rf, configs in self.db.execute("SELECT * FROM topics"):
             self.topics[name] = TopicRec(name, tid, bool(internal), rf, json.loads(configs), [])
         for topic, idx, leader, epoch, sid in self.db.execute("SELECT * FROM partitions ORDER BY topic, idx"):
@@ -120,7 +132,6 @@ class ControllerState:
         # Followers behind this version get a snapshot: the record log is not persisted.
         self.log_start = self.version
         self.log: deque[tuple[int, dict[str, Any]]] = deque(maxlen=LOG_KEEP)
-        self._rr = 0
         self._save_meta()
 
     def close(self) -> None:
@@ -134,6 +145,7 @@ class ControllerState:
             ("version", str(self.version)),
             ("next_stream_id", str(self.next_stream_id)),
             ("next_producer_id", str(self.next_producer_id)),
+            ("next_takeover_id", str(self.next_takeover_id)),
         ]
         self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows)
 
@@ -143,12 +155,24 @@ class ControllerState:
         if len(self.log) == self.log.maxlen:
             self.log_start = self.log[0][0] - 1
 
-    def _save_broker(self, b: BrokerRec) -> None:
+    def _save_broker(self, b: BrokerRecord) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO brokers VALUES (?, ?, ?, ?, ?, ?)",
-            (b.id, b.zone, b.host, b.port, b.epoch, int(b.alive)),
+            "INSERT OR REPLACE INTO brokers (id, zone, host, port, epoch, alive, state, wal) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (b.id, b.zone, b.host, b.port, b.epoch, int(b.alive), b.state, msgspec.json.encode(b.wal).decode()),
         )
-        self._emit({"type": "broker", **b.to_dict()})
+        self._emit({"type": "broker", **broker_dict(b)})
+
+    def _save_takeover(self, t: WalTakeover) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO wal_takeovers VALUES (?, ?)", (t.id, msgspec.json.encode(t).decode())
+        )
+        self._emit({"type": "wal_takeover", **msgspec.to_builtins(t)})
+
+    def _drop_takeover(self, t: WalTakeover) -> None:
+        self.db.execute("DELETE FROM wal_takeovers WHERE id=?", (t.id,))
+        del self.takeovers[t.id]
+        self._emit({"type": "wal_takeover_done", "id": t.id, "wal_id": t.wal_id})
 
     def _save_topic(self, t: TopicRec) -> None:
         self.db.execute(
@@ -179,8 +203,9 @@ class ControllerState:
     def snapshot(self) -> dict[str, Any]:
         return {
             "cluster_id": self.cluster_id,
-            "brokers": [b.to_dict() for b in sorted(self.brokers.values(), key=lambda b: b.id)],
+            "brokers": [broker_dict(b) for b in sorted(self.brokers.values(), key=lambda b: b.id)],
             "topics": [t.to_dict() for t in self.topics.values()],
+            "wal_takeovers": [msgspec.to_builtins(t) for t in self.takeovers.values()],
         }
 
     def changes_since(self, since: int) -> dict[str, Any]:
@@ -188,66 +213,213 @@ class ControllerState:
             return {"version": self.version, "snapshot": self.snapshot()}
         return {"version": self.version, "records": [r for v, r in self.log if v > since]}
 
-    def alive_brokers(self) -> list[BrokerRec]:
+    def alive_brokers(self) -> list[BrokerRecord]:
         return sorted((b for b in self.brokers.values() if b.alive), key=lambda b: b.id)
+
+    def partitions_led(self) -> Counter[int]:
+        return Counter(p.leader for t in self.topics.values() for p in t.partitions)
 
     # --- brokers -----------------------------------------------------------------------------
 
-    def register_broker(self, broker_id: int, zone: str, host: str, port: int) -> BrokerRec:
-        def tx() -> BrokerRec:
-            old = self.brokers.get(broker_id)
-            b = BrokerRec(broker_id, zone, host, port, (old.epoch + 1) if old else 1, True, time.monotonic())
-            self.brokers[broker_id] = b
-            self._save_broker(b)
-            # A new incarnation opens its streams at a new epoch, which fences any older one.
-            for t in self.topics.values():
-                changed = False
-                for p in t.partitions:
-                    if p.leader == broker_id or p.leader < 0:
-                        p.leader = broker_id
-                        p.leader_epoch += 1
-                        changed = True
-                if changed:
-                    self._save_topic(t)
-            return b
+    def register_broker(
+        self, broker_id: int, zone: str, host: str, port: int, wal: WalSpec | None = None
+    ) -> tuple[BrokerRecord, bool]:
+        """A new incarnation: `starting` until broker_ready. Returns it and whether a survivor
+        is still uploading its WAL (then the broker must wait before it recovers that WAL)."""
+        wal = wal or WalSpec(wal_id=f"broker-{broker_id}")
 
-        result: BrokerRec = self._commit(tx)
+        def tx() -> tuple[BrokerRecord, bool]:
+            old = self.brokers.get(broker_id)
+            b = BrokerRecord(broker_id, zone, host, port, (old.epoch + 1) if old else 1, "starting", wal)
+            self.brokers[broker_id] = b
+            self.last_seen[broker_id] = time.monotonic()
+            self.stopping = False
+            self._save_broker(b)
+            busy = False
+            for t in list(self.takeovers.values()):
+                if t.wal_id != wal.wal_id:
+                    continue
+                if t.state == "waiting":
+                    # Nobody else could reach it: the broker recovers its own WAL, as after a restart.
+                    self._drop_takeover(t)
+                else:
+                    busy = True
+            return b, busy
+
+        result: tuple[BrokerRecord, bool] = self._commit(tx)
         return result
 
-    def heartbeat(self, broker_id: int, epoch: int) -> None:
+    def broker_ready(self, broker_id: int, epoch: int) -> int:
+        """The broker recovered its WAL: it leads again what it led (at new epochs), and takes
+        partitions nobody leads. Returns how many partitions it got."""
+        b = self._current(broker_id, epoch)
+
+        def tx() -> int:
+            b.state = "running"
+            self._save_broker(b)
+            mine = [(t, p) for t in self.topics.values() for p in t.partitions if p.leader == broker_id]
+            homeless = [(t, p) for t in self.topics.values() for p in t.partitions if p.leader < 0]
+            for _, p in mine:
+                # A new incarnation opens its streams at a new epoch, which fences any older one.
+                p.leader_epoch += 1
+            self._move(homeless, exclude=set())
+            for t in {t.name: t for t, _ in mine + homeless}.values():
+                self._save_topic(t)
+            return len(mine) + len(homeless)
+
+        result: int = self._commit(tx)
+        return result
+
+    def _current(self, broker_id: int, epoch: int) -> BrokerRecord:
         b = self.brokers.get(broker_id)
         if b is None:
             raise KeyError("BROKER_ID_NOT_REGISTERED")
-        if b.epoch != epoch:
+        if b.epoch != epoch or b.state == "fenced":
             raise KeyError("STALE_BROKER_EPOCH")
-        b.last_seen = time.monotonic()
-        if not b.alive:
-            b.alive = True
-            self._commit(lambda: self._save_broker(b))
+        return b
 
-    def set_alive(self, broker_id: int, alive: bool, epoch: int | None = None) -> bool:
-        b = self.brokers.get(broker_id)
-        if b is None or b.alive == alive or (epoch is not None and b.epoch != epoch):
-            return False
-        b.alive = alive
-        self._commit(lambda: self._save_broker(b))
-        return True
+    def heartbeat(self, broker_id: int, epoch: int) -> BrokerRecord:
+        b = self._current(broker_id, epoch)
+        self.last_seen[broker_id] = time.monotonic()
+        return b
 
     def expire(self, session_timeout_s: float) -> list[int]:
+        """Fence brokers that missed their heartbeats and hand their WALs to survivors."""
         now = time.monotonic()
-        dead = [b.id for b in self.brokers.values() if b.alive and now - b.last_seen > session_timeout_s]
-        for bid in dead:
-            self.set_alive(bid, False)
-        return dead
+        dead = [
+            b for b in self.brokers.values()
+            if b.state in ("starting", "running") and now - self.last_seen.get(b.id, now) > session_timeout_s
+        ]  # fmt: skip
+        if dead:
+            self._commit(lambda: [self._fence(b) for b in dead])
+        self._reassign_takeovers()
+        return [b.id for b in dead]
+
+    def _fence(self, b: BrokerRecord) -> None:
+        # The bumped epoch refuses the old incarnation's heartbeats; its partitions stay offline
+        # until a survivor has uploaded what its WAL holds (a write acknowledged from that WAL
+        # must be in S3 before anyone else appends after it).
+        b.state = "fenced"
+        b.epoch += 1
+        self._save_broker(b)
+        streams = {p.stream_id: p.leader_epoch for t in self.topics.values() for p in t.partitions
+                   if p.leader == b.id}  # fmt: skip
+        t = WalTakeover(self.next_takeover_id, b.wal.wal_id, b.id, b.wal, streams=streams)
+        self.next_takeover_id += 1
+        self.takeovers[t.id] = t
+        self._assign_takeover(t)
+        self._save_takeover(t)
+
+    def _assign_takeover(self, t: WalTakeover) -> None:
+        """Pick a survivor that can reach the WAL: any zone for nfs and s3, the same zone for file."""
+        load = Counter(x.to_broker for x in self.takeovers.values() if x.state == "pending")
+        zone = self.brokers[t.from_broker].zone
+        candidates = [
+            b for b in self.alive_brokers() if b.id != t.from_broker and (t.wal.kind != "file" or b.zone == zone)
+        ]
+        if candidates:
+            led = self.partitions_led()
+            best = min(candidates, key=lambda b: (load[b.id], led[b.id], b.id))
+            t.to_broker, t.state, t.reason = best.id, "pending", ""
+        else:
+            t.to_broker, t.state = -1, "waiting"
+            t.reason = (
+                f"its file WAL is a volume of zone {zone}, where no broker is running"
+                if t.wal.kind == "file"
+                else "no broker is running"
+            )
+
+    def _reassign_takeovers(self) -> None:
+        stale = [
+            t for t in self.takeovers.values()
+            if (t.state == "pending" and not self.running(t.to_broker)) or t.state == "waiting"
+        ]  # fmt: skip
+        changed = []
+        for t in stale:
+            before = (t.to_broker, t.state)
+            self._assign_takeover(t)
+            if (t.to_broker, t.state) != before:
+                changed.append(t)
+        if changed:
+            self._commit(lambda: [self._save_takeover(t) for t in changed])
+
+    def running(self, broker_id: int) -> bool:
+        b = self.brokers.get(broker_id)
+        return b is not None and b.alive
+
+    def wal_taken_over(self, broker_id: int, epoch: int, takeover_id: int, stream_epochs: dict[int, int]) -> int:
+        """A survivor uploaded a dead broker's WAL: its partitions reopen, spread over running brokers."""
+        self._current(broker_id, epoch)
+        t = self.takeovers.get(takeover_id)
+        if t is None or t.to_broker != broker_id:
+            raise KeyError("UNKNOWN_TAKEOVER")
+
+        def tx() -> int:
+            self._drop_takeover(t)
+            orphans = [(tp, p) for tp in self.topics.values() for p in tp.partitions if p.leader == t.from_broker]
+            for _, p in orphans:
+                # The survivor opened the streams it fenced at these epochs; a leader must not open older.
+                p.leader_epoch = max(p.leader_epoch, stream_epochs.get(p.stream_id, -1) - 1)
+            self._move(orphans, exclude={t.from_broker})
+            for tp in {tp.name: tp for tp, _ in orphans}.values():
+                self._save_topic(tp)
+            return len(orphans)
+
+        result: int = self._commit(tx)
+        return result
+
+    def controlled_shutdown(self, broker_id: int, epoch: int) -> int:
+        """The broker uploaded its WAL and takes no more appends: its partitions move to running
+        brokers (unless the whole cluster is stopping). Returns how many moved."""
+        b = self._current(broker_id, epoch)
+
+        def tx() -> int:
+            b.state = "shutdown"
+            self._save_broker(b)
+            if self.stopping:
+                return 0
+            mine = [(t, p) for t in self.topics.values() for p in t.partitions if p.leader == broker_id]
+            moved = self._move(mine, exclude={broker_id})
+            for t in {t.name: t for t, _ in mine}.values():
+                self._save_topic(t)
+            return moved
+
+        result: int = self._commit(tx)
+        return result
+
+    def _move(self, parts: list[tuple[TopicRec, PartitionRec]], exclude: set[int]) -> int:
+        """New leaders for `parts`, spread over running brokers; each gets a new leader epoch."""
+        if not parts:
+            return 0
+        leaders = self._place(len(parts), exclude)
+        moved = 0
+        for (_, p), leader in zip(parts, leaders, strict=True):
+            if leader < 0:
+                continue  # nobody to lead it: offline until a broker is ready
+            p.leader = leader
+            p.leader_epoch += 1
+            moved += 1
+        return moved
 
     # --- topics ------------------------------------------------------------------------------
 
-    def _place(self, count: int) -> list[int]:
-        alive = self.alive_brokers()
+    def _place(self, count: int, exclude: set[int] | None = None) -> list[int]:
+        """Leaders for `count` new partitions: zones take turns (starting with the least loaded
+        zone), and within a zone the broker leading the fewest partitions gets the next one."""
+        alive = [b for b in self.alive_brokers() if b.id not in (exclude or ())]
+        if not alive:
+            return [-1] * count
+        load = self.partitions_led()
+        zones = sorted({b.zone for b in alive})
+        by_zone = {z: [b for b in alive if b.zone == z] for z in zones}
+        zone_load = {z: sum(load[b.id] for b in by_zone[z]) / len(by_zone[z]) for z in zones}
+        first = min(range(len(zones)), key=lambda i: (zone_load[zones[i]], i))
         out = []
-        for _ in range(count):
-            out.append(alive[self._rr % len(alive)].id if alive else -1)
-            self._rr += 1
+        for i in range(count):
+            zone = zones[(first + i) % len(zones)]
+            b = min(by_zone[zone], key=lambda b: (load[b.id], b.id))
+            load[b.id] += 1
+            out.append(b.id)
         return out
 
     def _new_partitions(self, leaders: list[int], first_index: int) -> list[PartitionRec]:

@@ -110,7 +110,7 @@ class StorageEngine:
 
     async def start(self) -> None:
         records = await self.wal.open()
-        end = await self._recover(records, bump_epochs=False)
+        end = await self._recover(records)
         if end is not None:
             await self.wal.trim(end)
         self._uploader = asyncio.get_running_loop().create_task(self._upload_loop())
@@ -347,10 +347,16 @@ class StorageEngine:
 
     # --- recovery --------------------------------------------------------------------------
 
-    async def _recover(self, records: list[WalRecord], bump_epochs: bool) -> int | None:
-        """Upload what a WAL holds beyond each stream's committed end; return the WAL end it covers."""
+    async def _recover(self, records: list[WalRecord], fenced: dict[int, tuple[int, int]] | None = None) -> int | None:
+        """Upload what a WAL holds beyond each stream's committed end; return the WAL end it covers.
+
+        `fenced` (a takeover): stream id -> (epoch the WAL's owner held, epoch we fenced it at).
+        Records of those streams written at the held epoch or later are the owner's and are
+        uploaded at the new epoch; for every other stream only records at its current epoch count.
+        """
         if not records:
             return None
+        fenced = fenced or {}
         by_stream: dict[int, list[WalRecord]] = defaultdict(list)
         for r in records:
             by_stream[r.stream_id].append(r)
@@ -359,10 +365,11 @@ class StorageEngine:
             meta = await self.metadata.get_stream(sid)
             if meta is None:
                 continue
+            held, epoch = fenced.get(sid, (meta.epoch, meta.epoch))
             expected = meta.end_offset
             kept: list[Batch] = []
             for r in recs:
-                if r.stream_epoch < meta.epoch and not bump_epochs:
+                if r.stream_epoch < held:
                     continue  # written by an owner that was fenced, or already handed over
                 if r.base_offset < expected:
                     continue  # already in an object
@@ -370,13 +377,8 @@ class StorageEngine:
                     raise WalCorrupt(f"stream {sid}: WAL record at offset {r.base_offset}, expected {expected}")
                 kept.append(Batch(r.base_offset, r.record_count, r.payload))
                 expected = r.base_offset + r.record_count
-            if not kept:
-                continue
-            epoch = meta.epoch
-            if bump_epochs:
-                # Taking over another owner's WAL: fence that owner before its data becomes ours.
-                epoch = (await self.metadata.open_stream(sid, meta.epoch + 1)).epoch
-            batches[sid] = (epoch, kept)
+            if kept:
+                batches[sid] = (epoch, kept)
         await self._upload_recovered(batches)
         return max(r.position + r.frame_size for r in records)
 
@@ -412,17 +414,38 @@ class StorageEngine:
                 chunk.append((sid, part))
         await put_chunk()
 
-    async def take_over_wal(self, wal: WalConfig) -> int:
-        """Recover another owner's WAL (nfs or s3) into S3, fencing that owner. Returns batches recovered."""
+    async def take_over_wal(self, wal: WalConfig, streams: dict[int, int] | None = None) -> tuple[int, dict[int, int]]:
+        """Upload another owner's WAL into S3, fencing that owner first.
+
+        `streams`: stream id -> the epoch the owner held it at (the controller knows which
+        streams a dead broker led). Each is opened at a newer epoch BEFORE the WAL is read, so a
+        write the old owner acknowledges must have been durable before the fence, and is read
+        here; the `nfs` and `s3` kinds are also fenced at the WAL by its owner epoch. Returns
+        (records read, stream id -> epoch it was fenced at).
+        """
+        fenced: dict[int, tuple[int, int]] = {}
+        for sid, held in (streams or {}).items():
+            meta = await self.metadata.get_stream(sid)
+            if meta is None:
+                continue  # never written: nothing to fence or recover
+            new = max(meta.epoch, held) + 1
+            await self.metadata.open_stream(sid, new)
+            fenced[sid] = (held, new)
         other = make_wal(wal, self.config.owner, self.store, self.metadata)
         records = await other.open()
         try:
-            end = await self._recover(records, bump_epochs=True)
+            # Streams with data in this WAL that the controller did not list are fenced too.
+            for sid in {r.stream_id for r in records} - set(fenced):
+                meta = await self.metadata.get_stream(sid)
+                if meta is not None and any(r.stream_epoch >= meta.epoch for r in records if r.stream_id == sid):
+                    await self.metadata.open_stream(sid, meta.epoch + 1)
+                    fenced[sid] = (meta.epoch, meta.epoch + 1)
+            end = await self._recover(records, fenced)
             if end is not None:
                 await other.trim(end)
         finally:
             await other.close()
-        return len(records)
+        return len(records), {sid: new for sid, (_, new) in fenced.items()}
 
     # --- metrics ---------------------------------------------------------------------------
 

@@ -23,10 +23,16 @@ def storage_config(data_dir: Path, kind: WalKind, **overrides: object) -> Storag
 
 
 async def make_engine(
-    data_dir: Path, s3: ObjectStoreConfig, kind: WalKind, start: bool = True, **overrides: object
+    data_dir: Path,
+    s3: ObjectStoreConfig,
+    kind: WalKind,
+    start: bool = True,
+    metadata_path: Path | None = None,
+    **overrides: object,
 ) -> StorageEngine:
     cfg = storage_config(data_dir, kind, **overrides)
-    engine = StorageEngine(cfg, make_object_store(s3), SqliteMetadataStore(data_dir / "metadata.db"))
+    metadata = SqliteMetadataStore(metadata_path or data_dir / "metadata.db")
+    engine = StorageEngine(cfg, make_object_store(s3), metadata)
     if start:
         await engine.start()
     return engine

@@ -194,8 +194,8 @@ def test_nfs_takeover_fences_live_owner(data_dir: Path, s3_config: ObjectStoreCo
             await sa.append(payload(1, i), 1)
             await sb.append(payload(2, i), 1)
         # b takes over a's WAL while a is alive: a's data moves to S3 under b, a is fenced.
-        recovered = await b.take_over_wal(dataclasses.replace(a.config.wal))
-        assert recovered == 50
+        recovered, epochs = await b.take_over_wal(dataclasses.replace(a.config.wal))
+        assert recovered == 50 and epochs == {1: 2}
         with pytest.raises(FencedError):
             await sa.append(payload(1, 999), 1)
         with pytest.raises(FencedError):
@@ -214,6 +214,31 @@ def test_nfs_takeover_fences_live_owner(data_dir: Path, s3_config: ObjectStoreCo
         assert [x.payload for x in await s1.read(0, 1 << 20)] == [payload(1, i) for i in range(51)]
         assert [x.payload for x in await s2.read(0, 1 << 20)] == [payload(2, i) for i in range(50)]
         await stop_engine(c)
+
+    asyncio.run(main())
+
+
+def test_file_takeover_fences_listed_streams_before_reading(data_dir: Path, s3_config: ObjectStoreConfig) -> None:
+    """A `file` WAL has no owner check: the streams the controller lists are fenced first, so the
+    old owner (if it still runs) acknowledges nothing the survivor did not read."""
+
+    async def main() -> None:
+        a = await make_engine(data_dir, s3_config, "file", owner="a", upload_interval_s=3600, upload_bytes=1 << 30)
+        b_dir = data_dir / "b"
+        b_dir.mkdir()
+        b = await make_engine(b_dir, s3_config, "file", owner="b", metadata_path=data_dir / "metadata.db")
+        s1 = await a.open_stream(1, 3)
+        await a.open_stream(2, 3)  # led by a, never written
+        for i in range(20):
+            await s1.append(payload(1, i), 1)
+        recovered, epochs = await b.take_over_wal(dataclasses.replace(a.config.wal), streams={1: 3, 2: 3, 9: 0})
+        assert recovered == 20 and epochs == {1: 4, 2: 4}
+        with pytest.raises(FencedError):
+            await s1.append(payload(1, 99), 1)
+        again = await b.open_stream(1, 4)
+        assert [x.payload for x in await again.read(0, 1 << 20)] == [payload(1, i) for i in range(20)]
+        await stop_engine(a, flush=False)
+        await stop_engine(b)
 
     asyncio.run(main())
 

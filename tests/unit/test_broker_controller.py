@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.broker.image import MetadataImage
+from engine.controller.api import WalSpec
 from engine.controller.configs import ConfigError, apply_ops, validate_config, validate_topic_name
 from engine.controller.rpc import ControllerClient, RpcError
 from engine.controller.server import ControllerServer
@@ -18,8 +19,15 @@ from engine.protocol import ErrorCode
 @pytest.fixture
 def state(tmp_path: Path) -> ControllerState:
     s = ControllerState(tmp_path / "controller.db")
-    s.register_broker(0, "az1", "127.0.0.1", 9092)
+    join(s, 0, "az1")
     return s
+
+
+def join(s: ControllerState, broker_id: int, zone: str, kind: str = "nfs") -> int:
+    """Register and report ready, as a broker does at start; returns its epoch."""
+    b, _ = s.register_broker(broker_id, zone, "127.0.0.1", 9092 + broker_id, WalSpec(kind, "/w", f"broker-{broker_id}"))
+    s.broker_ready(broker_id, b.epoch)
+    return b.epoch
 
 
 def codes(results: list[dict[str, object]]) -> list[ErrorCode]:
@@ -113,10 +121,10 @@ def test_partitions_configs_delete(state: ControllerState) -> None:
 
 def test_registration_bumps_leader_epochs_and_state_persists(tmp_path: Path) -> None:
     s = ControllerState(tmp_path / "c.db")
-    assert s.register_broker(0, "az1", "h", 1).epoch == 1
+    assert join(s, 0, "az1") == 1
     s.create_topics([{"name": "t", "num_partitions": 2, "replication_factor": 1}], False, False)
     assert [p.leader_epoch for p in s.topics["t"].partitions] == [0, 0]
-    assert s.register_broker(0, "az1", "h", 1).epoch == 2
+    assert join(s, 0, "az1") == 2
     assert [p.leader_epoch for p in s.topics["t"].partitions] == [1, 1]
     pid = s.alloc_producer_ids(10)
     version = s.version
@@ -163,6 +171,7 @@ def test_rpc_round_trip_and_long_poll(tmp_path: Path) -> None:
         client = ControllerClient("127.0.0.1", server.port)
         try:
             reg = await client.call("register_broker", broker_id=0, zone="az1", host="h", port=1)
+            await client.call("broker_ready", broker_id=0, broker_epoch=reg["broker_epoch"])
             snap = await client.call("metadata", since=0)
             v = snap["version"]
             poll = asyncio.ensure_future(client.call("metadata", since=v, wait_ms=5000))
@@ -177,13 +186,107 @@ def test_rpc_round_trip_and_long_poll(tmp_path: Path) -> None:
             with pytest.raises(RpcError) as e:
                 await client.call("heartbeat", broker_id=0, broker_epoch=reg["broker_epoch"] + 1)
             assert e.value.code == "STALE_BROKER_EPOCH"
-            await asyncio.sleep(0.8)  # no heartbeats: the broker is marked not alive
+            with pytest.raises(RpcError) as e:
+                await client.call("heartbeat", broker_id="zero", broker_epoch=1)
+            assert e.value.code == "BAD_REQUEST"
+            await asyncio.sleep(0.8)  # no heartbeats: the broker is fenced
             status = await client.call("status")
-            assert status["brokers"][0]["alive"] is False and status["topics"] == 1
-            await client.call("heartbeat", broker_id=0, broker_epoch=reg["broker_epoch"])
-            assert (await client.call("status"))["brokers"][0]["alive"] is True
+            assert status["brokers"][0]["alive"] is False and status["brokers"][0]["state"] == "fenced"
+            assert status["topics"] == 1 and status["offline_partitions"] == 1
+            # Nobody is left to take its nfs WAL over: the takeover waits, and says why.
+            assert [t["state"] for t in status["wal_takeovers"]] == ["waiting"]
+            with pytest.raises(RpcError) as e:
+                await client.call("heartbeat", broker_id=0, broker_epoch=reg["broker_epoch"])
+            assert e.value.code == "STALE_BROKER_EPOCH"
+            # The broker comes back as a new incarnation and leads its partition again.
+            again = await client.call("register_broker", broker_id=0, zone="az1", host="h", port=1)
+            assert again["broker_epoch"] > reg["broker_epoch"] and again["wal_taken_over"] is False
+            await client.call("broker_ready", broker_id=0, broker_epoch=again["broker_epoch"])
+            status = await client.call("status")
+            assert status["brokers"][0]["alive"] is True and status["offline_partitions"] == 0
         finally:
             await client.close()
             await server.stop()
 
     asyncio.run(go())
+
+
+def test_placement_alternates_zones_and_spreads_brokers(tmp_path: Path) -> None:
+    s = ControllerState(tmp_path / "c.db")
+    for i, zone in enumerate(["az1", "az2", "az3", "az1", "az2", "az3"]):
+        join(s, i, zone)
+    s.create_topics([{"name": "t", "num_partitions": 12, "replication_factor": 1}], False, False)
+    leaders = [p.leader for p in s.topics["t"].partitions]
+    zones = [s.brokers[b].zone for b in leaders]
+    assert all(zones[i] != zones[i + 1] for i in range(len(zones) - 1))
+    assert sorted(leaders.count(b) for b in range(6)) == [2] * 6
+    # Internal topics are placed the same way, so group coordinators spread too.
+    s.create_topics([{"name": "__consumer_offsets", "num_partitions": 50, "replication_factor": 1}], False, True)
+    led = s.partitions_led()
+    assert max(led.values()) - min(led.values()) <= 1
+
+
+def test_failover_fences_then_takeover_reopens_spread(tmp_path: Path) -> None:
+    s = ControllerState(tmp_path / "c.db")
+    epochs = {i: join(s, i, f"az{i + 1}", kind="file") for i in range(3)}
+    join(s, 3, "az2", kind="file")
+    s.create_topics([{"name": "t", "num_partitions": 12, "replication_factor": 1}], False, False)
+    lost = [p for p in s.topics["t"].partitions if p.leader == 1]
+    assert lost
+    s.last_seen[1] = 0.0  # broker 1 (az2) went silent
+    for b in (0, 2, 3):
+        s.heartbeat(b, s.brokers[b].epoch)
+    assert s.expire(3.0) == [1]
+    assert s.brokers[1].state == "fenced" and s.brokers[1].epoch == epochs[1] + 1
+    (t,) = s.takeovers.values()
+    # A file WAL is a zonal volume: only broker 3, the other broker of az2, can take it over.
+    assert (t.state, t.to_broker, t.wal.kind) == ("pending", 3, "file")
+    assert t.streams == {p.stream_id: p.leader_epoch for p in lost}
+    assert all(p.leader == 1 for p in lost)  # offline until the WAL is in S3
+    with pytest.raises(KeyError):
+        s.heartbeat(1, epochs[1])
+    fenced_at = {p.stream_id: p.leader_epoch + 1 for p in lost}
+    fenced_at[lost[0].stream_id] += 5  # an earlier, interrupted takeover had fenced this one further
+    assert s.wal_taken_over(3, s.brokers[3].epoch, t.id, fenced_at) == len(lost)
+    assert not s.takeovers
+    for p in lost:
+        assert p.leader in (0, 2, 3)
+        assert p.leader_epoch >= fenced_at[p.stream_id]
+    # The old broker returns: live and empty (rebalancing is another story).
+    b, busy = s.register_broker(1, "az2", "h", 1, WalSpec("file", "/w", "broker-1"))
+    assert not busy
+    s.broker_ready(1, b.epoch)
+    assert s.partitions_led()[1] == 0 and s.brokers[1].alive
+
+
+def test_file_wal_without_a_same_zone_survivor_waits(tmp_path: Path) -> None:
+    s = ControllerState(tmp_path / "c.db")
+    for i in range(3):
+        join(s, i, f"az{i + 1}", kind="file")
+    s.create_topics([{"name": "t", "num_partitions": 6, "replication_factor": 1}], False, False)
+    s.last_seen[2] = 0.0
+    for b in (0, 1):
+        s.heartbeat(b, s.brokers[b].epoch)
+    s.expire(3.0)
+    (t,) = s.takeovers.values()
+    assert t.state == "waiting" and "az3" in t.reason
+    # It comes back: the waiting takeover is dropped, it recovers its own WAL and leads again.
+    b, busy = s.register_broker(2, "az3", "h", 1, WalSpec("file", "/w", "broker-2"))
+    assert not busy and not s.takeovers
+    s.broker_ready(2, b.epoch)
+    assert s.partitions_led()[2] == 2
+
+
+def test_controlled_shutdown_moves_partitions_unless_the_cluster_stops(tmp_path: Path) -> None:
+    s = ControllerState(tmp_path / "c.db")
+    for i in range(3):
+        join(s, i, f"az{i + 1}")
+    s.create_topics([{"name": "t", "num_partitions": 6, "replication_factor": 1}], False, False)
+    before = {p.index: p.leader_epoch for p in s.topics["t"].partitions}
+    assert s.controlled_shutdown(0, s.brokers[0].epoch) == 2
+    assert s.partitions_led()[0] == 0 and s.brokers[0].state == "shutdown"
+    moved = [p for p in s.topics["t"].partitions if p.leader_epoch != before[p.index]]
+    assert len(moved) == 2 and all(p.leader in (1, 2) for p in moved)
+    s.stopping = True
+    assert s.controlled_shutdown(1, s.brokers[1].epoch) == 0
+    assert s.partitions_led()[1] > 0
