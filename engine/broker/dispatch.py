@@ -1,7 +1,8 @@
 """Handler discovery: every module of engine/broker/handlers with API_KEY and handle().
 
-No registry to edit: a new API is a new file. A module that fails to import is
-logged and skipped, so one broken handler does not take the broker down.
+No registry to edit: a new API is a new file. A module that fails to import stops
+the broker from starting (HandlerImportError names it): a broker that quietly served
+a smaller API set would look healthy while clients fail on the missing API.
 """
 
 from __future__ import annotations
@@ -27,17 +28,28 @@ class DuplicateHandler(RuntimeError):
     pass
 
 
+class HandlerImportError(RuntimeError):
+    """A handler module failed to import; the broker does not start without it."""
+
+    def __init__(self, module: str, cause: BaseException) -> None:
+        super().__init__(f"handler module {module} failed to import: {type(cause).__name__}: {cause}")
+        self.module = module
+
+
 def discover(package: Any = handlers) -> dict[int, Any]:
-    """Handler modules by api key."""
+    """Handler modules by api key.
+
+    Raises HandlerImportError (chained to the import's exception) when a module fails to
+    import, DuplicateHandler when two modules serve one api key.
+    """
     found: dict[int, Any] = {}
     owners: dict[int, str] = {}
     for info in pkgutil.iter_modules(package.__path__):
         name = f"{package.__name__}.{info.name}"
         try:
             module = importlib.import_module(name)
-        except Exception:
-            log.exception("handler module %s failed to import; its API is not served", name)
-            continue
+        except Exception as e:
+            raise HandlerImportError(name, e) from e
         key = getattr(module, "API_KEY", None)
         handle = getattr(module, "handle", None)
         if key is None or handle is None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.broker.broker import java_string_hashcode
 from engine.broker.config import BrokerConfig, BrokerConfigError
-from engine.broker.dispatch import Dispatcher, DuplicateHandler, discover
+from engine.broker.dispatch import Dispatcher, DuplicateHandler, HandlerImportError, discover
 from engine.protocol import SUPPORTED_APIS, ApiKey
 
 MINE = {
@@ -30,19 +32,42 @@ def test_every_broker_api_has_a_handler_and_is_advertised_with_the_codec_range()
     assert set(advertised) == set(d.handlers)
 
 
-def test_duplicate_api_keys_are_refused(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    pkg_dir = tmp_path / "dup_handlers"  # type: ignore[operator]
+def _handler_package(root: Path, name: str, modules: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A package `name` under `root` holding `modules` (module name -> source), importable by discover."""
+    pkg_dir = root / name
     pkg_dir.mkdir()
     (pkg_dir / "__init__.py").write_text("")
-    for name in ("a", "b"):
-        (pkg_dir / f"{name}.py").write_text("API_KEY = 18\nasync def handle(ctx, request):\n    return None\n")
-    (pkg_dir / "broken.py").write_text("raise RuntimeError('half written')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    pkg = types.SimpleNamespace(__path__=[str(pkg_dir)], __name__="dup_handlers")
+    for module, source in modules.items():
+        (pkg_dir / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(root))
+    return types.SimpleNamespace(__path__=[str(pkg_dir)], __name__=name)
+
+
+HANDLER_18 = "API_KEY = 18\nasync def handle(ctx, request):\n    return None\n"
+
+
+def test_duplicate_api_keys_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = _handler_package(tmp_path, "dup_handlers", {"a": HANDLER_18, "b": HANDLER_18}, monkeypatch)
     with pytest.raises(DuplicateHandler):
         discover(pkg)
-    (pkg_dir / "b.py").unlink()
-    assert list(discover(pkg)) == [18]  # the broken module is skipped, not fatal
+    (tmp_path / "dup_handlers" / "b.py").unlink()
+    assert list(discover(pkg)) == [18]
+
+
+def test_a_handler_that_fails_to_import_stops_discovery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    modules = {"a": HANDLER_18, "broken": "import engine.protocol\nraise RuntimeError('half written')\n"}
+    pkg = _handler_package(tmp_path, "broken_handlers", modules, monkeypatch)
+    with pytest.raises(HandlerImportError) as e:
+        discover(pkg)
+    assert e.value.module == "broken_handlers.broken"
+    assert "broken_handlers.broken" in str(e.value) and "RuntimeError: half written" in str(e.value)
+    assert isinstance(e.value.__cause__, RuntimeError)
+    # A syntax error (a half-saved file) is refused the same way.
+    (tmp_path / "broken_handlers" / "broken.py").write_text("API_KEY = \n")
+    with pytest.raises(HandlerImportError, match="SyntaxError"):
+        discover(pkg)
+    (tmp_path / "broken_handlers" / "broken.py").unlink()
+    assert list(discover(pkg)) == [18]
 
 
 # Values from the JVM: "polygenelubricants".hashCode() is the famous Integer.MIN_VALUE.
