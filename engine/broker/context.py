@@ -1,4 +1,4 @@
-"""What a handler gets besides its request: the broker, and who is asking."""
+"""What a handler gets besides its request: the broker (as ``HandlerBroker``), and who is asking."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.broker.broker import Broker
+    from engine.broker.ports import HandlerBroker
 
 
 @dataclass(slots=True)
 class RequestContext:
-    broker: Broker
+    broker: HandlerBroker
     api_version: int
     correlation_id: int
     client_id: str | None

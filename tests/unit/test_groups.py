@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Coroutine
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from engine.broker.groups import GroupConfig, GroupCoordinator, GroupState, ManualTimers, OffsetCommitEntry
 from engine.broker.groups.group import JoinResult, SyncResult
 from engine.broker.groups.testing import MemoryStreams
+from engine.broker.ports import CoordinatorHost
 from engine.protocol import ErrorCode
 
 T = TypeVar("T")
@@ -704,6 +705,95 @@ async def test_fenced_stream_means_not_coordinator() -> None:
 
 
 @run
+async def test_closed_stream_unloads_the_partition_and_answers_not_coordinator() -> None:
+    from engine.storage.errors import StreamClosed
+
+    h = await Harness().start()
+    (a,), gen = await form_group(h, 1)
+    assert await h.commit(generation=gen, member_id=a, offsets={("t", 0): 1}) == [ErrorCode.NONE]
+    p = h.c.partition_for("g")
+    # A second member makes the group rebalance; the follower's sync parks behind the leader's.
+    b_join = h.join(client="b")
+    await settle()
+    ra, rb = await h.join(member_id=a), await b_join
+    follower = h.sync(rb.member_id, rb.generation_id)
+    await settle()
+    # The broker closed the stream (the partition moved away): storing the assignment fails.
+    h.streams.open[("__consumer_offsets", p)].fail_next = StreamClosed("stream 7 is closed")
+    leader = h.sync(a, ra.generation_id, assignments={a: b"A", rb.member_id: b"B"})
+    assert (await leader).error == ErrorCode.NOT_COORDINATOR
+    assert (await follower).error == ErrorCode.NOT_COORDINATOR
+    assert p not in h.c.loaded_partitions()
+    # An offset commit on a closed stream says the same (retriable: the client finds the coordinator).
+    opens = h.streams.opens
+    _, rows = await h.c.fetch_offsets(group_id="g", partitions=[("t", 0)])
+    assert h.streams.opens == opens + 1 and rows[0][2] is not None and rows[0][2].offset == 1
+    h.streams.open[("__consumer_offsets", p)].fail_next = StreamClosed("stream 7 is closed")
+    assert await h.commit(generation=gen, member_id=a, offsets={("t", 0): 2}) == [ErrorCode.NOT_COORDINATOR]
+    assert p not in h.c.loaded_partitions()
+    # The next request replays the partition from a new stream; the last durable generation is back.
+    assert await h.heartbeat(a, gen) == ErrorCode.NONE
+    assert await h.commit(generation=gen, member_id=a, offsets={("t", 0): 3}) == [ErrorCode.NONE]
+
+
+@run
+async def test_partition_moved_unloads_and_the_next_request_reloads_at_the_new_epoch() -> None:
+    h = await Harness().start()
+    (a, b), gen = await form_group(h, 2)
+    assert await h.commit(generation=gen, member_id=a, offsets={("t", 0): 4}) == [ErrorCode.NONE]
+    p = h.c.partition_for("g")
+    old = h.streams.open[("__consumer_offsets", p)]
+    parked = h.join(member_id=a)  # the leader rejoins: a rebalance that waits for b
+    await settle()
+    assert not parked.done()
+    others = [i for i in h.c.loaded_partitions() if i != p]
+    h.c.partition_moved(p)
+    assert (await parked).error == ErrorCode.NOT_COORDINATOR
+    assert p not in h.c.loaded_partitions() and sorted(h.c.loaded_partitions()) == others
+    # The partition moved away and came back: its old stream is closed for good.
+    from engine.storage.errors import StreamClosed
+
+    old.fail_next = StreamClosed("closed when the partition moved away")
+    h.c.partition_moved(p)  # not loaded: nothing to do
+    h.c.partition_moved(99)  # not a partition of this coordinator: ignored
+    # The next request loads from a new stream (at a new epoch) and sees the last durable state.
+    assert await h.heartbeat(b, gen) == ErrorCode.NONE
+    new = h.streams.open[("__consumer_offsets", p)]
+    assert new is not old and new.epoch > old.epoch
+    assert h.state() is GroupState.STABLE
+    assert await h.commit(generation=gen, member_id=a, offsets={("t", 0): 5}) == [ErrorCode.NONE]
+    _, rows = await h.c.fetch_offsets(group_id="g", partitions=[("t", 0)])
+    assert rows[0][2] is not None and rows[0][2].offset == 5
+
+
+@run
+async def test_partition_moved_while_loading_abandons_the_load() -> None:
+    streams = MemoryStreams()
+    gate = asyncio.Event()
+
+    async def slow_open(topic: str, partition: int) -> Any:
+        await gate.wait()
+        return await streams(topic, partition)
+
+    h = Harness()
+    h.c = GroupCoordinator(
+        config=GroupConfig(offsets_topic_partitions=4), timers=h.timers, open_stream=slow_open, is_local=lambda _k: True
+    )
+    await h.c.start()  # starts loading every partition, all stuck opening
+    p = h.c.partition_for("g")
+    waiting = asyncio.ensure_future(h.c.fetch_offsets(group_id="g", partitions=None))
+    await settle()
+    h.c.partition_moved(p)
+    assert await waiting == (ErrorCode.NOT_COORDINATOR, [])
+    gate.set()
+    await h.c.wait_loaded()
+    assert p not in h.c.loaded_partitions() and len(h.c.loaded_partitions()) == 3
+    assert await h.c.fetch_offsets(group_id="g", partitions=None) == (ErrorCode.NONE, [])
+    assert p in h.c.loaded_partitions()
+    await h.c.stop()
+
+
+@run
 async def test_not_coordinator_when_another_broker_owns_the_group() -> None:
     h = await Harness().start()
     await h.commit(offsets={("t", 0): 1})
@@ -847,11 +937,10 @@ async def test_stop_answers_parked_requests() -> None:
 
 class _BrokerConfig:
     offsets_topic_num_partitions = 5
-    groups: ClassVar[dict[str, int]] = {"min_session_timeout_ms": 500}
 
 
 class _Broker:
-    """What GroupCoordinator(broker) uses of engine.broker.broker.Broker (docs/broker.md)."""
+    """A CoordinatorHost (engine/broker/ports.py): what GroupCoordinator(broker) uses of the Broker."""
 
     node_id = 1
     config = _BrokerConfig()
@@ -881,8 +970,9 @@ class _Broker:
 @run
 async def test_coordinator_takes_settings_and_placement_from_the_broker() -> None:
     b = _Broker()
+    assert isinstance(b, CoordinatorHost)
     c = GroupCoordinator(b, timers=ManualTimers())
-    assert c.config.offsets_topic_partitions == 5 and c.config.min_session_timeout_ms == 500
+    assert c.config.offsets_topic_partitions == 5
     await c.start()
     await c.wait_loaded()
     # Neither start nor ListGroups creates __consumer_offsets; the first group request does.

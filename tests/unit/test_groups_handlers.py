@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import uuid
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from engine.broker.context import RequestContext
 from engine.broker.groups import GroupConfig, GroupCoordinator, ManualTimers
 from engine.broker.groups.testing import MemoryStreams
+from engine.broker.image import PartitionInfo, TopicInfo
 from engine.protocol import SUPPORTED_APIS, ApiKey, ErrorCode, RequestHeader, decode_request, encode_response
 from engine.protocol.apis import request_header_version
 from engine.protocol.codec import decode_response, encode_request
@@ -63,6 +65,11 @@ class FakeBroker:
 
     def coordinator_for(self, key: str) -> tuple[int, str, int]:
         return self.node_id, self.host, self.port
+
+    def topic(self, name: str) -> TopicInfo | None:
+        """Every topic exists, with 16 partitions led here."""
+        parts = [PartitionInfo(i, self.node_id, 0, i) for i in range(16)]
+        return TopicInfo(name, uuid.UUID(int=1), False, 1, {}, parts)
 
 
 async def call(broker: FakeBroker, body: Any, version: int) -> Any:
@@ -282,8 +289,11 @@ async def test_without_a_coordinator_every_api_says_coordinator_not_available() 
 @run
 async def test_offset_commit_for_unknown_topic_or_partition() -> None:
     class WithTopics(FakeBroker):
-        def topic(self, name: str) -> Any:
-            return type("TopicInfo", (), {"partitions": [0, 1]})() if name == "t" else None
+        def topic(self, name: str) -> TopicInfo | None:
+            info = super().topic(name)
+            if info is not None:
+                del info.partitions[2:]
+            return info if name == "t" else None
 
     b = WithTopics()
     assert b.groups is not None

@@ -22,8 +22,9 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from engine.broker.errors import BrokerError
 from engine.broker.groups.group import (
     CommittedOffset,
     Group,
@@ -54,6 +55,9 @@ from engine.broker.groups.store import KV, OffsetsLog, StreamLike
 from engine.broker.groups.timers import LoopTimers, Timers
 from engine.protocol import ErrorCode
 from engine.storage.errors import FencedError, StreamClosed
+
+if TYPE_CHECKING:
+    from engine.broker.ports import CoordinatorHost
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +139,39 @@ class GroupListing:
     state: str
 
 
-def _config_from_broker(broker: Any) -> GroupConfig:
-    """Group settings from the broker: ``config.groups`` (a GroupConfig or a dict) if there is one,
-    and ``config.offsets_topic_num_partitions``, which must match the broker's own placement."""
-    bconf = getattr(broker, "config", None)
-    raw = getattr(bconf, "groups", None)
-    config = raw if isinstance(raw, GroupConfig) else GroupConfig.from_dict(raw)
-    n = getattr(bconf, "offsets_topic_num_partitions", None)
-    if isinstance(n, int) and n > 0:
-        config.offsets_topic_partitions = n
-    return config
+class _StandaloneHost:
+    """The ``CoordinatorHost`` of a coordinator without a broker (tests): streams from ``open_stream``,
+    Kafka's placement over ``partitions``, every partition coordinated here unless ``is_local`` says no."""
+
+    node_id = 0
+
+    def __init__(
+        self,
+        open_stream: Callable[[str, int], Awaitable[StreamLike]],
+        partitions: int,
+        is_local: Callable[[str], bool] | None = None,
+    ) -> None:
+        self._open_stream = open_stream
+        self._is_local = is_local
+        self.config = _OffsetsTopic(partitions)
+
+    def topic(self, name: str) -> object | None:
+        return name  # no metadata here: every topic exists (start loads the partitions it owns)
+
+    async def open_internal_stream(self, topic: str, partition: int) -> StreamLike:
+        return await self._open_stream(topic, partition)
+
+    def offsets_partition_for(self, key: str) -> int:
+        return partition_for(key, self.config.offsets_topic_num_partitions)
+
+    def coordinator_for(self, key: str) -> tuple[int, str, int]:
+        local = self._is_local is None or self._is_local(key)
+        return (self.node_id if local else -1), "localhost", 0
+
+
+@dataclass(slots=True, frozen=True)
+class _OffsetsTopic:
+    offsets_topic_num_partitions: int
 
 
 class _Partition:
@@ -163,40 +190,44 @@ def _storage_error_code(exc: BaseException) -> ErrorCode:
     if isinstance(exc, FencedError | StreamClosed):
         # A newer leader epoch owns the partition: the client looks for the coordinator again.
         return ErrorCode.NOT_COORDINATOR
-    code = getattr(exc, "error_code", None)  # BrokerError from open_internal_stream
-    if code in (ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.NOT_COORDINATOR):
-        return ErrorCode.NOT_COORDINATOR
+    if isinstance(exc, BrokerError) and exc.error_code in (ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.NOT_COORDINATOR):
+        return ErrorCode.NOT_COORDINATOR  # from open_internal_stream: the partition is led elsewhere
+    # Anything else (controller away, storage trouble) is retriable where the group lives now.
     return ErrorCode.COORDINATOR_NOT_AVAILABLE
 
 
 class GroupCoordinator:
     """Kafka's classic group coordinator for the groups whose partitions this broker owns.
 
-    ``GroupCoordinator(broker)`` takes what it needs from the broker
-    (``open_internal_stream``, ``coordinator_for``, ``node_id`` and, if present,
-    ``group_config``); tests inject ``open_stream``, ``is_local`` and ``timers``.
+    ``GroupCoordinator(broker)`` uses of the broker what ``CoordinatorHost``
+    (engine/broker/ports.py) lists; the number of __consumer_offsets partitions comes
+    from its ``config.offsets_topic_num_partitions`` unless ``config`` is given. Without
+    a broker, ``open_stream`` is required and the coordinator owns every partition
+    (tests; ``is_local`` narrows that). ``timers`` drive time (tests use ManualTimers).
     """
 
     def __init__(
         self,
-        broker: Any = None,
+        host: CoordinatorHost | None = None,
         *,
         config: GroupConfig | None = None,
         timers: Timers | None = None,
         open_stream: Callable[[str, int], Awaitable[StreamLike]] | None = None,
         is_local: Callable[[str], bool] | None = None,
     ) -> None:
-        self._broker = broker
         if config is None:
-            config = _config_from_broker(broker)
+            config = GroupConfig()
+            if host is not None:
+                config.offsets_topic_partitions = host.config.offsets_topic_num_partitions
+        if host is None:
+            if open_stream is None:
+                raise ValueError("GroupCoordinator needs a broker or an open_stream function")
+            host = _StandaloneHost(open_stream, config.offsets_topic_partitions, is_local)
+        self._host: CoordinatorHost = host
         self.config = config
         self._timers: Timers = timers or LoopTimers()
-        if open_stream is None:
-            if broker is None:
-                raise ValueError("GroupCoordinator needs a broker or an open_stream function")
-            open_stream = broker.open_internal_stream
-        self._open_stream = open_stream
-        self._is_local = is_local or self._broker_is_local
+        self._open_stream = open_stream or host.open_internal_stream
+        self._is_local = is_local or self._host_is_local
         self._partitions = [_Partition(i) for i in range(config.offsets_topic_partitions)]
         self._tasks: set[asyncio.Task[Any]] = set()
         self._partition_keys: dict[int, str] = {}
@@ -235,12 +266,25 @@ class GroupCoordinator:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def partition_moved(self, index: int) -> None:
+        """Leadership or the leader epoch of __consumer_offsets partition ``index`` changed.
+
+        The broker calls this when its metadata says so. Whatever is loaded (or loading) came
+        from a stream that is now closed or fenced: drop it, answering parked requests with
+        NOT_COORDINATOR, so that the next request checks ownership again and, if the partition
+        is still (or again) here, replays it from the stream at the new epoch.
+        """
+        if not 0 <= index < len(self._partitions):
+            return
+        part = self._partitions[index]
+        if part.loaded or part.loading is not None:
+            log.info("%s-%d moved (leader or leader epoch): unloading", OFFSETS_TOPIC, index)
+            self._unload(part, ErrorCode.NOT_COORDINATOR)
+
     def partition_for(self, group_id: str) -> int:
-        if self._broker is not None and hasattr(self._broker, "offsets_partition_for"):
-            # The broker's coordinator_for places keys with this; both must agree or two
-            # brokers would write one partition.
-            return int(self._broker.offsets_partition_for(group_id))
-        return partition_for(group_id, self.config.offsets_topic_partitions)
+        # The broker's coordinator_for places keys with this; both must agree or two
+        # brokers would write one partition.
+        return self._host.offsets_partition_for(group_id)
 
     def key_for_partition(self, index: int) -> str:
         """Some group id that lives in partition ``index`` (to ask who coordinates that partition)."""
@@ -253,13 +297,11 @@ class GroupCoordinator:
         return key
 
     def _topic_exists(self) -> bool:
-        if self._broker is None or not hasattr(self._broker, "topic"):
-            return True
-        return self._broker.topic(OFFSETS_TOPIC) is not None
+        return self._host.topic(OFFSETS_TOPIC) is not None
 
-    def _broker_is_local(self, group_id: str) -> bool:
-        node_id, _, _ = self._broker.coordinator_for(group_id)
-        return bool(node_id == self._broker.node_id)
+    def _host_is_local(self, group_id: str) -> bool:
+        node_id, _, _ = self._host.coordinator_for(group_id)
+        return node_id == self._host.node_id
 
     def _owns(self, group_id: str) -> bool:
         try:
@@ -302,7 +344,7 @@ class GroupCoordinator:
         except Exception as e:
             # A BrokerError (not the leader, controller away) is expected and retried on the
             # next request; anything else is a bug worth its traceback.
-            expected = hasattr(e, "error_code") or isinstance(e, FencedError | StreamClosed)
+            expected = isinstance(e, BrokerError | FencedError | StreamClosed)
             log.warning("loading %s-%d failed: %s", OFFSETS_TOPIC, part.index, e, exc_info=not expected)
             raise
         finally:

@@ -36,8 +36,10 @@ class BatchLike(Protocol):
 class StreamLike(Protocol):
     """What the coordinator needs of ``engine.storage.stream.Stream``."""
 
-    start_offset: int
-    end_offset: int
+    @property
+    def start_offset(self) -> int: ...
+    @property
+    def end_offset(self) -> int: ...
 
     def append(self, payload: bytes, record_count: int) -> asyncio.Future[int]: ...
 

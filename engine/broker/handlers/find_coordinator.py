@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from engine.broker.context import RequestContext
 from engine.protocol import ApiKey, ErrorCode
 from engine.protocol.messages import FindCoordinatorRequest, FindCoordinatorResponse
@@ -13,7 +11,7 @@ API_KEY = ApiKey.FIND_COORDINATOR
 GROUP_KEY_TYPE = 0
 
 
-def _lookup(ctx: Any, key: str, key_type: int) -> tuple[ErrorCode, str | None, int, str, int]:
+def _lookup(ctx: RequestContext, key: str, key_type: int) -> tuple[ErrorCode, str | None, int, str, int]:
     """(error, message, node_id, host, port) for one key."""
     if key_type != GROUP_KEY_TYPE:
         # Transactions (1) and share groups (2) have no coordinator here.

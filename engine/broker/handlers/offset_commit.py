@@ -11,10 +11,7 @@ API_KEY = ApiKey.OFFSET_COMMIT
 
 
 def _partition_exists(ctx: RequestContext, topic: str, partition: int) -> bool:
-    lookup = getattr(ctx.broker, "topic", None)
-    if lookup is None:
-        return True
-    info = lookup(topic)
+    info = ctx.broker.topic(topic)
     return info is not None and 0 <= partition < len(info.partitions)
 
 

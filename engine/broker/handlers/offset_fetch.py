@@ -38,8 +38,8 @@ async def handle(ctx: RequestContext, request: OffsetFetchRequest) -> OffsetFetc
         group_cls = OffsetFetchResponse.OffsetFetchResponseGroup  # type: ignore[attr-defined]
         out = []
         for g in groups:
-            error, topics = await _fetch_one(ctx, g.group_id, g.topics)
-            out.append(group_cls(group_id=g.group_id, topics=topics, error_code=int(error)))
+            error, group_topics = await _fetch_one(ctx, g.group_id, g.topics)
+            out.append(group_cls(group_id=g.group_id, topics=group_topics, error_code=int(error)))
         return OffsetFetchResponse(groups=out)  # type: ignore[call-arg]
     # v1 cannot ask for "all partitions" (topics is not nullable there).
     topics = request.topics if v >= 2 else (request.topics or [])
