@@ -78,6 +78,7 @@ class Broker:
         self._stopping = False
         #: Set while this broker takes no appends: handing off (controlled shutdown) or rejoining.
         self._draining = False
+        self._handed_off = asyncio.Event()
         self._joining = asyncio.Lock()
         #: (leader, leader epoch) of each __consumer_offsets partition as last seen, to spot moves.
         self._offsets_leaders: list[tuple[int, int]] = []
@@ -127,7 +128,8 @@ class Broker:
             await storage.start()
             self.storage = storage
             ready = await self.controller.request(api.BrokerReady(self.node_id, self.broker_epoch))
-            await self.wait_for_metadata(ready.version)
+            while self.image.version < ready.version:
+                await self._refresh_image(wait_ms=100)
             self._draining = False
 
     def _my_wal_taken_over(self) -> bool:
@@ -177,23 +179,34 @@ class Broker:
 
     async def _hand_off(self) -> None:
         started = time.monotonic()
-        self._draining = True  # produce answers NOT_LEADER_OR_FOLLOWER: clients retry elsewhere
+        self._draining = True  # no more appends; requests wait for the new leaders, then go there
         assert self.storage is not None
         try:
             await asyncio.wait_for(self.storage.flush(), 60)
         except TimeoutError:
             log.warning("controlled shutdown: the upload did not finish in 60 s; the WAL keeps the rest")
+            self._handed_off.set()
             return
         uploaded = time.monotonic()
         try:
             res = await self.controller.request(api.ControlledShutdown(self.node_id, self.broker_epoch), timeout=10)
         except RpcError as e:
             log.warning("controlled shutdown: the controller did not move our partitions (%s)", e)
+            self._handed_off.set()
             return
         with contextlib.suppress(Exception):
             await self.wait_for_metadata(res.version, timeout=2.0)
+        moved = time.monotonic()
+        # Requests held during the hand-off are not answered NOT_LEADER_OR_FOLLOWER: librdkafka
+        # can apply the fresh metadata first and then the error, leaving the partition without a
+        # leader until its 1 s refresh. A closed connection makes it ask for metadata and move.
+        if self._server is not None:
+            self._server.close_connections()
+        self._handed_off.set()
+        # The listener stays up a moment, so clients' metadata requests here learn the new leaders.
+        await asyncio.sleep(self.config.shutdown_grace_ms / 1000)
         log.info("controlled shutdown: WAL uploaded in %.0f ms, %d partitions handed off in %.0f ms",
-                 (uploaded - started) * 1000, res.moved, (time.monotonic() - uploaded) * 1000)  # fmt: skip
+                 (uploaded - started) * 1000, res.moved, (moved - uploaded) * 1000)  # fmt: skip
 
     # --- controller session ----------------------------------------------------------------------
 
@@ -373,6 +386,10 @@ class Broker:
         """The open partition, or BrokerError with the Kafka code that explains why not."""
         key = (topic_name, index)
         if self._draining or self.storage is None:
+            # Held until the controller has moved the partition: answered earlier, the client would
+            # refresh metadata, still see this broker as leader and back off before it tries again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._handed_off.wait(), 5.0)
             raise BrokerError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"broker {self.node_id} is handing off its partitions")
         part = self._partitions.get(key)
         if part is not None and part.failed is None:

@@ -60,6 +60,8 @@ class BrokerConfig:
     message_max_bytes: int = 1048588
     socket_request_max_bytes: int = 100 * 1024 * 1024
     heartbeat_interval_ms: int = 1000
+    #: After a controlled shutdown moved its partitions, the listener stays up this long for metadata requests.
+    shutdown_grace_ms: int = 300
     #: Producer ids are taken from the controller in blocks of this size.
     producer_id_block: int = 1000
     s3: S3Settings = field(default_factory=S3Settings)

@@ -96,6 +96,17 @@ class KafkaServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
 
+    def close_connections(self) -> None:
+        """Close every client connection after the answers already written (controlled shutdown).
+
+        Requests still waiting get no answer: a client sees the connection close and asks for
+        metadata again, which is what moves it to the new leaders at once.
+        """
+        for conn in list(self.connections):
+            conn.queue.clear()
+            if conn.transport is not None:
+                conn.transport.close()
+
     def _unsupported_api_versions(self, header: RequestHeader) -> list[Buffer]:
         # v0 body and v0 header: readable whatever version the client asked with; it retries with our max.
         body = ApiVersionsResponse(error_code=35, api_keys=self.broker.dispatcher.api_versions())
