@@ -479,14 +479,22 @@ class Broker:
         return abs(java_string_hashcode(key)) % self.config.offsets_topic_num_partitions
 
     def coordinator_for(self, key: str) -> tuple[int, str, int]:
+        """(node_id, host, port) of the group's coordinator: the leader of its __consumer_offsets
+        partition; this broker while the topic does not exist (the first group request creates it)."""
         topic = self.image.topics.get(OFFSETS_TOPIC)
-        if topic is not None:
-            p = self.offsets_partition_for(key)
-            if p < len(topic.partitions):
-                b = self.image.brokers.get(topic.partitions[p].leader)
-                if b is not None and b.alive:
-                    return b.id, b.host, b.port
-        return self.node_id, self.host, self.port
+        if topic is None:
+            return self.node_id, self.host, self.port
+        p = self.offsets_partition_for(key)
+        if p >= len(topic.partitions):
+            return self.node_id, self.host, self.port
+        leader = topic.partitions[p].leader
+        if leader == self.node_id:
+            return self.node_id, self.host, self.port
+        b = self.image.brokers.get(leader)
+        if b is None or not b.alive:
+            # Its broker died and the partition has not reopened elsewhere yet: retriable.
+            raise BrokerError(ErrorCode.COORDINATOR_NOT_AVAILABLE, f"{OFFSETS_TOPIC}-{p} has no live leader")
+        return b.id, b.host, b.port
 
     # --- producer ids ----------------------------------------------------------------------------
 
