@@ -451,6 +451,16 @@ def stop_cluster(state: dict[str, Any], timeout: float = 30.0, progress: Progres
     pids: dict[str, int] = {n: p for n, p in (state.get("pids") or {}).items() if isinstance(p, int)}
     stopped: list[str] = []
     brokers = {n: p for n, p in pids.items() if n.startswith("broker") and pid_alive(p, n)}
+    if brokers and state.get("controller") and pid_alive(pids.get("controller", -1), "controller"):
+        # Brokers stopping together keep their partitions (each leads them again on `up`) instead
+        # of handing them to each other one after the other.
+        from engine.controller import api
+        from engine.controller.rpc import RpcError, request_sync
+
+        try:
+            request_sync(str(state["controller"]), api.ClusterShutdown(), timeout=3.0)
+        except (RpcError, OSError) as e:
+            say(f"the controller did not answer ({e}); brokers hand their partitions to each other")
     if brokers:
         say(f"stopping {', '.join(sorted(brokers))}")
         terminate_pids(brokers, timeout=timeout)

@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""Failover benchmark: kill -9 (and controlled shutdown) of a broker under produce load.
+
+For each WAL kind, one local cluster (`amq cluster up` code, temp dir, free ports):
+nfs and s3 with 3 brokers in 3 zones; file with 4 brokers in 3 zones, so the killed
+broker (in az1) has a same-zone survivor that may take its WAL over. Each trial makes
+a new 12-partition topic (placed over every running broker), runs an idempotent
+acks=all librdkafka producer, kills a broker that leads some of the partitions, keeps
+producing until every partition took writes again, restarts the broker (it comes
+back live and empty), and reads the topic back. Per trial it prints the time from
+the kill until every partition the victim led acknowledged a produce again, and the
+acknowledged / lost / duplicated counts; then p50 and max per kind. A few
+controlled shutdowns (SIGTERM) per kind measure the longest gap between
+acknowledgements of a handed-off partition.
+
+    python3 benchmarks/failover.py                      # 10 kills per kind, results into BENCHMARKS.md
+    python3 benchmarks/failover.py --trials 2 --kinds nfs --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import itertools
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from automq_cli.cluster import ClusterOptions, kill_pid, start_broker, start_cluster, stop_cluster
+from automq_cli.cluster.processes import stop_pid
+from automq_cli.cluster.state import write_state
+
+PARTITIONS = 12
+BEGIN, END = "<!-- failover:begin -->", "<!-- failover:end -->"
+
+
+@dataclass
+class Load:
+    bootstrap: str
+    topic: str
+    acked: dict[int, list[tuple[int, int, float]]] = field(default_factory=dict)  # partition -> (offset, seq, t)
+    errors: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    rate: int = 5000  # records/s offered
+
+    def start(self) -> Load:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        p = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all",
+                      "linger.ms": 5, "message.timeout.ms": 120_000})  # fmt: skip
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                self.errors.append(str(err))
+            else:
+                self.acked.setdefault(msg.partition(), []).append((msg.offset(), int(msg.value()), time.monotonic()))
+
+        seq = 0
+        started = time.monotonic()
+        while not self.stop.is_set():
+            due = int((time.monotonic() - started) * self.rate)
+            while seq < due:
+                p.produce(self.topic, value=b"%d" % seq, partition=seq % PARTITIONS, on_delivery=on_delivery)
+                seq += 1
+            p.poll(0.002)
+        p.flush(120)
+
+    def finish(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(150)
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.acked.values())
+
+
+def read_back(bootstrap: str, topic: str) -> dict[int, list[tuple[int, int]]]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"verify-{topic}", "enable.auto.commit": False})
+    out: dict[int, list[tuple[int, int]]] = {}
+    try:
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(PARTITIONS)}
+        c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        deadline = time.monotonic() + 120
+        while sum(len(v) for v in out.values()) < sum(ends.values()) and time.monotonic() < deadline:
+            for m in c.consume(10_000, 1.0):
+                if m.error() is None:
+                    out.setdefault(m.partition(), []).append((m.offset(), int(m.value())))
+    finally:
+        c.close()
+    return out
+
+
+def verify(load: Load, got: dict[int, list[tuple[int, int]]]) -> tuple[int, int, int]:
+    """(lost, duplicated, partitions out of order)."""
+    lost = dup = reordered = 0
+    for part, recs in load.acked.items():
+        have = dict(got.get(part, []))
+        lost += sum(1 for o, s, _ in recs if have.get(o) != s)
+    for recs in got.values():
+        seqs = [s for _, s in recs]
+        dup += len(seqs) - len(set(seqs))
+        reordered += seqs != sorted(seqs)
+    return lost, dup, reordered
+
+
+def leaders(bootstrap: str, topic: str) -> dict[int, int]:
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10).topics[topic].partitions
+    return {p: md[p].leader for p in md}
+
+
+def back_after(load: Load, parts: list[int], t: float) -> float | None:
+    """Seconds from `t` until every partition in `parts` had an acknowledgement after it (None: never)."""
+    firsts = []
+    for p in parts:
+        later = [ts for _, _, ts in load.acked.get(p, []) if ts > t + 0.2]
+        if not later:
+            return None
+        firsts.append(min(later))
+    return max(firsts) - t
+
+
+def longest_gap(load: Load, parts: list[int], t: float) -> float:
+    gaps = []
+    for p in parts:
+        ts = [x for _, _, x in load.acked.get(p, []) if x >= t - 1.0]
+        gaps.append(max((b - a for a, b in itertools.pairwise(ts)), default=0.0))
+    return max(gaps, default=0.0)
+
+
+@dataclass
+class Trial:
+    kind: str
+    action: str
+    victim: int
+    affected: int
+    seconds: float | None
+    acked: int
+    lost: int
+    duplicated: int
+    reordered: int
+    errors: int
+
+
+def run_trial(state: dict[str, Any], home: Path, kind: str, n: int, action: str, victim: int) -> Trial:
+    bootstrap = str(state["bootstrap"])
+    topic = f"{action}-{kind}-{n}-{int(time.time())}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
+    before = leaders(bootstrap, topic)
+    affected = [p for p, b in before.items() if b == victim]
+    load = Load(bootstrap, topic).start()
+    time.sleep(2.0)
+    pid = int(state["pids"][f"broker-{victim}"])
+    t = time.monotonic()
+    if action == "kill":
+        kill_pid(pid)
+    else:
+        stop_pid(pid, f"broker-{victim}", timeout=30)
+    deadline = time.monotonic() + 60
+    while back_after(load, affected, t) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    load.finish()
+    seconds = back_after(load, affected, t) if action == "kill" else longest_gap(load, affected, t)
+    lost, dup, reordered = verify(load, read_back(bootstrap, topic))
+    start_broker(state, victim)
+    write_state(state, home)
+    return Trial(kind, action, victim, len(affected), seconds, load.total, lost, dup, reordered, len(load.errors))
+
+
+def start(kind: str, root: Path, session_timeout: float) -> tuple[dict[str, Any], Path]:
+    directory = root / kind
+    opts = ClusterOptions(dir=str(directory / "data"), port=0, wal=kind, wal_capacity=64 << 20, upload_interval_s=0.5)
+    opts.brokers = 4 if kind == "file" else 3
+    opts.zones = ["az1", "az2", "az3"]
+    opts.session_timeout = session_timeout
+    home = directory / "home"
+    return start_cluster(opts, home=home), home
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=10, help="kill -9 trials per WAL kind")
+    ap.add_argument("--shutdowns", type=int, default=3, help="controlled shutdowns per WAL kind")
+    ap.add_argument("--kinds", default="nfs,s3,file")
+    ap.add_argument("--session-timeout", type=float, default=3.0)
+    ap.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
+    args = ap.parse_args()
+    trials: list[Trial] = []
+    print("| WAL | action | trial | victim | partitions affected | unavailable (s) | acked | lost | duplicated | "
+          "reordered | client errors |")  # fmt: skip
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    with tempfile.TemporaryDirectory(prefix="amq-failover-") as tmp:
+        for kind in args.kinds.split(","):
+            state, home = start(kind, Path(tmp), args.session_timeout)
+            try:
+                # file: the victims are az1's brokers (0 and 3), which can take each other's WAL over.
+                victims = [0, 3] if kind == "file" else [0, 1, 2]
+                plan = [("kill", i) for i in range(args.trials)] + [("stop", i) for i in range(args.shutdowns)]
+                for n, (action, i) in enumerate(plan):
+                    tr = run_trial(state, home, kind, n, action, victims[i % len(victims)])
+                    trials.append(tr)
+                    secs = "never" if tr.seconds is None else f"{tr.seconds:.2f}"
+                    print(f"| {kind} | {action} | {i + 1} | {tr.victim} | {tr.affected} | {secs} | {tr.acked:,} | "
+                          f"{tr.lost} | {tr.duplicated} | {tr.reordered} | {tr.errors} |", flush=True)  # fmt: skip
+            finally:
+                stop_cluster(state, timeout=20)
+    summary = [
+        "| WAL | kill -9: p50 unavailable (s) | max (s) | controlled shutdown: longest gap (s) | acked | lost | "
+        "duplicated | reordered |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for kind in args.kinds.split(","):
+        kills = [t.seconds for t in trials if t.kind == kind and t.action == "kill" and t.seconds is not None]
+        never = sum(1 for t in trials if t.kind == kind and t.action == "kill" and t.seconds is None)
+        stops = [t.seconds or 0.0 for t in trials if t.kind == kind and t.action == "stop"]
+        mine = [t for t in trials if t.kind == kind]
+        p50 = f"{statistics.median(kills):.2f}" if kills else "-"
+        mx = f"{max(kills):.2f}" + (f" ({never} never)" if never else "") if kills else "-"
+        summary.append(
+            f"| {kind} | {p50} | {mx} | {max(stops):.2f} | {sum(t.acked for t in mine):,} | "
+            f"{sum(t.lost for t in mine)} | {sum(t.duplicated for t in mine)} | {sum(t.reordered for t in mine)} |"
+            if stops
+            else f"| {kind} | {p50} | {mx} | - | {sum(t.acked for t in mine):,} | {sum(t.lost for t in mine)} | "
+            f"{sum(t.duplicated for t in mine)} | {sum(t.reordered for t in mine)} |"
+        )
+    print()
+    print("\n".join(summary))
+    bad = sum(t.lost + t.duplicated + t.reordered for t in trials)
+    if not args.no_write:
+        write_section(args, summary)
+    return 1 if bad else 0
+
+
+def write_section(args: argparse.Namespace, summary: list[str]) -> None:
+    path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+    cmd = "python3 benchmarks/failover.py" + ("" if sys.argv[1:] == [] else " " + " ".join(sys.argv[1:]))
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    section = "\n".join([
+        BEGIN,
+        "## Failover: kill -9 and controlled shutdown under load",
+        "",
+        f"- Date: {now}",
+        f"- Machine: {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.platform()}, Python {platform.python_version()}",
+        f"- Command: `{cmd}`",
+        f"- Per WAL kind one local cluster: nfs and s3 with 3 brokers in 3 zones, file with 4 brokers in 3 zones "
+        f"(the victim, in az1, has a same-zone survivor). Session timeout {args.session_timeout:g} s, heartbeats "
+        "every 1 s. Each trial: a new 12-partition topic, an idempotent acks=all librdkafka producer at 5,000 "
+        "records/s round robin, kill -9 (or SIGTERM) of a broker leading some partitions, then everything is read "
+        "back and checked record by record.",
+        "- Unavailable = from the kill until every partition the victim led acknowledged a produce again (includes "
+        "the session timeout: the controller waits that long before it fences). Controlled shutdown = the longest "
+        "gap between two acknowledgements of a handed-off partition.",
+        "",
+        *summary,
+        "",
+        END,
+    ])  # fmt: skip
+    text = path.read_text()
+    if BEGIN in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: section, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
