@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--session-timeout-ms", type=int, default=3000, help="a broker silent this long is fenced, its WAL taken over"
     )
+    parser.add_argument(
+        "--lost-grace-ms", type=int, default=1500,
+        help="a broker whose connection closed and that is silent this long is fenced (at most the session timeout)",
+    )
     parser.add_argument("--port-file", help="write the bound port here once listening")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -31,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
 
     async def run() -> None:
-        server = ControllerServer(args.dir, args.host, args.port, args.session_timeout_ms)
+        server = ControllerServer(args.dir, args.host, args.port, args.session_timeout_ms, args.lost_grace_ms)
         await server.start()
         if args.port_file:
             with open(args.port_file, "w") as f:

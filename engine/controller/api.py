@@ -69,6 +69,8 @@ R = TypeVar("R")
 class Request(msgspec.Struct, Generic[R]):
     method: ClassVar[str]
     response: ClassVar[type[Any]]
+    #: A broker's session call: the connection it came on is that broker's (see rpc.serve_connection).
+    session: ClassVar[bool] = False
 
 
 class VersionResult(msgspec.Struct):
@@ -154,6 +156,7 @@ class RegisterBroker(Request[RegisterResult]):
 
     method = "register_broker"
     response = RegisterResult
+    session = True
     broker_id: int
     zone: str
     host: str
@@ -171,6 +174,7 @@ class BrokerReady(Request[VersionResult]):
 class Heartbeat(Request[HeartbeatResult]):
     method = "heartbeat"
     response = HeartbeatResult
+    session = True
     broker_id: int
     broker_epoch: int
 

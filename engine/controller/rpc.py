@@ -83,11 +83,19 @@ def decode_params(method: str, params: Any) -> Request[Any]:
 
 
 async def serve_connection(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, methods: dict[str, Handler]
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    methods: dict[str, Handler],
+    on_close: Callable[[set[int]], None] | None = None,
 ) -> None:
-    """Answer requests of one connection, each in its own task (long polls do not block the rest)."""
+    """Answer requests of one connection, each in its own task (long polls do not block the rest).
+
+    `on_close` gets the ids of the brokers whose session calls (register, heartbeat) came on
+    this connection, once it ends: the process behind it may have died.
+    """
     tasks: set[asyncio.Task[None]] = set()
     lock = asyncio.Lock()
+    brokers: set[int] = set()
 
     async def answer(msg: dict[str, Any]) -> None:
         rid = msg.get("id")
@@ -99,6 +107,8 @@ async def serve_connection(
         else:
             try:
                 request = decode_params(name, msg.get("params"))
+                if request.session:
+                    brokers.add(int(request.broker_id))  # type: ignore[attr-defined]
                 out = {"id": rid, "result": msgspec.to_builtins(await method(request))}
             except RpcError as e:
                 out = {"id": rid, "error": {"code": e.code, "message": e.message}}
@@ -127,6 +137,8 @@ async def serve_connection(
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+        if on_close is not None and brokers:
+            on_close(brokers)
 
 
 class ControllerClient:

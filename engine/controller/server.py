@@ -21,13 +21,19 @@ T = TypeVar("T")
 
 class ControllerServer:
     def __init__(
-        self, directory: str | Path, host: str = "127.0.0.1", port: int = 0, session_timeout_ms: int = 3000
+        self,
+        directory: str | Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        session_timeout_ms: int = 3000,
+        lost_grace_ms: int = 1500,
     ) -> None:
         self.directory = Path(directory)
         self.host = host
         self.requested_port = port
         self.port = port
         self.session_timeout_s = session_timeout_ms / 1000
+        self.lost_grace_s = lost_grace_ms / 1000
         self.state = ControllerState(self.directory / "controller.db")
         self._changed = asyncio.Condition()
         self._server: asyncio.Server | None = None
@@ -50,9 +56,10 @@ class ControllerServer:
         }
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            lambda r, w: serve_connection(r, w, self.methods), self.host, self.requested_port
-        )
+        def connected(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Any:
+            return serve_connection(r, w, self.methods, self.state.connection_lost)
+
+        self._server = await asyncio.start_server(connected, self.host, self.requested_port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._liveness = asyncio.get_running_loop().create_task(self._liveness_loop())
         log.info("controller %s listening on %s:%d", self.state.cluster_id, self.host, self.port)
@@ -79,12 +86,13 @@ class ControllerServer:
             await asyncio.sleep(tick)
             before = self.state.version
             try:
-                dead = self.state.expire(self.session_timeout_s)
+                dead = self.state.expire(self.session_timeout_s, self.lost_grace_s)
             except Exception:
                 log.exception("liveness check failed")
                 continue
             for bid in dead:
-                log.warning("broker %d missed its heartbeats for %.1fs: fenced", bid, self.session_timeout_s)
+                log.warning("broker %d is gone (no heartbeat within %.1fs, or %.1fs after its connection closed): "
+                            "fenced", bid, self.session_timeout_s, self.lost_grace_s)  # fmt: skip
             for t in self.state.takeovers.values():
                 if t.state == "waiting" and t.reason and self.state.version != before:
                     log.warning("WAL %s of broker %d waits: %s", t.wal_id, t.from_broker, t.reason)

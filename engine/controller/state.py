@@ -106,6 +106,8 @@ class ControllerState:
         self.brokers: dict[int, BrokerRecord] = {}
         #: When each broker was last heard from (monotonic); not persisted.
         self.last_seen: dict[int, float] = {}
+        #: When a broker's session connection closed, if it has not been heard from since.
+        self.lost_at: dict[int, float] = {}
         self.takeovers: dict[int, WalTakeover] = {}
         #: Set by `amq cluster down`: brokers that stop keep their partitions (they get them back on start).
         self.stopping = False
@@ -233,6 +235,7 @@ class ControllerState:
             b = BrokerRecord(broker_id, zone, host, port, (old.epoch + 1) if old else 1, "starting", wal)
             self.brokers[broker_id] = b
             self.last_seen[broker_id] = time.monotonic()
+            self.lost_at.pop(broker_id, None)
             self.stopping = False
             self._save_broker(b)
             busy = False
@@ -281,15 +284,34 @@ class ControllerState:
     def heartbeat(self, broker_id: int, epoch: int) -> BrokerRecord:
         b = self._current(broker_id, epoch)
         self.last_seen[broker_id] = time.monotonic()
+        self.lost_at.pop(broker_id, None)
         return b
 
-    def expire(self, session_timeout_s: float) -> list[int]:
-        """Fence brokers that missed their heartbeats and hand their WALs to survivors."""
+    def connection_lost(self, broker_ids: set[int]) -> None:
         now = time.monotonic()
-        dead = [
-            b for b in self.brokers.values()
-            if b.state in ("starting", "running") and now - self.last_seen.get(b.id, now) > session_timeout_s
-        ]  # fmt: skip
+        for bid in broker_ids:
+            b = self.brokers.get(bid)
+            if b is not None and b.state in ("starting", "running"):
+                self.lost_at[bid] = now
+
+    def expire(self, session_timeout_s: float, lost_grace_s: float | None = None) -> list[int]:
+        """Fence brokers that missed their heartbeats and hand their WALs to survivors.
+
+        A broker whose session connection closed and that has not been heard from for
+        `lost_grace_s` is fenced without waiting for the whole session timeout: a process
+        that died on its host closes its connections, one that hangs or is cut off does not.
+        """
+        now = time.monotonic()
+        grace = session_timeout_s if lost_grace_s is None else min(lost_grace_s, session_timeout_s)
+
+        def silent(b: BrokerRecord) -> bool:
+            quiet = now - self.last_seen.get(b.id, now)
+            lost = self.lost_at.get(b.id)
+            return quiet > session_timeout_s or (lost is not None and now - lost > grace)
+
+        dead = [b for b in self.brokers.values() if b.state in ("starting", "running") and silent(b)]
+        for b in dead:
+            self.lost_at.pop(b.id, None)
         if dead:
             self._commit(lambda: [self._fence(b) for b in dead])
         self._reassign_takeovers()

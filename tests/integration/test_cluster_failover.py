@@ -339,3 +339,37 @@ def test_kafka_python_and_raw_requests_follow_leaders(tmp_path: Path) -> None:
         assert seen == list(range(600))
     finally:
         cluster.stop()
+
+
+@pytest.mark.parametrize("wal", ["nfs", "file"])
+def test_paused_broker_is_fenced_by_the_session_timeout_and_rejoins(tmp_path: Path, wal: str) -> None:
+    """SIGSTOP keeps the broker's connections open: only the missed heartbeats fence it. When it
+    wakes up it must acknowledge nothing more, and it rejoins as a new, empty incarnation."""
+    import os
+    import signal
+
+    brokers = 4 if wal == "file" else 3  # file: broker 3 shares az1 with broker 0 and takes its WAL over
+    cluster = start_local_cluster(tmp_path, brokers=brokers, zones=3, wal=wal, session_timeout=SESSION_S)
+    try:
+        topic = unique("pause")
+        create_topic(cluster, topic, PARTITIONS)
+        load = Load(cluster.bootstrap, topic).start()
+        wait_until(lambda: load.total > 2000, 30, "produce to start")
+        epoch = controller_status(cluster).brokers[0].epoch
+        paused_at = time.monotonic()
+        os.kill(cluster.broker_pid(0), signal.SIGSTOP)
+        try:
+            wait_until(lambda: controller_status(cluster).brokers[0].state == "fenced", 15, "the fence")
+            # The last heartbeat came up to 1 s (the interval) before the pause.
+            assert time.monotonic() - paused_at >= SESSION_S - 1.2
+            wait_until(lambda: controller_status(cluster).offline_partitions == 0, 30, "the partitions to reopen")
+        finally:
+            os.kill(cluster.broker_pid(0), signal.SIGCONT)
+        wait_until(lambda: controller_status(cluster).brokers[0].state == "running", 30, "the broker to rejoin")
+        assert controller_status(cluster).brokers[0].epoch > epoch + 1
+        time.sleep(2)
+        load.finish()
+        assert not load.errors, load.errors[:5]
+        check_exactly_once_in_order(load, read_back(cluster.bootstrap, topic))
+    finally:
+        cluster.stop()

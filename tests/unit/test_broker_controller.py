@@ -290,3 +290,14 @@ def test_controlled_shutdown_moves_partitions_unless_the_cluster_stops(tmp_path:
     s.stopping = True
     assert s.controlled_shutdown(1, s.brokers[1].epoch) == 0
     assert s.partitions_led()[1] > 0
+
+
+def test_a_closed_session_connection_fences_before_the_session_timeout(tmp_path: Path) -> None:
+    s = ControllerState(tmp_path / "c.db")
+    for i in range(2):
+        join(s, i, f"az{i + 1}")
+    s.connection_lost({0, 1})
+    s.heartbeat(1, s.brokers[1].epoch)  # broker 1 reconnected and heartbeats: not lost
+    s.lost_at[0] -= 2.0  # broker 0 has been silent for 2 s since its connection closed
+    assert s.expire(session_timeout_s=30.0, lost_grace_s=1.5) == [0]
+    assert s.brokers[0].state == "fenced" and s.brokers[1].alive
