@@ -123,6 +123,19 @@ def _latency_row(name: str, summary: dict[str, float | None]) -> list[str]:
     return [name, *(_ms(summary.get(k)) for k in SUMMARY_KEYS)]
 
 
+def _broker_line(b: dict[str, Any]) -> str:
+    """One broker's share: CPU and RSS (by pid), produce/fetch/WAL bytes and S3 PUTs (its own counters)."""
+    parts = [f"broker {b['id'] if b.get('id') is not None else '?'}" + (f" ({b['zone']})" if b.get("zone") else "")]
+    if b.get("pid") is not None:
+        parts.append(f"CPU {b['cpu_percent']:.0f}%, peak RSS {human_bytes(b['rss_peak_bytes'])}")
+    for key, label in (("produce_bytes", "produce"), ("fetch_bytes", "fetch"), ("wal_bytes_written", "WAL")):
+        if key in b:
+            parts.append(f"{label} {human_bytes(b[key])}")
+    if "s3_put_requests" in b:
+        parts.append(f"S3 PUT {b['s3_put_requests']}")
+    return ": ".join([parts[0], ", ".join(parts[1:]) or "no figures"])
+
+
 def render_summary(result: dict[str, Any], console: Console) -> None:
     """The final summary: throughput, latency percentiles, catch-up, cluster, errors."""
     w = result["workload"]
@@ -202,11 +215,18 @@ def render_summary(result: dict[str, Any], console: Console) -> None:
         )
     else:
         console.print(f"cluster: {cluster.get('note', 'no metrics')}")
+    per_broker = cluster.get("per_broker") or []
     if "broker_cpu_percent" in cluster:
+        many = len(per_broker) > 1
+        total = cluster.get("broker_rss_total_bytes")
         console.print(
-            f"brokers: CPU {cluster['broker_cpu_percent']:.0f}% (100% = one core), "
-            f"peak RSS {human_bytes(cluster['broker_rss_bytes'])} (largest broker)"
+            f"brokers: CPU {cluster['broker_cpu_percent']:.0f}% ({'sum over brokers, ' if many else ''}"
+            f"100% = one core), peak RSS {human_bytes(cluster['broker_rss_bytes'])} (largest broker)"
+            + (f", {human_bytes(total)} (all brokers together)" if many and total else "")
         )
+    if len(per_broker) > 1:
+        for b in per_broker:
+            console.print(f"  {_broker_line(b)}")
     for warning in cluster.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")
     for side in ("produce", "consume"):

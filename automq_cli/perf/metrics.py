@@ -3,7 +3,9 @@
 Counter source: each URL in cluster.json's "metrics" list answers GET with a
 flat JSON object of monotonically increasing counters (one per broker, or
 one for the whole cluster). The run reads every URL when the measured phase
-starts and when it ends and records the difference, summed over URLs.
+starts and when it ends and records the difference, summed over URLs; with one
+URL per broker (the endpoint's `broker_id`, or cluster.json's `metrics_port`,
+says whose it is) a few counters are also kept per broker.
 Broker CPU and RSS come from psutil, by the pids cluster.json lists.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +31,16 @@ COUNTERS = (
     "s3_delete_requests",
     "wal_bytes_written",
     "cross_zone_bytes",
+)
+# Which broker an endpoint belongs to: an identity, never summed.
+IDENTITY_KEYS = ("broker_id",)
+# Counters also reported per broker (`per_broker`), to show how the load spread over the brokers.
+PER_BROKER_COUNTERS = (
+    "produce_bytes",
+    "fetch_bytes",
+    "wal_bytes_written",
+    "s3_put_requests",
+    "s3_put_bytes",
 )
 NO_SOURCE_NOTE = (
     "no cluster metrics source (cluster.json lists no metrics URLs or broker pids); counters omitted"
@@ -63,6 +76,8 @@ class ClusterMetrics:
     _procs: list[_Proc] = field(default_factory=list)
     _t_start: float = 0.0
     _t_end: float = 0.0
+    # Peak of the brokers' RSS summed at the same sampling moment.
+    _rss_total_peak: int = 0
 
     @property
     def available(self) -> bool:
@@ -83,6 +98,7 @@ class ClusterMetrics:
         self._t_start = time.monotonic()
         self._start = self._read_all()
         self._procs = []
+        self._rss_total_peak = 0
         for broker in self.target.brokers:
             if broker.pid is None:
                 continue
@@ -96,6 +112,7 @@ class ClusterMetrics:
                 proc.alive = False
                 self.warnings.append(f"broker pid {broker.pid} cannot be sampled: {exc}")
             self._procs.append(proc)
+        self._rss_total_peak = sum(p.rss_peak for p in self._procs if p.alive)
 
     def sample(self) -> dict[str, float] | None:
         """Per-interval CPU/RSS sample; also tracks each broker's peak RSS."""
@@ -119,12 +136,54 @@ class ClusterMetrics:
             proc.cpu_end = times.user + times.system
             proc.rss_peak = max(proc.rss_peak, rss)
             rss_total += rss
+        self._rss_total_peak = max(self._rss_total_peak, rss_total)
         return {"broker_rss_bytes": rss_total, "broker_cpu_seconds": cpu_total}
 
     def finish(self) -> None:
         self.sample()
         self._t_end = time.monotonic()
         self._end = self._read_all()
+
+    def _broker_of(self, url: str) -> int | None:
+        """The broker id behind a metrics URL: the endpoint's `broker_id`, else cluster.json's metrics_port."""
+        for seen in (self._end.get(url), self._start.get(url)):
+            bid = (seen or {}).get("broker_id")
+            if isinstance(bid, int) and not isinstance(bid, bool):
+                return bid
+        try:
+            port = urllib.parse.urlsplit(url).port
+        except ValueError:
+            return None
+        for broker in self.target.brokers:
+            if broker.id is not None and port is not None and broker.metrics_port == port:
+                return broker.id
+        return None
+
+    def _per_broker(self, wall: float) -> list[dict[str, Any]]:
+        """One entry per broker: CPU and peak RSS (by pid), and its own counters (by metrics URL)."""
+        entries: dict[Any, dict[str, Any]] = {}
+        for i, p in enumerate(self._procs):
+            key = p.broker_id if p.broker_id is not None else f"pid-{i}"
+            entries[key] = {
+                "id": p.broker_id,
+                "pid": p.pid,
+                "zone": p.zone,
+                "cpu_percent": round((p.cpu_end - p.cpu_start) / wall * 100.0, 1),
+                "rss_peak_bytes": p.rss_peak,
+            }
+        zones = {b.id: b.zone for b in self.target.brokers if b.id is not None}
+        for url in self.target.metrics_urls:
+            begin, end = self._start.get(url), self._end.get(url)
+            bid = self._broker_of(url)
+            if begin is None or end is None or bid is None:
+                continue
+            entry = entries.setdefault(bid, {"id": bid, "pid": None, "zone": zones.get(bid) or end.get("zone")})
+            for key in PER_BROKER_COUNTERS:
+                # A counter appears at its first increment: absent at the start means 0 then.
+                b, e = begin.get(key, 0), end.get(key)
+                if isinstance(b, int | float) and isinstance(e, int | float):
+                    entry[key] = int(entry.get(key, 0) + e - b)
+        return sorted(entries.values(), key=lambda e: (e["id"] is None, e["id"] if e["id"] is not None else 0))
 
     def result(self) -> dict[str, Any]:
         target = self.target
@@ -139,24 +198,17 @@ class ClusterMetrics:
             if begin is None or end is None:
                 continue
             for key, value in end.items():
-                if isinstance(value, bool):
+                if isinstance(value, bool) or key in IDENTITY_KEYS:
                     continue
-                if isinstance(value, int | float) and isinstance(begin.get(key), int | float):
-                    deltas[key] = deltas.get(key, 0) + (value - begin[key])
+                # A counter appears at its first increment: absent at the start means 0 then.
+                if isinstance(value, int | float) and isinstance(begin.get(key, 0), int | float):
+                    deltas[key] = deltas.get(key, 0) + (value - begin.get(key, 0))
                     at_end[key] = at_end.get(key, 0) + value
                 elif isinstance(value, str):
                     static.setdefault(key, value)
         counters_seen = bool(self._start) and bool(self._end)
-        per_broker = [
-            {
-                "id": p.broker_id,
-                "pid": p.pid,
-                "zone": p.zone,
-                "cpu_percent": round((p.cpu_end - p.cpu_start) / wall * 100.0, 1),
-                "rss_peak_bytes": p.rss_peak,
-            }
-            for p in self._procs
-        ]
+        per_broker = self._per_broker(wall)
+        sampled = [b for b in per_broker if b.get("pid") is not None]
         zones = target.zones or sorted({str(z) for z in [static.get("zone")] if z})
         out: dict[str, Any] = {
             "metrics_available": counters_seen,
@@ -164,7 +216,7 @@ class ClusterMetrics:
             # Counts, as `amq cost --from-run` reads them; the names are kept beside.
             "zones": len(zones) or None,
             "zone_names": zones,
-            "brokers": len(target.brokers) or len(target.metrics_urls) or None,
+            "brokers": len(target.brokers) or len(per_broker) or len(target.metrics_urls) or None,
             "sources": list(target.metrics_urls),
         }
         if counters_seen:
@@ -193,11 +245,13 @@ class ClusterMetrics:
             out["note"] = (
                 "no metrics URLs for this cluster (not an amq cluster?); S3/WAL/cross-zone counters omitted"
             )
-        if per_broker:
+        if sampled:
             # cpu: sum over brokers (100 = one core busy); rss: the largest broker's peak,
-            # because the memory goal is per broker.
-            out["broker_cpu_percent"] = round(sum(b["cpu_percent"] for b in per_broker), 1)
-            out["broker_rss_bytes"] = max(b["rss_peak_bytes"] for b in per_broker)
+            # because the memory goal is per broker; and the peak of all brokers together.
+            out["broker_cpu_percent"] = round(sum(b["cpu_percent"] for b in sampled), 1)
+            out["broker_rss_bytes"] = max(b["rss_peak_bytes"] for b in sampled)
+            out["broker_rss_total_bytes"] = self._rss_total_peak
+        if per_broker:
             out["per_broker"] = per_broker
         if self.warnings:
             out["warnings"] = list(dict.fromkeys(self.warnings))

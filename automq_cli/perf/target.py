@@ -5,7 +5,8 @@ defaults to ~/.amq). The fields read here (all but `bootstrap` optional):
 
     {"bootstrap": "127.0.0.1:9092,127.0.0.1:9093",             # every broker
      "metrics": ["http://127.0.0.1:9644/metrics.json", ...],   # JSON counters, one URL per broker
-     "brokers": [{"id": 0, "pid": 1234, "zone": "az1"}, ...],  # pids for CPU/RSS sampling
+     "brokers": [{"id": 0, "pid": 1234, "zone": "az1",         # pids for CPU/RSS sampling;
+                  "metrics_port": 9644}, ...],                 # metrics_port ties a URL to its broker
      "wal_kind": "file",                                        # file | nfs | s3
      "zones": ["az1", "az2"]}
 
@@ -30,6 +31,7 @@ class BrokerInfo:
     id: int | None = None
     pid: int | None = None
     zone: str | None = None
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -64,11 +66,13 @@ def _brokers(raw: Any) -> list[BrokerInfo]:
         elif isinstance(item, dict):
             pid = item.get("pid")
             bid = item.get("id", item.get("broker_id"))
+            mport = item.get("metrics_port")
             out.append(
                 BrokerInfo(
                     id=int(bid) if isinstance(bid, int) else None,
                     pid=int(pid) if isinstance(pid, int) else None,
                     zone=str(item["zone"]) if item.get("zone") is not None else None,
+                    metrics_port=int(mport) if isinstance(mport, int) else None,
                 )
             )
     return out

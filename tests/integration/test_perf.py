@@ -266,3 +266,48 @@ def assert_one_line_failure(proc: subprocess.CompletedProcess[str], expected: st
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "\n" not in err, err
     assert expected in err, err
+
+
+def test_three_broker_cluster_gets_traffic_on_every_broker(tmp_path: Path) -> None:
+    """3 brokers in 3 zones (nfs WAL): partitions spread over them, so every broker takes produce and fetch
+    traffic; the cluster block sums the counters of all 3 and reports each broker's share."""
+    from automq_cli.perf.metrics import fetch_counters as fetch_metrics
+    from tests.integration.cluster_fixture import start_local_cluster
+
+    cluster = start_local_cluster(tmp_path, brokers=3, zones=3, wal="nfs")
+    try:
+        before = [fetch_metrics(url) for url in cluster.metrics_urls]
+        out = tmp_path / "run.json"
+        args = ["--rate", "4000", "--record-size", "1KiB", "--duration", "4s", "--warmup", "1s"]
+        args += ["--partitions", "12", "--name", "itest-3-brokers", "--json-out", str(out)]
+        # No --bootstrap: the target, the 3 metrics URLs and the 3 broker pids come from cluster.json.
+        proc = run_perf(args, env={"AMQ_HOME": str(cluster.home)}, timeout=90)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        after = [fetch_metrics(url) for url in cluster.metrics_urls]
+    finally:
+        cluster.stop()
+    result = json.loads(out.read_text())
+    check_common(result)
+    assert result["bootstrap"] == cluster.bootstrap and result["bootstrap"].count(",") == 2
+    # Each broker's own endpoint: it received produce traffic and served fetches.
+    for i, (b, a) in enumerate(zip(before, after, strict=True)):
+        assert a["broker_id"] == i
+        # (a counter appears at its first increment)
+        assert a["produce_bytes"] - b.get("produce_bytes", 0) > 0, f"broker {i} got no produce traffic"
+        assert a["fetch_bytes"] - b.get("fetch_bytes", 0) > 0, f"broker {i} served no fetches"
+    c = result["cluster"]
+    assert c["metrics_available"] is True and c["brokers"] == 3 and c["zones"] == 3 and c["wal_kind"] == "nfs"
+    assert len(c["sources"]) == 3
+    per = c["per_broker"]
+    assert [(b["id"], b["zone"]) for b in per] == [(0, "az1"), (1, "az2"), (2, "az3")]
+    assert all(b["pid"] == cluster.broker_pid(b["id"]) for b in per)
+    assert all(b["produce_bytes"] > 0 and b["wal_bytes_written"] > 0 for b in per), per
+    # Totals are sums over the brokers; CPU summed, RSS: largest broker's peak and all brokers' together.
+    assert c["wal_bytes_written"] == sum(b["wal_bytes_written"] for b in per)
+    assert c["s3"]["put"] == sum(b["s3_put_requests"] for b in per)
+    assert c["other_counters"]["produce_bytes"] == sum(b["produce_bytes"] for b in per)
+    assert c["other_counters"]["produce_bytes"] >= result["produce"]["bytes"] * 0.8
+    assert c["broker_cpu_percent"] == pytest.approx(sum(b["cpu_percent"] for b in per), abs=0.2)
+    assert c["broker_rss_bytes"] == max(b["rss_peak_bytes"] for b in per) > 0
+    assert c["broker_rss_total_bytes"] > c["broker_rss_bytes"]
+    assert "all brokers together" in proc.stdout and "broker 2 (az3)" in proc.stdout

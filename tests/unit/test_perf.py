@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -307,6 +308,63 @@ def test_cluster_block_without_a_source_says_so() -> None:
     dead.finish()
     c = dead.result()
     assert c["metrics_available"] is False and "s3" not in c and c["warnings"]
+
+
+def test_cluster_block_of_several_brokers_sums_counters_and_keeps_each_brokers_share() -> None:
+    """One URL per broker: totals are sums; each broker's own counters land in its per_broker entry."""
+    step = {"s3_put_requests": 2, "s3_put_bytes": 100, "wal_bytes_written": 1000, "produce_bytes": 900}
+    with contextlib.ExitStack() as stack:
+        # Brokers 0 and 1 say who they are (broker_id); broker 2's endpoint does not, its metrics_port does.
+        urls = [stack.enter_context(growing_counters(step, {"broker_id": i, "zone": f"az{i + 1}"})) for i in (0, 1)]
+        urls.append(stack.enter_context(growing_counters({**step, "produce_bytes": 300})))
+        port2 = int(urls[2].split(":")[2].split("/")[0])
+        target = Target(
+            bootstrap="a:1,b:2,c:3",
+            metrics_urls=urls,
+            brokers=[
+                BrokerInfo(id=i, pid=os.getpid(), zone=f"az{i + 1}", metrics_port=port2 if i == 2 else None)
+                for i in range(3)
+            ],
+            zones=["az1", "az2", "az3"],
+        )
+        m = ClusterMetrics(target)
+        m.start()
+        sum(i * i for i in range(200_000))
+        m.sample()
+        m.finish()
+        c = m.result()
+    assert c["brokers"] == 3 and c["zones"] == 3
+    assert c["s3"]["put"] == 6 and c["s3"]["put_bytes"] == 300 and c["wal_bytes_written"] == 3000
+    assert c["other_counters"] == {"produce_bytes": 2100}
+    assert "broker_id" not in c["other_counters"] and "broker_id" not in c["other_at_end"]
+    per = c["per_broker"]
+    assert [b["id"] for b in per] == [0, 1, 2]
+    assert [b["produce_bytes"] for b in per] == [900, 900, 300]
+    assert all(b["s3_put_requests"] == 2 and b["wal_bytes_written"] == 1000 for b in per)
+    # CPU is summed over brokers; RSS: the largest broker's peak, and all brokers' together.
+    assert c["broker_cpu_percent"] == pytest.approx(sum(b["cpu_percent"] for b in per), abs=0.2)
+    assert c["broker_rss_bytes"] == max(b["rss_peak_bytes"] for b in per)
+    assert c["broker_rss_total_bytes"] >= 3 * min(b["rss_peak_bytes"] for b in per) > 0
+    out = io.StringIO()
+    render_summary({**_fake_result(), "cluster": c}, Console(file=out, width=200, soft_wrap=True))
+    text = out.getvalue()
+    assert "sum over brokers" in text and "all brokers together" in text
+    assert "broker 2 (az3): CPU" in text and "produce 300 B" in text
+
+
+def test_cluster_state_ties_metrics_ports_to_brokers(tmp_path: Path) -> None:
+    state = {
+        "bootstrap": "127.0.0.1:9092,127.0.0.1:9093",
+        "metrics": ["http://127.0.0.1:9700/metrics", "http://127.0.0.1:9701/metrics"],
+        "brokers": [
+            {"id": 0, "pid": 11, "zone": "az1", "port": 9092, "metrics_port": 9700},
+            {"id": 1, "pid": 12, "zone": "az2", "port": 9093, "metrics_port": 9701},
+        ],
+    }
+    path = tmp_path / "cluster-state.json"
+    path.write_text(json.dumps(state))
+    t = load_cluster_state(path)
+    assert [(b.id, b.metrics_port) for b in t.brokers] == [(0, 9700), (1, 9701)]
 
 
 # ---- output ----------------------------------------------------------------------------------
