@@ -80,6 +80,7 @@ class Broker:
         self._draining = False
         self._handed_off = asyncio.Event()
         self._joining = asyncio.Lock()
+        self._rejoin_task: asyncio.Task[None] | None = None
         #: (leader, leader epoch) of each __consumer_offsets partition as last seen, to spot moves.
         self._offsets_leaders: list[tuple[int, int]] = []
 
@@ -161,9 +162,10 @@ class Broker:
                 await self.groups.stop()
             except Exception:
                 log.exception("the group coordinator failed to stop cleanly")
-        for t in [*self._tasks, *self._takeovers.values()]:
+        others = [t for t in (self._rejoin_task,) if t is not None]
+        for t in [*self._tasks, *self._takeovers.values(), *others]:
             t.cancel()
-        for t in [*self._tasks, *self._takeovers.values()]:
+        for t in [*self._tasks, *self._takeovers.values(), *others]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self._close_storage(flush=flush)
@@ -231,8 +233,9 @@ class Broker:
         interval = self.config.heartbeat_interval_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            if self.broker_epoch < 0 or (self._joining.locked() and self.storage is None):
+            if self.broker_epoch < 0:
                 continue
+            # Heartbeats go on while the broker (re)joins: recovering a WAL may outlast the session.
             try:
                 await self.controller.request(api.Heartbeat(self.node_id, self.broker_epoch), timeout=interval * 5)
             except ControllerUnavailable as e:
@@ -240,14 +243,19 @@ class Broker:
             except RpcError as e:
                 if self._stopping:
                     return
+                if self._joining.locked() or (self._rejoin_task is not None and not self._rejoin_task.done()):
+                    continue  # a join under way registers a new incarnation
                 # Fenced: survivors own our partitions and our WAL now. Start over as a new incarnation.
                 log.warning("heartbeat refused (%s): rejoining as a new incarnation", e)
-                try:
-                    await self._rejoin()
-                except Exception:
-                    log.exception("rejoining failed; retrying")
+                self._rejoin_task = asyncio.get_running_loop().create_task(self._rejoin())
 
     async def _rejoin(self) -> None:
+        try:
+            await self._start_over()
+        except Exception:
+            log.exception("rejoining failed; the next refused heartbeat tries again")
+
+    async def _start_over(self) -> None:
         self._draining = True
         for key in list(self._partitions):
             self._drop_partition(key)
@@ -260,7 +268,7 @@ class Broker:
 
     async def _refresh_image(self, wait_ms: int) -> None:
         changes = await self.controller.request(
-            api.Metadata(since=self.image.version, wait_ms=wait_ms), timeout=wait_ms / 1000 + 10
+            api.Metadata(since=self.image.version, wait_ms=wait_ms, broker_id=self.node_id), timeout=wait_ms / 1000 + 10
         )
         if changes.version <= self.image.version:
             return  # a concurrent refresh got here first: applying this would step back in time

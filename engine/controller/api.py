@@ -212,6 +212,8 @@ class Metadata(Request[MetadataChanges]):
     response = MetadataChanges
     since: int = 0
     wait_ms: int = 0
+    #: The asking broker, if a broker: the controller then knows which version it has applied.
+    broker_id: int = -1
 
 
 class CreateTopics(Request[TopicResults]):

@@ -36,6 +36,8 @@ class ControllerServer:
         self.lost_grace_s = lost_grace_ms / 1000
         self.state = ControllerState(self.directory / "controller.db")
         self._changed = asyncio.Condition()
+        #: The metadata version each broker has applied (the `since` of its latest metadata call).
+        self._applied: dict[int, int] = {}
         self._server: asyncio.Server | None = None
         self._liveness: asyncio.Task[None] | None = None
         self.methods: dict[str, Handler] = {
@@ -133,6 +135,8 @@ class ControllerServer:
 
     async def controlled_shutdown(self, p: api.ControlledShutdown) -> api.ShutdownResult:
         moved = await self._mutate(lambda: self.state.controlled_shutdown(p.broker_id, p.broker_epoch))
+        # The leaving broker sends its clients to the others next: they should know the new leaders by then.
+        await self._followed(self.state.version, exclude=p.broker_id, timeout=1.0)
         log.info("broker %d shut down; %d partitions moved to other brokers", p.broker_id, moved)
         return api.ShutdownResult(self.state.version, moved)
 
@@ -149,7 +153,21 @@ class ControllerServer:
                  p.takeover_id, p.records, moved)  # fmt: skip
         return api.VersionResult(self.state.version)
 
+    async def _followed(self, version: int, exclude: int, timeout: float) -> None:
+        """Until every running broker but `exclude` has asked for metadata after `version`
+        (so it has applied it), or `timeout`."""
+
+        def caught_up() -> bool:
+            return all(self._applied.get(b.id, -1) >= version for b in self.state.alive_brokers() if b.id != exclude)
+
+        with contextlib.suppress(TimeoutError):
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(caught_up), timeout)
+
     async def metadata(self, p: api.Metadata) -> api.MetadataChanges:
+        if p.broker_id >= 0 and p.since > self._applied.get(p.broker_id, -1):
+            self._applied[p.broker_id] = p.since
+            await self._notify()
         since = p.since
         wait_s = max(0, min(p.wait_ms, 30_000)) / 1000
         if since == self.state.version and wait_s > 0:
