@@ -474,8 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_all(args, [small, large], workdir, out_dir)
     finally:
-        if not args.results_dir:
-            shutil.rmtree(workdir, ignore_errors=True)
+        # The clusters' directories are gone already; the JSON results stay only with --results-dir.
+        shutil.rmtree(workdir, ignore_errors=True)
     half = _get(small.results.get("half-max"), "workload.producerRate")
     tables = render_tables(small, large, {"half-max": half})
     body = [
