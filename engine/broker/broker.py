@@ -133,6 +133,11 @@ class Broker:
                 await self._refresh_image(wait_ms=100)
             self._draining = False
 
+    @property
+    def handed_off(self) -> bool:
+        """True once a controlled shutdown moved this broker's partitions away."""
+        return self._handed_off.is_set()
+
     def _my_wal_taken_over(self) -> bool:
         wal_id = self.config.storage.wal.wal_id
         return any(t.wal_id == wal_id and t.state == "pending" for t in self.image.takeovers.values())

@@ -136,6 +136,11 @@ class KafkaServer:
             counters["requests_rejected"] += 1
             log.info("%s: no handler for api key %d; closing the connection", conn.peer, request.api_key)
             return CLOSE
+        if request.api_key == ApiKey.PRODUCE and broker.handed_off:
+            # Leaving after a controlled shutdown: a closed connection sends the client to the new
+            # leaders at once (an error answer may leave librdkafka leaderless for a second).
+            counters["requests_closed_leaving"] += 1
+            return CLOSE
         header = request.header
         ctx = RequestContext(broker, header.api_version, header.correlation_id, header.client_id, conn.host)
         counters["requests_total"] += 1
