@@ -460,6 +460,17 @@ class Broker:
                 out[r["name"]] = ErrorCode.NONE if code == ErrorCode.TOPIC_ALREADY_EXISTS else code
         return out
 
+    def listed_brokers(self) -> list[BrokerRecord]:
+        """What Metadata lists: running brokers, and fenced ones until they return.
+
+        A broker that vanishes from Metadata is torn down by librdkafka, which can undo the
+        move of a partition it led to its new leader (seen: the producer then waits for its
+        1 s metadata refresh). Partitions are never given to a fenced broker, so listing it
+        sends no traffic there."""
+        out = {b.id: b for b in self.image.brokers.values() if b.alive or b.state == "fenced"}
+        out[self.node_id] = BrokerRecord(self.node_id, self.zone, self.host, self.port, self.broker_epoch)
+        return [out[k] for k in sorted(out)]
+
     def live_brokers(self) -> list[BrokerRecord]:
         """Brokers the controller considers alive; this one always, with the port it really bound."""
         out = {b.id: b for b in self.image.brokers.values() if b.alive}

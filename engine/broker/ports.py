@@ -82,6 +82,10 @@ class HandlerBroker(Protocol):
         """The brokers clients may use, this one always."""
         ...
 
+    def listed_brokers(self) -> Sequence[BrokerEndpoint]:
+        """What Metadata lists: the live brokers and fenced ones until they return."""
+        ...
+
     async def auto_create_topics(self, names: list[str]) -> dict[str, ErrorCode]: ...
 
     def coordinator_for(self, key: str) -> tuple[int, str, int]:

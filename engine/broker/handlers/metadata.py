@@ -38,8 +38,8 @@ def _topic(t: TopicInfo, live: set[int]) -> MetadataResponse.MetadataResponseTop
 async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataResponse:
     b = ctx.broker
     v = ctx.api_version
-    brokers = b.live_brokers()
-    live = {x.id for x in brokers}
+    brokers = b.listed_brokers()
+    live = {x.id for x in b.live_brokers()}
     topics: list[MetadataResponse.MetadataResponseTopic] = []
     if request.topics is None or (v == 0 and not request.topics):
         topics = [_topic(t, live) for t in b.image.topics.values() if not t.internal]
