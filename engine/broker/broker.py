@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from engine.storage.stream import Stream
 
 log = logging.getLogger(__name__)
+#: How long Metadata keeps listing a broker after it stopped or was fenced (see listed_brokers).
+LISTED_AFTER_LEAVING_S = 60.0
 
 
 def java_string_hashcode(s: str) -> int:
@@ -132,10 +134,11 @@ class Broker:
             while self.image.version < ready.version:
                 await self._refresh_image(wait_ms=100)
             self._draining = False
+            self._handed_off.clear()
 
     @property
     def handed_off(self) -> bool:
-        """True once a controlled shutdown moved this broker's partitions away."""
+        """True once this broker gave its partitions up (a controlled shutdown, or fenced and rejoining)."""
         return self._handed_off.is_set()
 
     def _my_wal_taken_over(self) -> bool:
@@ -261,7 +264,9 @@ class Broker:
             log.exception("rejoining failed; the next refused heartbeat tries again")
 
     async def _start_over(self) -> None:
+        # Requests are refused at once (produce closes its connection) and clients move on.
         self._draining = True
+        self._handed_off.set()
         for key in list(self._partitions):
             self._drop_partition(key)
         if self.groups is not None:
@@ -461,13 +466,14 @@ class Broker:
         return out
 
     def listed_brokers(self) -> list[BrokerRecord]:
-        """What Metadata lists: running brokers, and fenced ones until they return.
+        """What Metadata lists: running brokers, and for a minute those that stopped or were fenced.
 
         A broker that vanishes from Metadata is torn down by librdkafka, which can undo the
         move of a partition it led to its new leader (seen: the producer then waits for its
-        1 s metadata refresh). Partitions are never given to a fenced broker, so listing it
-        sends no traffic there."""
-        out = {b.id: b for b in self.image.brokers.values() if b.alive or b.state == "fenced"}
+        1 s metadata refresh). Partitions are never given to a broker that is not running, so
+        listing it a while longer sends no traffic there."""
+        now = time.time()
+        out = {b.id: b for b in self.image.brokers.values() if b.alive or now - b.since < LISTED_AFTER_LEAVING_S}
         out[self.node_id] = BrokerRecord(self.node_id, self.zone, self.host, self.port, self.broker_epoch)
         return [out[k] for k in sorted(out)]
 

@@ -39,6 +39,8 @@ class BrokerRecord(msgspec.Struct):
     epoch: int
     state: BrokerState = "running"
     wal: WalSpec = WalSpec()
+    #: Wall-clock seconds when `state` last changed.
+    since: float = 0.0
 
     @property
     def alive(self) -> bool:

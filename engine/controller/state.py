@@ -232,7 +232,7 @@ class ControllerState:
 
         def tx() -> tuple[BrokerRecord, bool]:
             old = self.brokers.get(broker_id)
-            b = BrokerRecord(broker_id, zone, host, port, (old.epoch + 1) if old else 1, "starting", wal)
+            b = BrokerRecord(broker_id, zone, host, port, (old.epoch + 1) if old else 1, "starting", wal, time.time())
             self.brokers[broker_id] = b
             self.last_seen[broker_id] = time.monotonic()
             self.lost_at.pop(broker_id, None)
@@ -258,7 +258,7 @@ class ControllerState:
         b = self._current(broker_id, epoch)
 
         def tx() -> int:
-            b.state = "running"
+            b.state, b.since = "running", time.time()
             self._save_broker(b)
             mine = [(t, p) for t in self.topics.values() for p in t.partitions if p.leader == broker_id]
             homeless = [(t, p) for t in self.topics.values() for p in t.partitions if p.leader < 0]
@@ -321,7 +321,7 @@ class ControllerState:
         # The bumped epoch refuses the old incarnation's heartbeats; its partitions stay offline
         # until a survivor has uploaded what its WAL holds (a write acknowledged from that WAL
         # must be in S3 before anyone else appends after it).
-        b.state = "fenced"
+        b.state, b.since = "fenced", time.time()
         b.epoch += 1
         self._save_broker(b)
         streams = {p.stream_id: p.leader_epoch for t in self.topics.values() for p in t.partitions
@@ -396,7 +396,7 @@ class ControllerState:
         b = self._current(broker_id, epoch)
 
         def tx() -> int:
-            b.state = "shutdown"
+            b.state, b.since = "shutdown", time.time()
             self._save_broker(b)
             if self.stopping:
                 return 0
