@@ -181,6 +181,7 @@ class StorageEngine:
         target = self._seq
         if self._committed_seq >= target:
             return
+        self.wal.write_now()
         self._flush_target = max(self._flush_target, target)
         self._wake.set()
         async with self._committed:

@@ -103,6 +103,9 @@ class S3Wal:
         elif self._timer is None:
             self._timer = loop.call_later(self.batch_interval_s, self._flush)
 
+    def write_now(self) -> None:
+        self._flush()
+
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
