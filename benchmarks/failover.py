@@ -10,8 +10,10 @@ producing until every partition took writes again, restarts the broker (it comes
 back live and empty), and reads the topic back. Per trial it prints the time from
 the kill until every partition the victim led acknowledged a produce again, and the
 acknowledged / lost / duplicated counts; then p50 and max per kind. A few
-controlled shutdowns (SIGTERM) per kind measure the longest gap between
-acknowledgements of a handed-off partition.
+SIGSTOP trials per kind measure the same for a broker that hangs (its
+connections stay open, so only the session timeout fences it), and a few
+controlled shutdowns (SIGTERM) the longest gap between acknowledgements of a
+handed-off partition.
 
     python3 benchmarks/failover.py                      # 10 kills per kind, results into BENCHMARKS.md
     python3 benchmarks/failover.py --trials 2 --kinds nfs --no-write
@@ -24,6 +26,7 @@ import datetime as dt
 import os
 import platform
 import re
+import signal
 import statistics
 import sys
 import tempfile
@@ -180,21 +183,70 @@ def run_trial(state: dict[str, Any], home: Path, kind: str, n: int, action: str,
     t = time.monotonic()
     if action == "kill":
         kill_pid(pid)
+    elif action == "pause":
+        os.kill(pid, signal.SIGSTOP)  # hangs with its connections open: only the session timeout fences it
     else:
         stop_pid(pid, f"broker-{victim}", timeout=30)
+    reopened: float | None = None
+    if action == "pause":
+        # An idempotent producer does not move on while requests to the hung broker are in flight
+        # (until it answers or request.timeout.ms passes, as with Kafka): measure the cluster side,
+        # the moment the controller has reopened the partitions elsewhere, then wake the broker.
+        deadline = time.monotonic() + 60
+        while reopened is None and time.monotonic() < deadline:
+            if _reopened(state, victim):
+                reopened = time.monotonic() - t
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGCONT)
     deadline = time.monotonic() + 60
     while back_after(load, affected, t) is None and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(1.0)
     load.finish()
+    if action == "pause":
+        deadline = time.monotonic() + 60  # it finds itself fenced and rejoins, empty; then restart it like the others
+        while not _rejoined(state, victim) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop_pid(pid, f"broker-{victim}", timeout=30)
     # Acknowledgements come in batches (an s3 WAL writes every 250 ms): the gap before the event is the baseline.
     normal = longest_gap(load, affected, t - 1.5, t)
-    seconds = back_after(load, affected, t) if action == "kill" else longest_gap(load, affected, t - 0.1, t + 10)
+    if action == "stop":
+        seconds: float | None = longest_gap(load, affected, t - 0.1, t + 10)
+    elif action == "pause":
+        seconds = reopened
+    else:
+        seconds = back_after(load, affected, t)
     lost, dup, reordered = verify(load, read_back(bootstrap, topic))
     start_broker(state, victim)
     write_state(state, home)
     return Trial(kind, action, victim, len(affected), seconds, normal, load.total, lost, dup, reordered,
                  len(load.errors))  # fmt: skip
+
+
+def _status(state: dict[str, Any]) -> Any:
+    from engine.controller import api
+    from engine.controller.rpc import RpcError, request_sync
+
+    try:
+        return request_sync(str(state["controller"]), api.Status(), timeout=2.0)
+    except (RpcError, OSError):
+        return None
+
+
+def _rejoined(state: dict[str, Any], broker: int) -> bool:
+    status = _status(state)
+    return status is not None and any(b.id == broker and b.state == "running" for b in status.brokers)
+
+
+def _reopened(state: dict[str, Any], broker: int) -> bool:
+    """The broker is fenced, its WAL uploaded and every partition has a running leader."""
+    status = _status(state)
+    return (
+        status is not None
+        and any(b.id == broker and b.state == "fenced" for b in status.brokers)
+        and not status.wal_takeovers
+        and status.offline_partitions == 0
+    )
 
 
 def start(kind: str, root: Path, session_timeout: float) -> tuple[dict[str, Any], Path]:
@@ -216,6 +268,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=10, help="kill -9 trials per WAL kind")
     ap.add_argument("--shutdowns", type=int, default=3, help="controlled shutdowns per WAL kind")
+    ap.add_argument("--pauses", type=int, default=3, help="SIGSTOP trials per WAL kind (fenced by the session timeout)")
     ap.add_argument("--kinds", default="nfs,s3,file")
     ap.add_argument("--session-timeout", type=float, default=3.0)
     ap.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
@@ -231,6 +284,7 @@ def main() -> int:
                 # file: the victims are az1's brokers (0 and 3), which can take each other's WAL over.
                 victims = [0, 3] if kind == "file" else [0, 1, 2]
                 plan = [("kill", i) for i in range(args.trials)] + [("stop", i) for i in range(args.shutdowns)]
+                plan += [("pause", i) for i in range(args.pauses)]
                 for n, (action, i) in enumerate(plan):
                     tr = run_trial(state, home, kind, n, action, victims)
                     trials.append(tr)
@@ -241,22 +295,25 @@ def main() -> int:
             finally:
                 stop_cluster(state, timeout=20)
     summary = [
-        "| WAL | kill -9: p50 unavailable (s) | max (s) | controlled shutdown: p50 gap (s) | max gap (s) | "
-        "normal gap between acks (s) | acked | lost | duplicated | reordered | client errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| WAL | kill -9: p50 unavailable (s) | max (s) | SIGSTOP: p50 unavailable (s) | max (s) | "
+        "controlled shutdown: p50 gap (s) | max gap (s) | normal gap between acks (s) | acked | lost | duplicated | "
+        "reordered | client errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for kind in args.kinds.split(","):
         mine = [t for t in trials if t.kind == kind]
         kills = [t.seconds for t in mine if t.action == "kill" and t.seconds is not None]
         never = sum(1 for t in mine if t.action == "kill" and t.seconds is None)
         stops = [t.seconds or 0.0 for t in mine if t.action == "stop"]
+        pauses = [t.seconds for t in mine if t.action == "pause" and t.seconds is not None]
 
         def fmt(values: list[float], f: Any) -> str:
             return f"{f(values):.2f}" if values else "-"
 
         mx = fmt(kills, max) + (f" ({never} never)" if never else "")
         summary.append(
-            f"| {kind} | {fmt(kills, statistics.median)} | {mx} | {fmt(stops, statistics.median)} | {fmt(stops, max)} | "
+            f"| {kind} | {fmt(kills, statistics.median)} | {mx} | {fmt(pauses, statistics.median)} | "
+            f"{fmt(pauses, max)} | {fmt(stops, statistics.median)} | {fmt(stops, max)} | "
             f"{fmt([t.normal_gap for t in mine], statistics.median)} | {sum(t.acked for t in mine):,} | "
             f"{sum(t.lost for t in mine)} | {sum(t.duplicated for t in mine)} | {sum(t.reordered for t in mine)} | "
             f"{sum(t.errors for t in mine)} |"
@@ -286,9 +343,13 @@ def write_section(args: argparse.Namespace, summary: list[str]) -> None:
         "every 1 s. Each trial: a new 12-partition topic, an idempotent acks=all librdkafka producer at 5,000 "
         "records/s round robin, kill -9 (or SIGTERM) of a broker leading some partitions, then everything is read "
         "back and checked record by record.",
-        "- Unavailable = from the kill until every partition the victim led acknowledged a produce again. The "
-        "controller fences a broker 1.5 s after its connection closed (a killed process closes it; a hung one is "
-        "fenced by the session timeout instead, see tests/integration/test_cluster_failover.py). Controlled "
+        "- Unavailable = from the kill (or SIGSTOP) until every partition the victim led acknowledged a produce "
+        "again. The controller fences a broker 1.5 s after its connection closed (a killed process closes it); a "
+        "SIGSTOP'd broker keeps its connections open and is fenced by the session timeout, counted from its last "
+        "heartbeat (up to 1 s before the pause); its column is the time until the controller had reopened its "
+        "partitions elsewhere (an idempotent producer with requests in flight to the hung broker waits for them "
+        "until the broker answers or request.timeout.ms passes, as with Kafka; the trial then sends SIGCONT, and "
+        "the broker finds itself fenced, answers, and rejoins). Controlled "
         "shutdown = the longest gap between two acknowledgements of a handed-off partition; the normal gap is the "
         "longest one in the 1.5 s before (an s3 WAL acknowledges in 250 ms batches).",
         "",
