@@ -165,14 +165,18 @@ def status(
         return
     _out.print(f"amq cluster in {info['dir']}: WAL {info['wal_kind']}, zones {', '.join(info['zones'])}")
     for zone in info["zones"]:
+        # The zone is the table's title; the address must never be cut short.
         table = Table(title=f"zone {zone}", title_justify="left")
-        for col, justify in (("broker", "right"), ("zone", "left"), ("address", "left"), ("state", "left"),
-                             ("partitions led", "right"), ("WAL", "left"), ("pid", "right"), ("RSS", "right")):
+        width = max((len(str(b["address"] or "-")) for b in info["brokers"]), default=1)
+        table.add_column("broker", justify="right")
+        table.add_column("address", no_wrap=True, min_width=width)
+        for col, justify in (("state", "left"), ("partitions led", "right"), ("WAL", "left"), ("pid", "right"),
+                             ("RSS", "right")):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]  # fmt: skip
         for b in (b for b in info["brokers"] if b["zone"] == zone):
             style = _STATE_STYLE.get(b["state"], "yellow")
             table.add_row(
-                str(b["id"]), _dash(b["zone"]), _dash(b["address"]), f"[{style}]{b['state']}[/{style}]",
+                str(b["id"]), _dash(b["address"]), f"[{style}]{b['state']}[/{style}]",
                 _dash(b["partitions_led"]), _dash(b["wal_kind"]), _dash(b["pid"]), _fmt_bytes(b["rss_bytes"]),
             )  # fmt: skip
         _out.print(table)
