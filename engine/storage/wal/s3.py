@@ -57,6 +57,7 @@ class S3Wal:
         self._buffer: list[Pending] = []
         self._buffered = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._flushed_at = float("-inf")  # loop time of the last batch written
         self._inflight = asyncio.Semaphore(max_inflight)
         self._last_flush: asyncio.Task[None] | None = None
         self._objects: list[tuple[str, int]] = []  # (key, end position), in write order
@@ -101,7 +102,13 @@ class S3Wal:
         if self._buffered >= self.batch_bytes:
             self._flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self.batch_interval_s, self._flush)
+            # At most one batch per interval, as before; but the first append after a quiet
+            # interval goes out at once instead of waiting a whole interval for company.
+            wait = self._flushed_at + self.batch_interval_s - loop.time()
+            if wait <= 0:
+                self._flush()
+            else:
+                self._timer = loop.call_later(wait, self._flush)
 
     def write_now(self) -> None:
         self._flush()
@@ -112,6 +119,7 @@ class S3Wal:
             self._timer = None
         if not self._buffer:
             return
+        self._flushed_at = asyncio.get_running_loop().time()
         group, self._buffer, self._buffered = self._buffer, [], 0
         start = self._pos
         parts: list[bytes] = []
