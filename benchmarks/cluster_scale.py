@@ -26,7 +26,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -42,6 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.report import machine, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- cluster-scale:begin -->"
@@ -412,29 +415,6 @@ def limits_paragraph(small: Size, large: Size) -> str:
     return " ".join(text)
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram = f", {psutil.virtual_memory().total / 1024**3:.0f} GiB RAM"
-    return f"{os.cpu_count()} cores ({cpu}){ram}, {platform.platform()}, Python {platform.python_version()}"
-
-
-def write_section(path: Path, body: list[str]) -> None:
-    """Replace the text between the markers (or append the section when they are absent)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "\n".join([BEGIN, *body, END])
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def _librdkafka() -> str:
     from confluent_kafka import libversion
 
@@ -504,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         body.append("")
     print("\n" + "\n".join(body))
     if not args.no_write:
-        write_section(args.out, body)
+        write_section(args.out, BEGIN, END, body)
         print(f"wrote {args.out}")
     return 0 if not (small.failures or large.failures) else 1
 

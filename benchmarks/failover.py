@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
-import re
 import signal
 import statistics
 import sys
@@ -46,6 +44,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from automq_cli.cluster import ClusterOptions, kill_pid, start_broker, start_cluster, stop_cluster
 from automq_cli.cluster.processes import stop_pid
 from automq_cli.cluster.state import write_state
+from benchmarks.report import machine, write_section
 
 PARTITIONS = 12
 BEGIN, END = "<!-- failover:begin -->", "<!-- failover:end -->"
@@ -342,21 +341,19 @@ def main() -> int:
     print("\n".join(summary))
     bad = sum(t.lost + t.duplicated + t.reordered for t in trials)
     if not args.no_write:
-        write_section(args, summary)
+        write_report(args, summary)
     return 1 if bad else 0
 
 
-def write_section(args: argparse.Namespace, summary: list[str]) -> None:
+def write_report(args: argparse.Namespace, summary: list[str]) -> None:
     path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
     cmd = "python3 benchmarks/failover.py" + ("" if sys.argv[1:] == [] else " " + " ".join(sys.argv[1:]))
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
-    section = "\n".join([
-        BEGIN,
+    body = [
         "## Failover: kill -9 and controlled shutdown under load",
         "",
         f"- Date: {now}",
-        f"- Machine: {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.platform()}, Python {platform.python_version()}",
+        f"- Machine: {machine()}",
         f"- Command: `{cmd}`",
         f"- Per WAL kind one local cluster: nfs and s3 with 3 brokers in 3 zones, file with 4 brokers in 3 zones "
         f"(the victim, in az1, has a same-zone survivor). Session timeout {args.session_timeout:g} s, heartbeats "
@@ -378,14 +375,8 @@ def write_section(args: argparse.Namespace, summary: list[str]) -> None:
         "",
         *summary,
         "",
-        END,
-    ])  # fmt: skip
-    text = path.read_text()
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _m: section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    ]
+    write_section(path, BEGIN, END, body)
     print(f"wrote {path}")
 
 

@@ -27,7 +27,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -43,6 +42,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.report import machine, write_section  # noqa: E402
 from tests.peers import S3Config, S3Server, Tansu  # noqa: E402
 
 BEGIN = "<!-- side-by-side:begin -->"
@@ -327,31 +327,6 @@ def overload_notes(runs: list[Run], systems: dict[str, System]) -> list[str]:
     return (["", "Runs that could not keep up:", *notes]) if notes else []
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = ""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        kib = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kib / 1024 / 1024:.0f} GiB RAM"
-    return f"{os.cpu_count()} cores ({cpu}){mem}, {platform.platform()}, Python {platform.python_version()}"
-
-
-def write_section(path: Path, body: list[str]) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "\n".join([BEGIN, *body, END])
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 # ---- main --------------------------------------------------------------------------------------
 
 
@@ -443,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, why in system.failures.items():
             body.append(f"- {system.name} {key} did not complete ({why}).")
     body.append("")
-    write_section(args.out, body)
+    write_section(args.out, BEGIN, END, body)
     print(f"\nwrote {args.out}")
     if not args.results_dir:
         shutil.rmtree(workdir, ignore_errors=True)
