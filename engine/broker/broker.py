@@ -282,38 +282,11 @@ class Broker:
         )
         if changes.version <= self.image.version:
             return  # a concurrent refresh got here first: applying this would step back in time
-        moved_in = self._leaders_before(changes)
         touched = self.image.apply(msgspec.to_builtins(changes))
         self._topics_changed(touched)
         self._start_takeovers()
-        self._warm_up(moved_in)
         async with self._image_changed:
             self._image_changed.notify_all()
-
-    def _leaders_before(self, changes: api.MetadataChanges) -> dict[str, list[int]]:
-        """Current leaders of the topics a batch of records rewrites (not for snapshots)."""
-        out: dict[str, list[int]] = {}
-        for rec in changes.records or []:
-            if rec.get("type") == "topic":
-                old = self.image.topics.get(str(rec.get("name")))
-                if old is not None:
-                    out[old.name] = [p.leader for p in old.partitions]
-        return out
-
-    def _warm_up(self, before: dict[str, list[int]]) -> None:
-        """Open partitions another broker just handed here (failover, controlled shutdown) at once,
-        so reading the stream back runs while clients are still finding the new leader."""
-        if self.storage is None or self._draining:
-            return
-        for name, leaders in before.items():
-            topic = self.image.topics.get(name)
-            if topic is None:
-                continue
-            for p in topic.partitions[: len(leaders)]:
-                if p.leader == self.node_id and leaders[p.index] not in (self.node_id, -1):
-                    task = asyncio.get_running_loop().create_task(self.partition(name, p.index))
-                    # A failure is answered to the first request that needs the partition.
-                    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _follow_metadata(self) -> None:
         while True:
