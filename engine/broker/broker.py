@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -473,13 +474,14 @@ class Broker:
         1 s metadata refresh). Partitions are never given to a broker that is not running, so
         listing it a while longer sends no traffic there."""
         now = time.time()
-        out = {b.id: b for b in self.image.brokers.values() if b.alive or now - b.since < LISTED_AFTER_LEAVING_S}
-        out[self.node_id] = BrokerRecord(self.node_id, self.zone, self.host, self.port, self.broker_epoch)
-        return [out[k] for k in sorted(out)]
+        return self._brokers_where(lambda b: b.alive or now - b.since < LISTED_AFTER_LEAVING_S)
 
     def live_brokers(self) -> list[BrokerRecord]:
         """Brokers the controller considers alive; this one always, with the port it really bound."""
-        out = {b.id: b for b in self.image.brokers.values() if b.alive}
+        return self._brokers_where(lambda b: b.alive)
+
+    def _brokers_where(self, keep: Callable[[BrokerRecord], bool]) -> list[BrokerRecord]:
+        out = {b.id: b for b in self.image.brokers.values() if keep(b)}
         out[self.node_id] = BrokerRecord(self.node_id, self.zone, self.host, self.port, self.broker_epoch)
         return [out[k] for k in sorted(out)]
 

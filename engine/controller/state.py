@@ -221,6 +221,13 @@ class ControllerState:
     def partitions_led(self) -> Counter[int]:
         return Counter(p.leader for t in self.topics.values() for p in t.partitions)
 
+    def _led_by(self, leader: int) -> list[tuple[TopicRec, PartitionRec]]:
+        return [(t, p) for t in self.topics.values() for p in t.partitions if p.leader == leader]
+
+    def _save_topics_of(self, parts: list[tuple[TopicRec, PartitionRec]]) -> None:
+        for t in {t.name: t for t, _ in parts}.values():
+            self._save_topic(t)
+
     # --- brokers -----------------------------------------------------------------------------
 
     def register_broker(
@@ -260,14 +267,13 @@ class ControllerState:
         def tx() -> int:
             b.state, b.since = "running", time.time()
             self._save_broker(b)
-            mine = [(t, p) for t in self.topics.values() for p in t.partitions if p.leader == broker_id]
+            mine = self._led_by(broker_id)
             homeless = [(t, p) for t in self.topics.values() for p in t.partitions if p.leader < 0]
             for _, p in mine:
                 # A new incarnation opens its streams at a new epoch, which fences any older one.
                 p.leader_epoch += 1
             self._move(homeless, exclude=set())
-            for t in {t.name: t for t, _ in mine + homeless}.values():
-                self._save_topic(t)
+            self._save_topics_of(mine + homeless)
             return len(mine) + len(homeless)
 
         result: int = self._commit(tx)
@@ -324,8 +330,7 @@ class ControllerState:
         b.state, b.since = "fenced", time.time()
         b.epoch += 1
         self._save_broker(b)
-        streams = {p.stream_id: p.leader_epoch for t in self.topics.values() for p in t.partitions
-                   if p.leader == b.id}  # fmt: skip
+        streams = {p.stream_id: p.leader_epoch for _, p in self._led_by(b.id)}
         t = WalTakeover(self.next_takeover_id, b.wal.wal_id, b.id, b.wal, streams=streams)
         self.next_takeover_id += 1
         self.takeovers[t.id] = t
@@ -378,13 +383,12 @@ class ControllerState:
 
         def tx() -> int:
             self._drop_takeover(t)
-            orphans = [(tp, p) for tp in self.topics.values() for p in tp.partitions if p.leader == t.from_broker]
+            orphans = self._led_by(t.from_broker)
             for _, p in orphans:
                 # The survivor opened the streams it fenced at these epochs; a leader must not open older.
                 p.leader_epoch = max(p.leader_epoch, stream_epochs.get(p.stream_id, -1) - 1)
             self._move(orphans, exclude={t.from_broker})
-            for tp in {tp.name: tp for tp, _ in orphans}.values():
-                self._save_topic(tp)
+            self._save_topics_of(orphans)
             return len(orphans)
 
         result: int = self._commit(tx)
@@ -400,10 +404,9 @@ class ControllerState:
             self._save_broker(b)
             if self.stopping:
                 return 0
-            mine = [(t, p) for t in self.topics.values() for p in t.partitions if p.leader == broker_id]
+            mine = self._led_by(broker_id)
             moved = self._move(mine, exclude={broker_id})
-            for t in {t.name: t for t, _ in mine}.values():
-                self._save_topic(t)
+            self._save_topics_of(mine)
             return moved
 
         result: int = self._commit(tx)

@@ -7,9 +7,11 @@ its committed offsets.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from engine.controller import api
 from engine.controller.rpc import request_sync
 from engine.protocol import ApiKey, ErrorCode
-from engine.protocol.messages import ProduceRequest
+from engine.protocol.messages import MetadataRequest, ProduceRequest
 from engine.protocol.records import Record, build_batch
 from tests.integration.cluster_fixture import LocalCluster, start_local_cluster, unique
 
@@ -166,6 +168,25 @@ def check_exactly_once_in_order(load: Load, got: dict[int, list[tuple[int, int]]
         assert not missing, f"partition {part}: {len(missing)} acknowledged records lost, e.g. {missing[:3]}"
 
 
+@contextlib.contextmanager
+def three_zones(tmp_path: Path, wal: str, brokers: int = 3) -> Iterator[LocalCluster]:
+    """A cluster of `brokers` in az1..az3 (broker i in zone i % 3), stopped by pid afterwards."""
+    cluster = start_local_cluster(tmp_path, brokers=brokers, zones=3, wal=wal, session_timeout=SESSION_S)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def loaded_topic(cluster: LocalCluster, prefix: str, acked: int = 2000) -> tuple[str, Load]:
+    """A new 12-partition topic under a running Load that has `acked` records acknowledged."""
+    topic = unique(prefix)
+    create_topic(cluster, topic, PARTITIONS)
+    load = Load(cluster.bootstrap, topic).start()
+    wait_until(lambda: load.total > acked, 30, "produce to start")
+    return topic, load
+
+
 def create_topic(cluster: LocalCluster, topic: str, partitions: int) -> None:
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
@@ -234,25 +255,18 @@ def run_kill_trial(cluster: LocalCluster, restart_victim: bool = False) -> tuple
 
 @pytest.mark.parametrize("wal", ["nfs", "s3"])
 def test_kill_9_of_a_broker_in_three_zones(tmp_path: Path, wal: str) -> None:
-    cluster = start_local_cluster(tmp_path, brokers=3, zones=3, wal=wal, session_timeout=SESSION_S)
-    try:
+    with three_zones(tmp_path, wal) as cluster:
         load, _ = run_kill_trial(cluster)
         assert load.total > 5000
         status = controller_status(cluster)
         assert [b.state for b in status.brokers].count("fenced") == 1
         assert status.offline_partitions == 0 and not status.wal_takeovers
-    finally:
-        cluster.stop()
 
 
 def test_kill_9_file_wal_same_zone_survivor_takes_over(tmp_path: Path) -> None:
     # Broker 3 shares zone az1 with broker 0: a file WAL is a zonal volume, only it may take 0's over.
-    cluster = start_local_cluster(tmp_path, brokers=4, zones=3, wal="file", session_timeout=SESSION_S)
-    try:
-        topic = unique("fo")
-        create_topic(cluster, topic, PARTITIONS)
-        load = Load(cluster.bootstrap, topic).start()
-        wait_until(lambda: load.total > 2000, 30, "produce to start")
+    with three_zones(tmp_path, "file", 4) as cluster:
+        topic, load = loaded_topic(cluster, "fo")
         cluster.kill_broker(0)
         wait_until(lambda: controller_status(cluster).offline_partitions == 0
                    and controller_status(cluster).brokers[0].state == "fenced", 30, "failover")  # fmt: skip
@@ -262,26 +276,17 @@ def test_kill_9_file_wal_same_zone_survivor_takes_over(tmp_path: Path) -> None:
         log = Path(cluster.state["brokers"][3]["log"]).read_text()
         assert "took over WAL broker-0 of broker 0" in log
         check_exactly_once_in_order(load, read_back(cluster.bootstrap, topic))
-    finally:
-        cluster.stop()
 
 
 def test_kill_9_file_wal_without_same_zone_survivor_waits_for_the_broker(tmp_path: Path) -> None:
-    cluster = start_local_cluster(tmp_path, brokers=3, zones=3, wal="file", session_timeout=SESSION_S)
-    try:
+    with three_zones(tmp_path, "file") as cluster:
         run_kill_trial(cluster, restart_victim=True)
-    finally:
-        cluster.stop()
 
 
 def test_controlled_shutdown_under_load_hands_partitions_off(tmp_path: Path) -> None:
-    cluster = start_local_cluster(tmp_path, brokers=3, zones=3, wal="nfs", session_timeout=SESSION_S)
-    try:
-        topic = unique("cs")
-        create_topic(cluster, topic, PARTITIONS)
+    with three_zones(tmp_path, "nfs") as cluster:
+        topic, load = loaded_topic(cluster, "cs", acked=3000)
         before = leaders(cluster.bootstrap, topic)
-        load = Load(cluster.bootstrap, topic).start()
-        wait_until(lambda: load.total > 3000, 30, "produce to start")
         stopped_at = time.monotonic()
         cluster.stop_broker(1)
         time.sleep(2)
@@ -299,16 +304,13 @@ def test_controlled_shutdown_under_load_hands_partitions_off(tmp_path: Path) -> 
         cluster.restart_broker(1)
         status = controller_status(cluster)
         assert status.brokers[1].state == "running" and status.brokers[1].partitions_led == 0
-    finally:
-        cluster.stop()
 
 
 def test_kafka_python_and_raw_requests_follow_leaders(tmp_path: Path) -> None:
     from kafka import KafkaConsumer, KafkaProducer
     from kafka import TopicPartition as KTP
 
-    cluster = start_local_cluster(tmp_path, brokers=3, zones=3, wal="nfs", session_timeout=SESSION_S)
-    try:
+    with three_zones(tmp_path, "nfs") as cluster:
         topic = unique("kp")
         create_topic(cluster, topic, 6)
         lead = leaders(cluster.bootstrap, topic)
@@ -319,7 +321,10 @@ def test_kafka_python_and_raw_requests_follow_leaders(tmp_path: Path) -> None:
         req = ProduceRequest(acks=-1, timeout_ms=5000, topic_data=topic_data)
         with cluster.wire(broker=0) as w:
             resp = w.call(ApiKey.PRODUCE, 8, req)
+            md = w.call(ApiKey.METADATA, 9, MetadataRequest(topics=[MetadataRequest.MetadataRequestTopic(name=topic)]))
         assert resp.responses[0].partition_responses[0].error_code == ErrorCode.NOT_LEADER_OR_FOLLOWER
+        # Metadata lists every broker with its zone as rack.
+        assert {(b.node_id, b.rack) for b in md.brokers} == {(n, cluster.broker_zone(n)) for n in cluster.broker_ids}
         # kafka-python bootstrapped at broker 0 only finds every leader, also across a controlled shutdown.
         producer = KafkaProducer(bootstrap_servers=cluster.bootstraps[0], acks="all", retries=20,
                                  max_in_flight_requests_per_connection=1)  # fmt: skip
@@ -337,8 +342,6 @@ def test_kafka_python_and_raw_requests_follow_leaders(tmp_path: Path) -> None:
         seen = sorted(int(m.value) for m in consumer)
         consumer.close()
         assert seen == list(range(600))
-    finally:
-        cluster.stop()
 
 
 @pytest.mark.parametrize("wal", ["nfs", "file"])
@@ -349,12 +352,8 @@ def test_paused_broker_is_fenced_by_the_session_timeout_and_rejoins(tmp_path: Pa
     import signal
 
     brokers = 4 if wal == "file" else 3  # file: broker 3 shares az1 with broker 0 and takes its WAL over
-    cluster = start_local_cluster(tmp_path, brokers=brokers, zones=3, wal=wal, session_timeout=SESSION_S)
-    try:
-        topic = unique("pause")
-        create_topic(cluster, topic, PARTITIONS)
-        load = Load(cluster.bootstrap, topic).start()
-        wait_until(lambda: load.total > 2000, 30, "produce to start")
+    with three_zones(tmp_path, wal, brokers) as cluster:
+        topic, load = loaded_topic(cluster, "pause")
         epoch = controller_status(cluster).brokers[0].epoch
         paused_at = time.monotonic()
         os.kill(cluster.broker_pid(0), signal.SIGSTOP)
@@ -371,5 +370,3 @@ def test_paused_broker_is_fenced_by_the_session_timeout_and_rejoins(tmp_path: Pa
         load.finish()
         assert not load.errors, load.errors[:5]
         check_exactly_once_in_order(load, read_back(cluster.bootstrap, topic))
-    finally:
-        cluster.stop()

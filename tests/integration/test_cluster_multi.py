@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from automq_cli.cluster import api_versions_ok, pid_alive, stop_cluster
+from automq_cli.cluster import api_versions_ok, kill_pid, pid_alive, stop_cluster
 from automq_cli.cluster.state import find_state
 
 
@@ -139,6 +139,19 @@ def test_up_right_after_down_on_a_port_in_time_wait(tmp_path: Path) -> None:
         states.append(json.loads((home / "cluster.json").read_text()))
         assert states[1]["bootstrap"] == f"127.0.0.1:{port}" and api_versions_ok("127.0.0.1", port)
         assert took < 30, took  # no waiting out TIME_WAIT (60 s)
+        # A crash of every process (kill -9), then `up` again on the same port.
+        client = socket.create_connection(("127.0.0.1", port))
+        for name, pid in states[1]["pids"].items():
+            kill_pid(pid)
+            assert not pid_alive(pid, name)
+        client.close()
+        t0 = time.monotonic()
+        up3 = amq(home, "cluster", "up", "--dir", str(data), "--port", str(port))
+        took = time.monotonic() - t0
+        assert up3.returncode == 0, up3.stderr
+        states.append(json.loads((home / "cluster.json").read_text()))
+        assert api_versions_ok("127.0.0.1", port)
+        assert took < 30, took
     finally:
         leftover = find_state(home, data)
         if leftover is not None:
