@@ -23,11 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.devtools.s3server import EmbeddedS3  # noqa: E402
 from engine.storage.config import StorageConfig, WalConfig  # noqa: E402
 from engine.storage.engine import StorageEngine  # noqa: E402
-from engine.storage.metadata_sqlite import SqliteMetadataStore  # noqa: E402
-from engine.storage.objectstore import ObjectStoreConfig, make_object_store  # noqa: E402
-from engine.storage.s3server import EmbeddedS3  # noqa: E402
+from engine.storage.metadata.sqlite import SqliteMetadataStore  # noqa: E402
+from engine.storage.objects.store import ObjectStoreConfig, make_object_store  # noqa: E402
 
 MiB = 1 << 20
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.storage.objectstore import ObjectStoreConfig
-from engine.storage.s3server import EmbeddedS3
+from engine.devtools.s3server import EmbeddedS3
+from engine.storage.objects.store import ObjectStoreConfig
 
 
 @pytest.fixture(scope="session")

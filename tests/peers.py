@@ -221,7 +221,7 @@ class S3Server:
     """The shared S3 server for a benchmark: the project's EmbeddedS3, plus a bucket per system."""
 
     def __init__(self, directory: str | os.PathLike[str], bucket: str = "peer"):
-        from engine.storage.s3server import EmbeddedS3
+        from engine.devtools.s3server import EmbeddedS3
 
         self.impl = EmbeddedS3(directory, bucket=bucket)
         self.endpoint: S3Config | None = None

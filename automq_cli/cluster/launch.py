@@ -232,7 +232,7 @@ def start_cluster(
 ) -> dict[str, Any]:
     """Start SeaweedFS (unless external S3), the controller and the brokers; write the state files."""
     from engine.broker.config import S3Settings
-    from engine.storage.s3server import EmbeddedS3, S3ServerError
+    from engine.devtools.s3server import EmbeddedS3, S3ServerError
 
     say = progress or (lambda _m: None)
     home = home or amq_home()

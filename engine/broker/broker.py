@@ -30,8 +30,8 @@ from engine.controller.rpc import ControllerClient, ControllerUnavailable, RpcEr
 from engine.protocol.errors import ErrorCode
 from engine.storage.config import WalConfig
 from engine.storage.engine import StorageEngine
-from engine.storage.metadata_sqlite import SqliteMetadataStore
-from engine.storage.objectstore import ObjectStore, make_object_store
+from engine.storage.metadata.sqlite import SqliteMetadataStore
+from engine.storage.objects.store import ObjectStore, make_object_store
 
 if TYPE_CHECKING:
     from engine.broker.server import KafkaServer

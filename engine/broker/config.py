@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from engine.storage.config import StorageConfig, WalConfig
-from engine.storage.objectstore import ObjectStoreConfig
+from engine.storage.objects.store import ObjectStoreConfig
 
 
 class BrokerConfigError(ValueError):

@@ -14,7 +14,7 @@ import bisect
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from engine.storage.objects import Batch
+from engine.storage.objects.format import Batch
 
 
 @dataclass(slots=True, eq=False)

@@ -1,32 +1,30 @@
 """The storage engine: streams on one WAL, uploaded together into stream-set objects.
 
     append -> WAL (durable) -> ack;  the entry also sits in the log cache
-    uploader: the durable prefix of all streams' entries -> ONE stream-set object
-              (plus a stream object per very large stream) -> commit -> trim WAL
+    uploader (uploader.py): the durable prefix of all streams' entries -> ONE stream-set
+              object (plus a stream object per very large stream) -> commit -> trim WAL
+    compactor, garbage collector (compact/): stream-set objects -> stream objects;
+              unreferenced objects deleted after a grace period
 
-Entries are uploaded strictly in WAL order, so trimming the WAL to the end of
-the last uploaded entry never drops data that is not in S3, and the number of
-PUTs per upload does not depend on how many streams wrote.
+The engine is the host of its streams (stream.StreamHost) and recovers a WAL
+(its own at start, a dead owner's on takeover) into S3.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
-from collections import defaultdict, deque
-from dataclasses import dataclass
+from collections import defaultdict
 from pathlib import Path
 
-from engine.storage.cache import BlockCache, CacheEntry, LogCache
+from engine.storage.cache import BlockCache, CacheEntry, LogCache, StreamCache
 from engine.storage.config import StorageConfig, WalConfig
 from engine.storage.errors import FencedError, StorageError, WalCorrupt
-from engine.storage.metadata import MetadataStore, ObjectCommit, StreamRange
-from engine.storage.objects import Batch, build_object, build_object_async
-from engine.storage.objectstore import ObjectStore, ObjectStoreError
-from engine.storage.reader import ObjectReader
+from engine.storage.metadata.interface import MetadataStore, ObjectCommit, StreamRange
+from engine.storage.objects.format import Batch, build_object, object_key
+from engine.storage.objects.reader import ObjectReader
+from engine.storage.objects.store import ObjectStore
 from engine.storage.stream import Stream
+from engine.storage.uploader import Uploader, body_crc, put_retrying
 from engine.storage.wal.base import Done, Wal, WalRecord
 from engine.storage.wal.ring import RingWal
 from engine.storage.wal.s3 import S3Wal
@@ -70,15 +68,6 @@ def make_wal(config: WalConfig, owner: str, store: ObjectStore, metadata: Metada
     raise StorageError(f"unknown WAL kind {config.kind!r}: use file, nfs or s3")
 
 
-@dataclass
-class UploadStats:
-    uploads: int = 0
-    objects: int = 0
-    stream_objects: int = 0
-    bytes: int = 0
-    failures: int = 0
-
-
 class StorageEngine:
     def __init__(self, config: StorageConfig, store: ObjectStore, metadata: MetadataStore) -> None:
         self.config = config
@@ -88,22 +77,9 @@ class StorageEngine:
         self.block_cache = BlockCache(config.block_cache_bytes)
         self.reader = ObjectReader(store, metadata, self.block_cache, config.readahead_blocks)
         self.wal: Wal = make_wal(config.wal, config.owner, store, metadata)
-        self.upload_stats = UploadStats()
         self.streams: dict[int, Stream] = {}
-        # Entries in WAL order that are not in S3 yet; the uploader takes a durable prefix.
-        self._pending: deque[CacheEntry] = deque()
-        self._durable_bytes = 0  # bytes of the durable prefix waiting for upload
-        self._seq = 0  # entries submitted
-        self._taken_seq = 0  # entries handed to an upload
-        self._committed_seq = 0  # entries whose upload is committed
-        self._flush_target = 0
-        self._oldest_durable_at: float | None = None
-        self._wake = asyncio.Event()
-        self._committed = asyncio.Condition()
-        self._uploader: asyncio.Task[None] | None = None
-        self._upload_slots = asyncio.Semaphore(config.uploads_in_flight)
-        self._last_commit: asyncio.Future[None] | None = None
-        self._uploads: set[asyncio.Task[None]] = set()
+        self.uploader = Uploader(config, store, metadata, self.wal, self.log_cache, self.streams)
+        self.upload_stats = self.uploader.stats
         self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -113,7 +89,7 @@ class StorageEngine:
         end = await self._recover(records)
         if end is not None:
             await self.wal.trim(end)
-        self._uploader = asyncio.get_running_loop().create_task(self._upload_loop())
+        self.uploader.start()
 
     async def close(self, flush: bool = True) -> None:
         """Stop; with flush=False nothing is uploaded (the WAL keeps it, as after a crash)."""
@@ -125,11 +101,7 @@ class StorageEngine:
         for s in self.streams.values():
             s.mark_closed()
         # Without a flush, uploads in flight are abandoned as a crash would abandon them.
-        for task in [self._uploader, *self._uploads]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self.uploader.stop()
         await self.wal.close()
         await self.reader.close()
 
@@ -155,196 +127,31 @@ class StorageEngine:
             del self.streams[stream.stream_id]
             self.log_cache.forget_stream(stream.stream_id)
 
-    # --- the append path (called by Stream) --------------------------------------------------
+    # --- what a Stream needs from its host (stream.StreamHost) --------------------------------
+
+    def stream_cache(self, stream_id: int) -> StreamCache:
+        return self.log_cache.streams.setdefault(stream_id, StreamCache())
 
     def submit(self, entry: CacheEntry, record: WalRecord, done: Done) -> None:
         if self._closed:
             raise StorageError("the storage engine is closed")
-        self._seq += 1
-        self._pending.append(entry)
-        self.log_cache.add(entry)
-        self.wal.append(record, done)
+        self.uploader.submit(entry, record, done)
 
     def entry_done(self, entry: CacheEntry) -> None:
-        """An entry became durable (or failed): the durable prefix may have grown."""
-        if entry.wal_end >= 0:
-            self._durable_bytes += len(entry.batch.payload)
-            if self._oldest_durable_at is None:
-                self._oldest_durable_at = time.monotonic()
-        if self._durable_bytes >= self.config.upload_bytes:
-            self._wake.set()
+        self.uploader.entry_done(entry)
 
-    # --- uploads ---------------------------------------------------------------------------
+    def current_epoch(self, stream_id: int) -> int:
+        return self.metadata.current_epochs((stream_id,))[stream_id]
+
+    async def read_objects(self, stream_id: int, offset: int, max_bytes: int, end: int) -> list[Batch]:
+        return await self.reader.read(stream_id, offset, max_bytes, end)
+
+    async def trim_stream(self, stream_id: int, epoch: int, new_start: int) -> None:
+        await self.metadata.trim_stream(stream_id, epoch, new_start)
 
     async def flush(self) -> None:
         """Upload and commit everything appended so far."""
-        target = self._seq
-        if self._committed_seq >= target:
-            return
-        self.wal.write_now()
-        self._flush_target = max(self._flush_target, target)
-        self._wake.set()
-        async with self._committed:
-            await self._committed.wait_for(lambda: self._committed_seq >= target or self._closed)
-
-    def _ready(self) -> bool:
-        head = self._pending[0] if self._pending else None
-        if head is None or (head.wal_end < 0 and not head.dropped):
-            return False
-        if self._flush_target > self._taken_seq or self._durable_bytes >= self.config.upload_bytes:
-            return True
-        started = self._oldest_durable_at
-        return started is not None and time.monotonic() - started >= self.config.upload_interval_s
-
-    async def _upload_loop(self) -> None:
-        tick = min(0.05, self.config.upload_interval_s / 4)
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), tick)
-            self._wake.clear()
-            while self._ready():
-                await self._upload_slots.acquire()
-                taken = self._take()
-                if not taken:
-                    self._upload_slots.release()
-                    break
-                previous = self._last_commit
-                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._last_commit = done
-                task = asyncio.get_running_loop().create_task(self._upload(taken, previous, done))
-                self._uploads.add(task)
-                task.add_done_callback(self._upload_finished)
-
-    def _upload_finished(self, task: asyncio.Task[None]) -> None:
-        self._uploads.discard(task)
-        self._upload_slots.release()
-
-    def _take(self) -> list[CacheEntry]:
-        taken: list[CacheEntry] = []
-        size = 0
-        pending = self._pending
-        while pending and (pending[0].wal_end >= 0 or pending[0].dropped) and size < self.config.max_object_bytes:
-            e = pending.popleft()
-            taken.append(e)
-            if e.wal_end >= 0:
-                size += len(e.batch.payload)
-        self._durable_bytes -= size
-        self._taken_seq += len(taken)
-        self._oldest_durable_at = time.monotonic() if pending and pending[0].wal_end >= 0 else None
-        return taken
-
-    async def _upload(
-        self, taken: list[CacheEntry], previous: asyncio.Future[None] | None, done: asyncio.Future[None]
-    ) -> None:
-        try:
-            by_stream: dict[int, list[CacheEntry]] = defaultdict(list)
-            for e in taken:
-                if not e.dropped:
-                    by_stream[e.stream_id].append(e)
-            commits = await self._put_objects(by_stream)
-            if previous is not None:
-                await previous  # commits go in WAL order
-            await self._commit(commits, by_stream)
-            for e in taken:
-                e.uploaded = True
-            for sid, entries in by_stream.items():
-                stream = self.streams.get(sid)
-                if stream is not None and not entries[0].dropped:
-                    stream.committed_offset = max(stream.committed_offset, entries[-1].batch.end_offset)
-            self.log_cache.evict()
-            wal_end = max((e.wal_end for e in taken), default=-1)
-            if wal_end >= 0:
-                await self.wal.trim(wal_end)
-            self._committed_seq += len(taken)
-            async with self._committed:
-                self._committed.notify_all()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # Only a bug gets here (S3 errors are retried, fenced streams dropped): say so loudly.
-            log.exception("upload failed; its data stays in the WAL for recovery")
-            raise
-        finally:
-            if not done.done():
-                done.set_result(None)
-
-    async def _put_objects(self, by_stream: dict[int, list[CacheEntry]]) -> list[ObjectCommit]:
-        """Build and PUT one stream-set object, plus a stream object per stream over the threshold."""
-        groups: list[tuple[str, list[int]]] = []
-        small: list[int] = []
-        for sid, entries in by_stream.items():
-            if sum(len(e.batch.payload) for e in entries) >= self.config.stream_object_bytes:
-                groups.append(("stream", [sid]))
-            else:
-                small.append(sid)
-        if small:
-            groups.insert(0, ("stream-set", small))
-        commits: list[ObjectCommit] = []
-        puts = []
-        for kind, sids in groups:
-            object_id = await self.metadata.next_object_id()
-            key = f"objects/{object_id:012d}"
-            streams = [(sid, [e.batch for e in by_stream[sid]]) for sid in sids]
-            built = await build_object_async(streams, self.config.block_size)
-            ranges = tuple(
-                StreamRange(
-                    sid,
-                    self._epoch_of(sid),
-                    by_stream[sid][0].batch.base_offset,
-                    by_stream[sid][-1].batch.end_offset,
-                )
-                for sid in sids
-            )
-            commits.append(ObjectCommit(object_id, key, len(built.body), kind, ranges))
-            puts.append(self._put_retrying(key, built.body))
-            self.upload_stats.objects += 1
-            self.upload_stats.stream_objects += kind == "stream"
-            self.upload_stats.bytes += len(built.body)
-        await asyncio.gather(*puts)
-        self.upload_stats.uploads += 1
-        return commits
-
-    def _epoch_of(self, stream_id: int) -> int:
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            raise StorageError(f"stream {stream_id} has pending data but is not open")
-        return stream.epoch
-
-    async def _put_retrying(self, key: str, body: bytes) -> None:
-        while True:
-            try:
-                await self.store.put(key, body)
-                return
-            except ObjectStoreError as e:
-                # The data stays in the WAL; when the WAL fills, appends wait. Nothing is lost.
-                self.upload_stats.failures += 1
-                log.warning("upload of %s failed, retrying: %s", key, e)
-                await asyncio.sleep(self.config.upload_retry_s)
-
-    async def _commit(self, commits: list[ObjectCommit], by_stream: dict[int, list[CacheEntry]]) -> None:
-        while commits:
-            try:
-                await self.metadata.commit_objects(commits)
-                return
-            except FencedError as e:
-                # Another owner opened some of these streams: their data must not become visible.
-                ids = {r.stream_id for c in commits for r in c.ranges}
-                self.metadata.refresh_epochs()
-                epochs = self.metadata.current_epochs(ids)
-                fenced = {r.stream_id for c in commits for r in c.ranges if epochs[r.stream_id] != r.epoch}
-                if not fenced:
-                    raise
-                for sid in fenced:
-                    for entry in by_stream.get(sid, []):
-                        entry.dropped = True
-                    stream = self.streams.get(sid)
-                    if stream is not None:
-                        stream.fence(FencedError(str(e)))
-                commits = [
-                    ObjectCommit(c.object_id, c.key, c.size, c.kind, rs)
-                    for c in commits
-                    if (rs := tuple(r for r in c.ranges if r.stream_id not in fenced))
-                ]
+        await self.uploader.flush()
 
     # --- recovery --------------------------------------------------------------------------
 
@@ -393,11 +200,15 @@ class StorageEngine:
             if not chunk:
                 return
             object_id = await self.metadata.next_object_id()
-            key = f"objects/{object_id:012d}"
+            key = object_key(object_id)
             built = build_object(((sid, bs) for sid, bs in chunk), self.config.block_size)
-            await self._put_retrying(key, built.body)
+            await put_retrying(self.store, key, built.body, self.config.upload_retry_s, self.upload_stats)
             ranges = tuple(StreamRange(sid, batches[sid][0], bs[0].base_offset, bs[-1].end_offset) for sid, bs in chunk)
-            await self.metadata.commit_objects([ObjectCommit(object_id, key, len(built.body), "stream-set", ranges)])
+            sizes = tuple(sum(len(b.payload) for b in bs) for _, bs in chunk)
+            commit = ObjectCommit(
+                object_id, key, len(built.body), "stream-set", ranges, await body_crc(built.body), sizes
+            )
+            await self.metadata.commit_objects([commit])
             self.upload_stats.objects += 1
             self.upload_stats.bytes += len(built.body)
             chunk, size = [], 0

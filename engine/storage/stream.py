@@ -9,20 +9,43 @@ offset not yet acknowledged.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from engine.storage.cache import CacheEntry, StreamCache
 from engine.storage.errors import FencedError, OffsetOutOfRange, StorageError, StreamClosed
-from engine.storage.metadata import StreamMeta
-from engine.storage.objects import Batch
-from engine.storage.wal.base import WalRecord
+from engine.storage.metadata.interface import StreamMeta
+from engine.storage.objects.format import Batch
+from engine.storage.wal.base import Done, WalRecord
 
-if TYPE_CHECKING:
-    from engine.storage.engine import StorageEngine
+
+class StreamHost(Protocol):
+    """What a stream needs from the engine it lives in (StorageEngine; tests may bring their own)."""
+
+    def stream_cache(self, stream_id: int) -> StreamCache:
+        """The stream's part of the log cache: its appends not yet evicted."""
+        ...
+
+    def submit(self, entry: CacheEntry, record: WalRecord, done: Done) -> None:
+        """Write `record` to the WAL; `done` is called once it is durable (or failed)."""
+        ...
+
+    def entry_done(self, entry: CacheEntry) -> None: ...
+
+    def current_epoch(self, stream_id: int) -> int:
+        """The stream's epoch as the metadata last said; cheap (called for every acknowledgement)."""
+        ...
+
+    async def read_objects(self, stream_id: int, offset: int, max_bytes: int, end: int) -> list[Batch]:
+        """Committed batches from S3, from the one holding `offset`, below `end`."""
+        ...
+
+    async def trim_stream(self, stream_id: int, epoch: int, new_start: int) -> None: ...
+
+    async def close_stream(self, stream: Stream) -> None: ...
 
 
 class Stream:
-    def __init__(self, engine: StorageEngine, meta: StreamMeta) -> None:
+    def __init__(self, engine: StreamHost, meta: StreamMeta) -> None:
         self._engine = engine
         self.stream_id = meta.stream_id
         self.epoch = meta.epoch
@@ -33,7 +56,7 @@ class Stream:
         self.end_offset = meta.end_offset
         self._error: StorageError | None = None
         self._waiters: list[asyncio.Future[None]] = []
-        self._cache = engine.log_cache.streams.setdefault(self.stream_id, StreamCache())
+        self._cache = engine.stream_cache(self.stream_id)
 
     @property
     def fenced(self) -> bool:
@@ -60,7 +83,7 @@ class Stream:
 
     def _on_durable(self, end: int, err: BaseException | None, entry: CacheEntry, result: asyncio.Future[int]) -> None:
         if err is None and self._error is None:
-            current = self._engine.metadata.current_epochs((self.stream_id,))[self.stream_id]
+            current = self._engine.current_epoch(self.stream_id)
             if current != self.epoch:
                 err = FencedError(f"stream {self.stream_id}: epoch {self.epoch} was fenced by epoch {current}")
         if err is None and self._error is not None:
@@ -108,7 +131,7 @@ class Stream:
         out: list[Batch] = []
         first_cached = self._cache.first_offset()
         if first_cached is None or offset < first_cached:
-            out = await self._engine.reader.read(self.stream_id, offset, max_bytes, self.committed_offset)
+            out = await self._engine.read_objects(self.stream_id, offset, max_bytes, self.committed_offset)
             size = sum(len(b.payload) for b in out)
             if out:
                 offset = out[-1].end_offset
@@ -126,7 +149,7 @@ class Stream:
             raise OffsetOutOfRange(self.stream_id, new_start, self.start_offset, self.end_offset)
         if new_start <= self.start_offset:
             return
-        await self._engine.metadata.trim_stream(self.stream_id, self.epoch, new_start)
+        await self._engine.trim_stream(self.stream_id, self.epoch, new_start)
         self.start_offset = new_start
 
     async def close(self) -> None:

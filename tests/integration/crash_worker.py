@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from engine.storage.objectstore import ObjectStoreConfig
+from engine.storage.objects.store import ObjectStoreConfig
 from tests.integration.storage_helpers import make_engine, payload
 
 STREAMS = 4

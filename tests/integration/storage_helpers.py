@@ -8,8 +8,8 @@ from pathlib import Path
 
 from engine.storage.config import StorageConfig, WalConfig, WalKind
 from engine.storage.engine import StorageEngine
-from engine.storage.metadata_sqlite import SqliteMetadataStore
-from engine.storage.objectstore import ObjectStoreConfig, make_object_store
+from engine.storage.metadata.sqlite import SqliteMetadataStore
+from engine.storage.objects.store import ObjectStoreConfig, make_object_store
 from engine.storage.stream import Stream
 
 

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from automq_cli.cluster import pid_alive
-from engine.storage.s3server import EmbeddedS3
+from engine.devtools.s3server import EmbeddedS3
 from tests.integration.cluster_fixture import start_local_cluster, unique
 
 PARTITIONS = 4

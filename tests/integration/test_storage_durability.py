@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.devtools.s3server import EmbeddedS3
 from engine.storage.errors import FencedError
-from engine.storage.objectstore import ObjectStoreConfig
-from engine.storage.s3server import EmbeddedS3
+from engine.storage.objects.store import ObjectStoreConfig
 from tests.integration.storage_helpers import make_engine, payload, payloads_from_s3, stop_engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -249,7 +249,7 @@ def test_reopen_at_higher_epoch_fences_old_handle(data_dir: Path, s3_config: Obj
         old = await a.open_stream(3, 1)
         await old.append(b"x", 1)
         # Another process opens the stream at epoch 2 through the shared metadata store.
-        from engine.storage.metadata_sqlite import SqliteMetadataStore
+        from engine.storage.metadata.sqlite import SqliteMetadataStore
 
         other = SqliteMetadataStore(data_dir / "metadata.db")
         await other.open_stream(3, 2)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.storage.errors import OffsetOutOfRange
-from engine.storage.objectstore import ObjectStoreConfig
+from engine.storage.objects.store import ObjectStoreConfig
 from tests.integration.storage_helpers import make_engine, stop_engine
 
 STREAMS = 3

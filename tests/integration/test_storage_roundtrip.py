@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.storage.errors import OffsetOutOfRange
-from engine.storage.objectstore import ObjectStoreConfig
+from engine.storage.objects.store import ObjectStoreConfig
 from tests.integration.storage_helpers import make_engine, payload, stop_engine
 
 KINDS = ["file", "nfs", "s3"]

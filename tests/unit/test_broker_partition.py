@@ -14,7 +14,7 @@ from engine.broker.image import TopicInfo
 from engine.broker.partition import Partition
 from engine.protocol import ErrorCode
 from engine.protocol.records import Record, build_batch, read_batches
-from engine.storage.objects import Batch
+from engine.storage.objects.format import Batch
 
 
 class FakeStream:

@@ -53,7 +53,7 @@ def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         started.append("seaweedfs")
         raise AssertionError("SeaweedFS was started")
 
-    from engine.storage.s3server import EmbeddedS3
+    from engine.devtools.s3server import EmbeddedS3
 
     monkeypatch.setattr(launch, "spawn", no_spawn)
     monkeypatch.setattr(EmbeddedS3, "start", no_s3)

@@ -8,7 +8,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from engine.storage.objectstore import NoSuchKey, ObjectStoreConfig, ObjectStoreError, S3ObjectStore, make_object_store
+from engine.storage.objects.store import (
+    NoSuchKey,
+    ObjectStoreConfig,
+    ObjectStoreError,
+    S3ObjectStore,
+    make_object_store,
+)
 
 
 def config(**kw: object) -> ObjectStoreConfig:

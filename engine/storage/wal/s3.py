@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from engine.storage.errors import FencedError, StorageError
-from engine.storage.objectstore import ObjectStore, ObjectStoreError
+from engine.storage.objects.store import ObjectStore, ObjectStoreError
 from engine.storage.wal.base import Done, WalRecord, WalStats, decode_frame, encode_frame
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from collections import OrderedDict
 
 from engine.storage.cache import BlockCache
 from engine.storage.errors import StorageError
-from engine.storage.metadata import MetadataStore, ObjectRange
-from engine.storage.objects import INDEX_ENTRY, Batch, IndexEntry, parse_block, parse_footer, parse_index
-from engine.storage.objectstore import ObjectStore
+from engine.storage.metadata.interface import MetadataStore, ObjectRange
+from engine.storage.objects.format import INDEX_ENTRY, Batch, IndexEntry, parse_block, parse_footer, parse_index
+from engine.storage.objects.store import ObjectStore
 
 _TAIL_GUESS = 64 << 10
 

@@ -11,13 +11,26 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from engine.storage.errors import FencedError, StorageError
-from engine.storage.metadata import ObjectCommit, ObjectRange, StreamMeta, WalOwner
+from engine.storage.metadata.interface import (
+    COMMITTED,
+    PREPARED,
+    UNREFERENCED,
+    ObjectCommit,
+    ObjectGone,
+    ObjectRange,
+    ObjectRecord,
+    RangeInfo,
+    StreamMeta,
+    WalOwner,
+)
+from engine.storage.objects.format import object_key
 
 T = TypeVar("T")
 
@@ -51,7 +64,30 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS object_ranges_by_object ON object_ranges (object_id);
 """
+
+# Columns added after the first release; a store written by an older version gains them on open.
+_ADDED_COLUMNS = {
+    "objects": {"crc": "INTEGER NOT NULL DEFAULT 0", "created_ms": "INTEGER NOT NULL DEFAULT 0",
+                "unreferenced_ms": "INTEGER NOT NULL DEFAULT 0"},
+    "object_ranges": {"size": "INTEGER NOT NULL DEFAULT 0", "data_ms": "INTEGER NOT NULL DEFAULT 0"},
+}  # fmt: skip
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _unreference_orphans(c: sqlite3.Connection, object_ids: Iterable[int]) -> None:
+    """Objects among these that no range refers to any more start their grace period."""
+    now = _now_ms()
+    for oid in set(object_ids):
+        if c.execute("SELECT 1 FROM object_ranges WHERE object_id=? LIMIT 1", (oid,)).fetchone() is None:
+            c.execute(
+                "UPDATE objects SET state=?, unreferenced_ms=? WHERE object_id=? AND state<>?",
+                (UNREFERENCED, now, oid, UNREFERENCED),
+            )
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -69,6 +105,11 @@ class SqliteMetadataStore:
         self._writer = _connect(self.path)
         with self._writer:
             self._writer.executescript(_SCHEMA)
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row[1] for row in self._writer.execute(f"PRAGMA table_info({table})")}
+                for column, decl in columns.items():
+                    if column not in have:
+                        self._writer.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         self._reader = _connect(self.path)
         self._reader_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata")
@@ -162,6 +203,93 @@ class SqliteMetadataStore:
                 raise FencedError(f"stream {stream_id}: epoch {epoch} is not the current epoch {row[0]}")
             if new_start > row[1]:
                 c.execute("UPDATE streams SET start_offset=? WHERE stream_id=?", (new_start, stream_id))
+                below = "FROM object_ranges WHERE stream_id=? AND end_offset<=?"
+                gone = [oid for (oid,) in c.execute(f"SELECT object_id {below}", (stream_id, new_start))]
+                c.execute(f"DELETE {below}", (stream_id, new_start))
+                _unreference_orphans(c, gone)
+
+        await self._run(tx)
+
+    async def stream_ranges(self, stream_id: int) -> list[RangeInfo]:
+        def tx(c: sqlite3.Connection) -> list[RangeInfo]:
+            rows = c.execute(
+                "SELECT r.start_offset, r.end_offset, r.size, r.data_ms, o.object_id, o.key, o.kind, o.size "
+                "FROM object_ranges r JOIN objects o ON o.object_id = r.object_id "
+                "WHERE r.stream_id=? ORDER BY r.start_offset",
+                (stream_id,),
+            ).fetchall()
+            return [RangeInfo(stream_id, *row) for row in rows]
+
+        return await self._run(tx)
+
+    async def replace_ranges(self, stream_id: int, old: Sequence[RangeInfo], new: ObjectCommit) -> bool:
+        def tx(c: sqlite3.Connection) -> bool:
+            for r in old:
+                found = c.execute(
+                    "SELECT object_id, end_offset FROM object_ranges WHERE stream_id=? AND start_offset=?",
+                    (stream_id, r.start_offset),
+                ).fetchone()
+                if found is None or tuple(found) != (r.object_id, r.end_offset):
+                    c.execute(
+                        "UPDATE objects SET state=?, unreferenced_ms=? WHERE object_id=?",
+                        (UNREFERENCED, _now_ms(), new.object_id),
+                    )
+                    return False
+            for r in old:
+                c.execute("DELETE FROM object_ranges WHERE stream_id=? AND start_offset=?", (stream_id, r.start_offset))
+            self._insert_object(c, new)
+            _unreference_orphans(c, (r.object_id for r in old))
+            return True
+
+        return await self._run(tx)
+
+    async def delete_stream(self, stream_id: int) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            rows = c.execute("SELECT object_id FROM object_ranges WHERE stream_id=?", (stream_id,))
+            objects = [oid for (oid,) in rows]
+            c.execute("DELETE FROM object_ranges WHERE stream_id=?", (stream_id,))
+            c.execute("DELETE FROM streams WHERE stream_id=?", (stream_id,))
+            _unreference_orphans(c, objects)
+
+        await self._run(tx)
+
+    async def list_streams(self) -> list[StreamMeta]:
+        def tx(c: sqlite3.Connection) -> list[StreamMeta]:
+            rows = c.execute("SELECT stream_id, epoch, start_offset, end_offset FROM streams ORDER BY stream_id")
+            return [StreamMeta(*row) for row in rows]
+
+        return await self._run(tx)
+
+    async def list_objects(self, states: Sequence[str] = ()) -> list[ObjectRecord]:
+        def tx(c: sqlite3.Connection) -> list[ObjectRecord]:
+            where = f" WHERE state IN ({','.join('?' * len(states))})" if states else ""
+            rows = c.execute(
+                "SELECT object_id, key, size, kind, state, crc, created_ms, unreferenced_ms FROM objects"
+                f"{where} ORDER BY object_id",
+                tuple(states),
+            ).fetchall()
+            streams: dict[int, list[int]] = {}
+            for oid, sid in c.execute("SELECT DISTINCT object_id, stream_id FROM object_ranges ORDER BY stream_id"):
+                streams.setdefault(oid, []).append(sid)
+            return [ObjectRecord(*row, streams=tuple(streams.get(row[0], ()))) for row in rows]
+
+        return await self._run(tx)
+
+    async def give_up_prepared(self, older_than_ms: int) -> int:
+        def tx(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "UPDATE objects SET state=?, unreferenced_ms=? WHERE state=? AND created_ms<?",
+                (UNREFERENCED, _now_ms(), PREPARED, older_than_ms),
+            )
+            return cur.rowcount
+
+        return await self._run(tx)
+
+    async def forget_objects(self, object_ids: Sequence[int]) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "DELETE FROM objects WHERE object_id=? AND state=?", [(oid, UNREFERENCED) for oid in object_ids]
+            )
 
         await self._run(tx)
 
@@ -171,6 +299,10 @@ class SqliteMetadataStore:
         def tx(c: sqlite3.Connection) -> int:
             c.execute("INSERT INTO counters VALUES ('object_id', 1) ON CONFLICT(name) DO UPDATE SET value = value + 1")
             value: int = c.execute("SELECT value FROM counters WHERE name='object_id'").fetchone()[0]
+            c.execute(
+                "INSERT INTO objects (object_id, key, size, kind, state, created_ms) VALUES (?, ?, 0, '', ?, ?)",
+                (value, object_key(value), PREPARED, _now_ms()),
+            )
             return value
 
         return await self._run(tx)
@@ -178,15 +310,14 @@ class SqliteMetadataStore:
     async def commit_objects(self, objects: Sequence[ObjectCommit]) -> None:
         def tx(c: sqlite3.Connection) -> None:
             for obj in objects:
-                c.execute(
-                    "INSERT INTO objects VALUES (?, ?, ?, ?, 'committed')", (obj.object_id, obj.key, obj.size, obj.kind)
-                )
+                self._insert_object(c, obj)
                 for r in obj.ranges:
                     row = c.execute(
                         "SELECT epoch, end_offset FROM streams WHERE stream_id=?", (r.stream_id,)
                     ).fetchone()
                     if row is None:
-                        raise StorageError(f"stream {r.stream_id} does not exist")
+                        # Deleted with its topic: its data must not come back, like a fenced owner's.
+                        raise FencedError(f"stream {r.stream_id} does not exist")
                     if row[0] != r.epoch:
                         raise FencedError(f"stream {r.stream_id}: epoch {r.epoch} was fenced by epoch {row[0]}")
                     if row[1] != r.start_offset:
@@ -194,13 +325,28 @@ class SqliteMetadataStore:
                             f"stream {r.stream_id}: object range starts at {r.start_offset}, "
                             f"but the stream's committed end is {row[1]}"
                         )
-                    c.execute(
-                        "INSERT INTO object_ranges VALUES (?, ?, ?, ?)",
-                        (r.stream_id, r.start_offset, r.end_offset, obj.object_id),
-                    )
                     c.execute("UPDATE streams SET end_offset=? WHERE stream_id=?", (r.end_offset, r.stream_id))
 
         await self._run(tx)
+
+    @staticmethod
+    def _insert_object(c: sqlite3.Connection, obj: ObjectCommit) -> None:
+        cur = c.execute(
+            "UPDATE objects SET key=?, size=?, kind=?, state=?, crc=? WHERE object_id=? AND state=?",
+            (obj.key, obj.size, obj.kind, COMMITTED, obj.crc, obj.object_id, PREPARED),
+        )
+        if cur.rowcount != 1:
+            raise ObjectGone(f"object {obj.object_id} is not prepared any more (its upload took too long)")
+        data_ms = obj.data_ms or _now_ms()
+        sizes = obj.range_sizes or (0,) * len(obj.ranges)
+        c.executemany(
+            "INSERT INTO object_ranges (stream_id, start_offset, end_offset, object_id, size, data_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (r.stream_id, r.start_offset, r.end_offset, obj.object_id, n, data_ms)
+                for r, n in zip(obj.ranges, sizes, strict=True)
+            ],
+        )
 
     async def find_objects(self, stream_id: int, offset: int, limit: int = 16) -> list[ObjectRange]:
         def tx(c: sqlite3.Connection) -> list[ObjectRange]:

@@ -27,6 +27,12 @@ FOOTER = struct.Struct("<QIIQ")
 MAGIC = 0x414D512D4F424A31  # "AMQ-OBJ1"
 VERSION = 1
 DEFAULT_BLOCK_SIZE = 512 << 10
+#: Every stream-set object and stream object lives under this prefix (the WAL's objects do not).
+OBJECT_PREFIX = "objects/"
+
+
+def object_key(object_id: int) -> str:
+    return f"{OBJECT_PREFIX}{object_id:012d}"
 
 
 @dataclass(slots=True)

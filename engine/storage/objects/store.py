@@ -82,6 +82,8 @@ class ObjectStoreStats:
 class ObjectInfo:
     key: str
     size: int
+    #: Last modified, seconds since the epoch: how old a leftover is, for garbage collection.
+    modified: float = 0.0
 
 
 class ObjectStore(Protocol):
@@ -218,7 +220,10 @@ class S3ObjectStore:
                     kwargs["ContinuationToken"] = token
                 r = self._client.list_objects_v2(**kwargs)
                 self.stats.add("list")
-                out.extend(ObjectInfo(o["Key"][strip:], o["Size"]) for o in r.get("Contents", []))
+                out.extend(
+                    ObjectInfo(o["Key"][strip:], o["Size"], o["LastModified"].timestamp())
+                    for o in r.get("Contents", [])
+                )
                 if not r.get("IsTruncated"):
                     return out
                 token = r["NextContinuationToken"]
@@ -343,7 +348,10 @@ class ObstoreObjectStore:
         async def collect() -> None:
             async for chunk in obstore.list(self._store, full, chunk_size=1000):
                 self.stats.add("list")
-                out.extend(ObjectInfo(str(m["path"])[strip:], int(m["size"])) for m in chunk)
+                out.extend(
+                    ObjectInfo(str(m["path"])[strip:], int(m["size"]), m["last_modified"].timestamp())
+                    for m in chunk
+                )
 
         await self._call("LIST", full, collect())
         return out
