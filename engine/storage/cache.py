@@ -130,6 +130,10 @@ class BlockCache:
         self._blocks.move_to_end(key)
         return found[0]
 
+    def clear(self) -> None:
+        self._blocks.clear()
+        self.size = 0
+
     def put(self, key: tuple[str, int], batches: list[Batch], size: int) -> None:
         if key in self._blocks:
             return

@@ -38,3 +38,18 @@ class StorageConfig:
     # A stream with at least this much data in one upload gets an object of its own (a stream object).
     stream_object_bytes: int = 16 << 20
     upload_retry_s: float = 0.5
+    # --- object lifecycle (docs/storage.md) ---
+    # Compaction writes stream objects of up to this size; it is also what compaction holds in memory.
+    compaction_object_bytes: int = 32 << 20
+    # A stream gets compacted once this many small ranges (in stream-set objects or small stream
+    # objects) follow each other, or once its data has sat in a stream-set object this long.
+    compaction_min_ranges: int = 4
+    stream_set_max_age_s: float = 300.0
+    # Compaction reads and writes at most this many bytes per second (S3 bandwidth it may take).
+    compaction_bytes_per_s: int = 32 << 20
+    # How often the broker looks at its streams for retention and compaction.
+    lifecycle_interval_s: float = 10.0
+    # An unreferenced object is deleted from S3 after this long, so reads in flight still find it.
+    gc_grace_s: float = 60.0
+    # An object id taken for an upload that has not committed after this long is given up.
+    prepared_timeout_s: float = 600.0

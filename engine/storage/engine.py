@@ -17,6 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from engine.storage.cache import BlockCache, CacheEntry, LogCache, StreamCache
+from engine.storage.compact.compactor import Compactor
+from engine.storage.compact.gc import GarbageCollector
 from engine.storage.config import StorageConfig, WalConfig
 from engine.storage.errors import FencedError, StorageError, WalCorrupt
 from engine.storage.metadata.interface import MetadataStore, ObjectCommit, StreamRange
@@ -80,6 +82,8 @@ class StorageEngine:
         self.streams: dict[int, Stream] = {}
         self.uploader = Uploader(config, store, metadata, self.wal, self.log_cache, self.streams)
         self.upload_stats = self.uploader.stats
+        self.compactor = Compactor(config, store, metadata, self.upload_stats)
+        self.gc = GarbageCollector(config, store, metadata)
         self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -104,6 +108,7 @@ class StorageEngine:
         await self.uploader.stop()
         await self.wal.close()
         await self.reader.close()
+        await self.compactor.close()
 
     # --- streams ---------------------------------------------------------------------------
 
@@ -282,4 +287,11 @@ class StorageEngine:
             "objects_uploaded": self.upload_stats.objects,
             "stream_objects_uploaded": self.upload_stats.stream_objects,
             "upload_failures": self.upload_stats.failures,
+            "compaction_runs": self.compactor.stats.runs,
+            "compaction_ranges_in": self.compactor.stats.ranges_in,
+            "compaction_bytes_read": self.compactor.stats.bytes_read,
+            "compaction_conflicts": self.compactor.stats.conflicts,
+            "gc_objects_deleted": self.gc.stats.deleted,
+            "gc_bytes_deleted": self.gc.stats.deleted_bytes,
+            "gc_leftovers_deleted": self.gc.stats.leftovers,
         }

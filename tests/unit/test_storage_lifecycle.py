@@ -1,0 +1,141 @@
+"""Unit tests of the object lifecycle's pure parts and of the SQLite metadata's state changes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from engine.storage.compact.compactor import plan_compaction
+from engine.storage.compact.retention import retention_point
+from engine.storage.config import StorageConfig
+from engine.storage.errors import FencedError
+from engine.storage.metadata.interface import (
+    COMMITTED,
+    PREPARED,
+    UNREFERENCED,
+    ObjectCommit,
+    ObjectGone,
+    RangeInfo,
+    StreamRange,
+)
+from engine.storage.metadata.sqlite import SqliteMetadataStore
+from engine.storage.objects.format import object_key
+
+MiB = 1 << 20
+
+
+def rng(start: int, end: int, size: int, kind: str = "stream-set", data_ms: int = 1000, oid: int = 0) -> RangeInfo:
+    return RangeInfo(1, start, end, size, data_ms, oid or start + 1, object_key(oid or start + 1), kind, size)
+
+
+def test_plan_waits_for_enough_small_ranges() -> None:
+    cfg = StorageConfig(compaction_object_bytes=8 * MiB, compaction_min_ranges=3, stream_set_max_age_s=60)
+    two = [rng(0, 10, MiB), rng(10, 20, MiB)]
+    assert plan_compaction(two, cfg, now_ms=2000) == []
+    three = [*two, rng(20, 30, MiB)]
+    assert plan_compaction(three, cfg, now_ms=2000) == [three]
+
+
+def test_plan_frees_old_stream_set_data_even_alone() -> None:
+    cfg = StorageConfig(compaction_object_bytes=8 * MiB, compaction_min_ranges=3, stream_set_max_age_s=60)
+    one = [rng(0, 10, MiB, data_ms=0)]
+    assert plan_compaction(one, cfg, now_ms=59_000) == []
+    assert plan_compaction(one, cfg, now_ms=61_000) == [one]
+    # A small stream object alone is fine where it is: it holds no other stream's data.
+    assert plan_compaction([rng(0, 10, MiB, kind="stream", data_ms=0)], cfg, now_ms=10**9) == []
+
+
+def test_plan_bounds_runs_and_skips_big_stream_objects() -> None:
+    cfg = StorageConfig(compaction_object_bytes=4 * MiB, compaction_min_ranges=2, stream_set_max_age_s=600)
+    ranges = [
+        rng(0, 10, 3 * MiB, kind="stream"),  # at least half the target: left alone
+        rng(10, 20, MiB), rng(20, 30, MiB), rng(30, 40, MiB), rng(40, 50, MiB),  # 4 MiB: one run
+        rng(50, 60, MiB), rng(60, 70, MiB),  # the next run
+    ]  # fmt: skip
+    runs = plan_compaction(ranges, cfg, now_ms=2000)
+    assert [[r.start_offset for r in run] for run in runs] == [[10, 20, 30, 40], [50, 60]]
+    assert all(sum(r.size for r in run) <= cfg.compaction_object_bytes for run in runs)
+
+
+def test_plan_never_joins_ranges_across_a_gap() -> None:
+    cfg = StorageConfig(compaction_min_ranges=2)
+    assert plan_compaction([rng(0, 10, 100), rng(20, 30, 100)], cfg, now_ms=0) == []
+
+
+def test_retention_point_by_bytes_and_age() -> None:
+    ranges = [rng(0, 10, 100, data_ms=1000), rng(10, 20, 100, data_ms=2000), rng(20, 30, 100, data_ms=3000)]
+    assert retention_point(ranges, 0, now_ms=3500, max_age_ms=-1, max_bytes=-1) == 0
+    assert retention_point(ranges, 0, now_ms=3500, max_age_ms=-1, max_bytes=200) == 10
+    assert retention_point(ranges, 0, now_ms=3500, max_age_ms=-1, max_bytes=0) == 30
+    assert retention_point(ranges, 0, now_ms=3500, max_age_ms=1000, max_bytes=-1) == 20
+    # The start never moves back, and a range partly below the start still counts whole.
+    assert retention_point(ranges, 15, now_ms=3500, max_age_ms=-1, max_bytes=150) == 15
+    assert retention_point(ranges, 15, now_ms=3500, max_age_ms=-1, max_bytes=100) == 20
+    assert retention_point(ranges, 25, now_ms=0, max_age_ms=1, max_bytes=-1) == 25
+
+
+def commit(store: SqliteMetadataStore, oid: int, start: int, end: int, kind: str = "stream-set") -> ObjectCommit:
+    c = ObjectCommit(oid, object_key(oid), 100, kind, (StreamRange(1, 1, start, end),), crc=7, range_sizes=(90,))
+    asyncio.run(store.commit_objects([c]))
+    return c
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteMetadataStore:
+    s = SqliteMetadataStore(tmp_path / "m.db")
+    asyncio.run(s.open_stream(1, 1))
+    return s
+
+
+def states(store: SqliteMetadataStore) -> dict[int, str]:
+    return {o.object_id: o.state for o in asyncio.run(store.list_objects())}
+
+
+def test_objects_go_prepared_committed_unreferenced_forgotten(store: SqliteMetadataStore) -> None:
+    a, b = asyncio.run(store.next_object_id()), asyncio.run(store.next_object_id())
+    assert states(store) == {a: PREPARED, b: PREPARED}
+    commit(store, a, 0, 10)
+    commit(store, b, 10, 20)
+    assert states(store) == {a: COMMITTED, b: COMMITTED}
+    asyncio.run(store.trim_stream(1, 1, 12))  # a wholly below the start, b not
+    assert states(store) == {a: UNREFERENCED, b: COMMITTED}
+    asyncio.run(store.forget_objects([a, b]))  # only unreferenced objects are forgotten
+    assert states(store) == {b: COMMITTED}
+    [info] = asyncio.run(store.stream_ranges(1))
+    assert (info.object_id, info.size, info.start_offset) == (b, 90, 10)
+
+
+def test_replace_ranges_is_compare_and_swap(store: SqliteMetadataStore) -> None:
+    ids = [asyncio.run(store.next_object_id()) for _ in range(4)]
+    commit(store, ids[0], 0, 10)
+    commit(store, ids[1], 10, 20)
+    old = asyncio.run(store.stream_ranges(1))
+    new = ObjectCommit(ids[2], object_key(ids[2]), 200, "stream", (StreamRange(1, 1, 0, 20),), range_sizes=(180,))
+    assert asyncio.run(store.replace_ranges(1, old, new))
+    assert states(store) == {ids[0]: UNREFERENCED, ids[1]: UNREFERENCED, ids[2]: COMMITTED, ids[3]: PREPARED}
+    # A second compactor that planned on the old ranges loses, and its object is unreferenced.
+    late = ObjectCommit(ids[3], object_key(ids[3]), 200, "stream", (StreamRange(1, 1, 0, 20),), range_sizes=(180,))
+    assert not asyncio.run(store.replace_ranges(1, old, late))
+    assert states(store)[ids[3]] == UNREFERENCED
+    assert [(r.object_id, r.start_offset, r.end_offset) for r in asyncio.run(store.stream_ranges(1))] == [
+        (ids[2], 0, 20)
+    ]
+
+
+def test_a_given_up_upload_cannot_commit(store: SqliteMetadataStore) -> None:
+    oid = asyncio.run(store.next_object_id())
+    assert asyncio.run(store.give_up_prepared(older_than_ms=2**62)) == 1
+    with pytest.raises(ObjectGone):
+        commit(store, oid, 0, 10)
+
+
+def test_a_deleted_stream_fences_its_uploads(store: SqliteMetadataStore) -> None:
+    a = asyncio.run(store.next_object_id())
+    commit(store, a, 0, 10)
+    asyncio.run(store.delete_stream(1))
+    assert states(store) == {a: UNREFERENCED}
+    b = asyncio.run(store.next_object_id())
+    with pytest.raises(FencedError):
+        commit(store, b, 10, 20)
