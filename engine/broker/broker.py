@@ -22,6 +22,7 @@ from engine.broker.config import BrokerConfig
 from engine.broker.dispatch import Dispatcher
 from engine.broker.errors import BrokerError
 from engine.broker.image import MetadataImage, TopicInfo
+from engine.broker.lifecycle import Lifecycle
 from engine.broker.partition import Partition
 from engine.controller import api
 from engine.controller.api import BrokerRecord
@@ -104,6 +105,7 @@ class Broker:
         await self._join(timeout=30.0)
         self._tasks.append(loop.create_task(self._follow_metadata()))
         await self._start_groups()
+        self._tasks.append(loop.create_task(Lifecycle(self).run()))
         if cfg.metrics_port >= 0:
             self._metrics_server, self.metrics_port = await start_metrics_server(self, cfg.host, cfg.metrics_port)
         await self._server.serve()

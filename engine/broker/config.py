@@ -64,6 +64,9 @@ class BrokerConfig:
     shutdown_grace_ms: int = 300
     #: Producer ids are taken from the controller in blocks of this size.
     producer_id_block: int = 1000
+    #: Retention of topics that do not set retention.ms / retention.bytes (Kafka's log.retention.*).
+    log_retention_ms: int = 604800000
+    log_retention_bytes: int = -1
     s3: S3Settings = field(default_factory=S3Settings)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
@@ -145,5 +148,7 @@ class BrokerConfig:
             "log.message.timestamp.type": ("CreateTime", 2),
             "min.insync.replicas": ("1", 3),
             "delete.topic.enable": ("true", 1),
+            "log.retention.ms": (str(self.log_retention_ms), 5),
+            "log.retention.bytes": (str(self.log_retention_bytes), 5),
             "wal.kind": (self.storage.wal.kind, 2),
         }

@@ -58,6 +58,9 @@ class MetadataImage:
         self.takeovers: dict[int, WalTakeover] = {}
         self.topics: dict[str, TopicInfo] = {}
         self.topics_by_id: dict[uuid.UUID, TopicInfo] = {}
+        #: The highest stream id any topic known to this image was given; a stream at or below it
+        #: that no topic names any more belonged to a deleted topic.
+        self.max_stream_id = 0
 
     def apply(self, changes: dict[str, Any]) -> set[str]:
         """Apply a `metadata` RPC answer; returns the names of topics that changed or went away."""
@@ -70,6 +73,7 @@ class MetadataImage:
             self.topics = {}
             self.topics_by_id = {}
             self.takeovers = {}
+            self.max_stream_id = max(self.max_stream_id, int(snap.get("next_stream_id", 1)) - 1)
             for b in snap.get("brokers") or []:
                 self._broker(b)
             for t in snap.get("wal_takeovers") or []:
@@ -110,4 +114,5 @@ class MetadataImage:
             self.topics_by_id.pop(old.id, None)
         self.topics[info.name] = info
         self.topics_by_id[info.id] = info
+        self.max_stream_id = max([self.max_stream_id, *(p.stream_id for p in info.partitions)])
         return info.name

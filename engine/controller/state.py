@@ -208,6 +208,8 @@ class ControllerState:
             "brokers": [broker_dict(b) for b in sorted(self.brokers.values(), key=lambda b: b.id)],
             "topics": [t.to_dict() for t in self.topics.values()],
             "wal_takeovers": [msgspec.to_builtins(t) for t in self.takeovers.values()],
+            # Streams below it that no topic names belong to deleted topics (their data is collected).
+            "next_stream_id": self.next_stream_id,
         }
 
     def changes_since(self, since: int) -> dict[str, Any]:

@@ -59,6 +59,11 @@ class Stream:
         self._cache = engine.stream_cache(self.stream_id)
 
     @property
+    def closed(self) -> bool:
+        """Takes no more appends (closed, fenced or failed)."""
+        return self._error is not None
+
+    @property
     def fenced(self) -> bool:
         return isinstance(self._error, FencedError)
 

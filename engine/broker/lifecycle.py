@@ -1,0 +1,109 @@
+"""What a broker does for the lifecycle of its partitions' data (docs/storage.md).
+
+Every storage.lifecycle_interval_s, for each partition this broker leads (open or not):
+  - retention (cleanup.policy has delete): retention.ms / retention.bytes, else the broker's
+    log.retention.*, move the stream's start offset; ranges wholly below it go;
+  - storage compaction: stream-set objects -> stream objects.
+One broker (the live broker with the lowest id) also sweeps: streams of deleted topics are
+forgotten and garbage collection deletes unreferenced objects after the grace period. Two
+brokers that both think they sweep only repeat idempotent work.
+
+Nothing here is state: every decision is made again from the controller's metadata and the
+storage metadata on each pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from engine.storage.compact.retention import retention_point
+from engine.storage.errors import FencedError
+
+if TYPE_CHECKING:
+    from engine.broker.broker import Broker
+    from engine.broker.image import PartitionInfo, TopicInfo
+    from engine.storage.engine import StorageEngine
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.passes = 0
+
+    async def run(self) -> None:
+        while True:
+            storage = self.broker.storage
+            interval = storage.config.lifecycle_interval_s if storage is not None else 1.0
+            await asyncio.sleep(interval)
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("object lifecycle pass failed; the next pass tries again")
+
+    async def run_once(self) -> None:
+        storage = self.broker.storage
+        if storage is None or self.broker.handed_off:
+            return
+        now_ms = int(time.time() * 1000)
+        for topic in list(self.broker.image.topics.values()):
+            policy = {p.strip() for p in topic.config("cleanup.policy").split(",")}
+            for p in topic.partitions:
+                if p.leader != self.broker.node_id:
+                    continue
+                with contextlib.suppress(FencedError):  # moved meanwhile: its new leader does it
+                    if "delete" in policy:
+                        await self._retain(storage, topic, p, now_ms)
+                    await storage.compactor.compact_stream(p.stream_id, now_ms)
+        if self._sweeps():
+            await self.forget_deleted_streams(storage)
+            await storage.gc.run_once()
+        self.passes += 1
+
+    def _sweeps(self) -> bool:
+        live = self.broker.live_brokers()
+        return bool(live) and live[0].id == self.broker.node_id
+
+    async def _retain(self, storage: StorageEngine, topic: TopicInfo, p: PartitionInfo, now_ms: int) -> None:
+        cfg = self.broker.config
+        max_ms = int(topic.configs.get("retention.ms", cfg.log_retention_ms))
+        max_bytes = int(topic.configs.get("retention.bytes", cfg.log_retention_bytes))
+        if max_ms < 0 and max_bytes < 0:
+            return
+        meta = await storage.metadata.get_stream(p.stream_id)
+        if meta is None:
+            return
+        ranges = await storage.metadata.stream_ranges(p.stream_id)
+        new_start = retention_point(ranges, meta.start_offset, now_ms, max_ms, max_bytes)
+        if new_start <= meta.start_offset:
+            return
+        await trim(storage, p.stream_id, meta.epoch, new_start)
+        log.info("%s-%d: retention moved the start offset to %d", topic.name, p.index, new_start)
+
+    async def forget_deleted_streams(self, storage: StorageEngine) -> int:
+        image = self.broker.image
+        named = {p.stream_id for t in image.topics.values() for p in t.partitions}
+        gone = [s.stream_id for s in await storage.metadata.list_streams()
+                if s.stream_id <= image.max_stream_id and s.stream_id not in named]  # fmt: skip
+        for sid in gone:
+            await storage.metadata.delete_stream(sid)
+        if gone:
+            log.info("forgot %d streams of deleted topics; their objects go after the grace period", len(gone))
+        return len(gone)
+
+
+async def trim(storage: StorageEngine, stream_id: int, epoch: int, new_start: int) -> None:
+    """Move a stream's start offset, through the open stream if this broker has it open."""
+    stream = storage.streams.get(stream_id)
+    if stream is not None and not stream.closed:
+        await stream.trim(new_start)
+    else:
+        await storage.trim_stream(stream_id, epoch, new_start)
+
