@@ -90,7 +90,12 @@ def _unreference_orphans(c: sqlite3.Connection, object_ids: Iterable[int]) -> No
             )
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+    if read_only:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0, isolation_level=None,
+                               check_same_thread=False)  # fmt: skip
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -99,18 +104,24 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class SqliteMetadataStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        """read_only: for inspecting a running cluster's metadata (`amq storage`); writes fail."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = _connect(self.path)
-        with self._writer:
-            self._writer.executescript(_SCHEMA)
-            for table, columns in _ADDED_COLUMNS.items():
-                have = {row[1] for row in self._writer.execute(f"PRAGMA table_info({table})")}
-                for column, decl in columns.items():
-                    if column not in have:
-                        self._writer.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-        self._reader = _connect(self.path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise StorageError(f"no storage metadata at {self.path}")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = _connect(self.path, read_only)
+        if not read_only:
+            with self._writer:
+                self._writer.executescript(_SCHEMA)
+                for table, columns in _ADDED_COLUMNS.items():
+                    have = {row[1] for row in self._writer.execute(f"PRAGMA table_info({table})")}
+                    for column, decl in columns.items():
+                        if column not in have:
+                            self._writer.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        self._reader = _connect(self.path, read_only)
         self._reader_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata")
         self._seen_version = -1
@@ -122,7 +133,7 @@ class SqliteMetadataStore:
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._writer
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
         try:
             result = fn(conn)
         except BaseException:
