@@ -213,11 +213,15 @@ def describe_topic(admin: Any, md: Any, name: str, all_configs: bool) -> dict[st
         )
     resource = ConfigResource(ResourceType.TOPIC, name)
     entries = _result(admin.describe_configs([resource], request_timeout=TIMEOUT_S)[resource])
+    from engine.controller.configs import TOPIC_CONFIGS
+
     configs = {
-        k: {"value": e.value, "default": bool(e.is_default), "source": _source_name(e.source)}
+        k: {"value": e.value, "default": bool(e.is_default), "source": _source_name(e.source),
+            # Known from amq's own table (pure data); other clusters' keys are marked unknown (None).
+            "enforced": TOPIC_CONFIGS[k].enforced if k in TOPIC_CONFIGS else None}
         for k, e in sorted(entries.items())
         if all_configs or not e.is_default
-    }
+    }  # fmt: skip
     return {"name": name, "partitions": partitions, "configs": configs}
 
 
@@ -257,8 +261,10 @@ def describe(
     configs.add_column("name")
     configs.add_column("value")
     configs.add_column("default")
+    configs.add_column("acted on")
     for k, c in info["configs"].items():
-        configs.add_row(k, str(c["value"]), "yes" if c["default"] else "")
+        acted = {True: "yes", False: "no (accepted, no effect)", None: "?"}[c.get("enforced")]
+        configs.add_row(k, str(c["value"]), "yes" if c["default"] else "", acted)
     _out.print(configs)
 
 

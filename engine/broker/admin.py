@@ -22,9 +22,9 @@ def topic_entries(configs: dict[str, str], keys: list[str] | None = None) -> lis
         if keys is not None and name not in keys:
             continue
         if name in configs:
-            out.append((name, configs[name], DYNAMIC_TOPIC_CONFIG, d.type, d.doc))
+            out.append((name, configs[name], DYNAMIC_TOPIC_CONFIG, d.type, d.documentation))
         else:
-            out.append((name, d.default or "", DEFAULT_CONFIG, d.type, d.doc))
+            out.append((name, d.default or "", DEFAULT_CONFIG, d.type, d.documentation))
     return out
 
 

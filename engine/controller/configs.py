@@ -67,8 +67,17 @@ class ConfigDef:
     doc: str
     #: Extra check on the parsed value; returns an error message or None.
     check: Callable[[str], str | None] | None = None
-    #: Whether the broker acts on it (the rest are stored and described, for compatibility).
+    #: Whether the broker acts on it. The rest are accepted (Kafka clients set some of them, and
+    #: refusing would break them), stored, and described as having no effect.
     enforced: bool = False
+
+    @property
+    def documentation(self) -> str:
+        """What DescribeConfigs and `amq topic describe` say about it."""
+        if self.enforced:
+            return self.doc
+        note = "Accepted for compatibility; amq does not act on it."
+        return f"{note} {self.doc}" if self.doc else note
 
 
 def _at_least(lo: int) -> Callable[[str], str | None]:
@@ -97,10 +106,15 @@ def _ratio(v: str) -> str | None:
 
 
 _DEFS = [
-    ConfigDef("cleanup.policy", LIST, "delete", "delete or compact (compaction is not implemented yet)", _cleanup),
-    ConfigDef("compression.type", STRING, "producer", "batches are stored as the producer sent them",
-              _one_of("producer", "uncompressed", "gzip", "snappy", "lz4", "zstd")),
-    ConfigDef("delete.retention.ms", LONG, "86400000", "", _at_least(0)),
+    ConfigDef("cleanup.policy", LIST, "delete",
+              "delete: retention.ms/retention.bytes move the log start; compact: the latest record per key is kept",
+              _cleanup, True),
+    ConfigDef("compression.type", STRING, "producer",
+              "batches are stored as the producer compressed them; other values are refused (no recompression)",
+              lambda v: None if v == "producer" else "must be producer: batches are stored as the producer "
+              "compressed them (no recompression)", True),
+    ConfigDef("delete.retention.ms", LONG, "86400000", "how long a compacted topic keeps tombstones",
+              _at_least(0), True),
     ConfigDef("file.delete.delay.ms", LONG, "60000", "", _at_least(0)),
     ConfigDef("flush.messages", LONG, str(LONG_MAX), "every append is durable in the WAL before it is acknowledged",
               _at_least(1)),
@@ -122,8 +136,12 @@ _DEFS = [
     ConfigDef("min.insync.replicas", INT, "1", "one copy: the WAL, then S3", _at_least(1)),
     ConfigDef("preallocate", BOOLEAN, "false", ""),
     ConfigDef("remote.storage.enable", BOOLEAN, "false", ""),
-    ConfigDef("retention.bytes", LONG, "-1", "", _at_least(-1)),
-    ConfigDef("retention.ms", LONG, "604800000", "", _at_least(-1)),
+    ConfigDef("retention.bytes", LONG, "-1",
+              "bytes a partition keeps (whole uploads go, oldest first); -1: no limit; unset: log.retention.bytes",
+              _at_least(-1), True),
+    ConfigDef("retention.ms", LONG, "604800000",
+              "how long data is kept, from its upload to S3; -1: for ever; unset: log.retention.ms",
+              _at_least(-1), True),
     ConfigDef("segment.bytes", INT, "1073741824", "", _at_least(14)),
     ConfigDef("segment.index.bytes", INT, "10485760", "", _at_least(4)),
     ConfigDef("segment.jitter.ms", LONG, "0", "", _at_least(0)),
@@ -209,6 +227,11 @@ def apply_ops(current: dict[str, str], ops: list[dict[str, object]], incremental
         else:
             raise ConfigError(ErrorCode.INVALID_REQUEST, f"unknown config operation {kind!r}")
     return out
+
+
+def unenforced() -> list[str]:
+    """Topic configs that are accepted and described but have no effect (docs/broker.md lists them)."""
+    return [d.name for d in _DEFS if not d.enforced]
 
 
 def effective(configs: dict[str, str]) -> dict[str, str]:

@@ -62,8 +62,13 @@ def test_topic_create_list_describe_alter_delete(broker_cluster: LocalCluster) -
     assert [q["partition"] for q in info["partitions"]] == [0, 1, 2]
     assert all(q["leader"] == 0 and q["log_start_offset"] == 0 for q in info["partitions"])
     assert [q["high_watermark"] for q in info["partitions"]] == [3, 3, 3]
-    assert info["configs"] == {"retention.ms": {"value": "3600000", "default": False, "source": "dynamic_topic_config"}}
-    assert len(describe(c, topic, "--all-configs")["configs"]) > 1
+    assert info["configs"] == {
+        "retention.ms": {"value": "3600000", "default": False, "source": "dynamic_topic_config", "enforced": True}
+    }
+    every = describe(c, topic, "--all-configs")["configs"]
+    assert every["retention.bytes"]["enforced"] and every["cleanup.policy"]["enforced"]
+    assert not every["segment.bytes"]["enforced"] and not every["flush.ms"]["enforced"]
+    assert "no effect" in ok(amq_topic(c, "describe", topic, "--all-configs"))
     assert "high watermark" in ok(amq_topic(c, "describe", topic))
 
     # --bootstrap overrides the state file (here: one that names no cluster).
@@ -96,6 +101,12 @@ def test_topic_bad_input_is_one_line_and_touches_nothing(broker_cluster: LocalCl
     one_line_error(amq_topic(c, "create", unique("bad"), "--config", "no.such.config=1"), "no.such.config")
     one_line_error(amq_topic(c, "alter", topic, "--config", "no.such.config=1"), "no.such.config")
     one_line_error(amq_topic(c, "create", unique("bad"), "--config", "novalue"), "KEY=VALUE")
+    # Kafka's INVALID_CONFIG, with the broker's message.
+    one_line_error(amq_topic(c, "create", unique("bad"), "--config", "retention.ms=-5"),
+                   "retention.ms", "must be at least -1")  # fmt: skip
+    one_line_error(amq_topic(c, "create", unique("bad"), "--config", "cleanup.policy=foo"),
+                   "cleanup.policy", "delete, compact")  # fmt: skip
+    one_line_error(amq_topic(c, "alter", topic, "--config", "compression.type=gzip"), "no recompression")
     one_line_error(amq_topic(c, "delete", topic, missing), "does not exist")
     info = describe(c, topic)  # nothing of the above changed the topic
     assert len(info["partitions"]) == 2 and info["configs"] == {}
