@@ -3,7 +3,8 @@
 Every storage.lifecycle_interval_s, for each partition this broker leads (open or not):
   - retention (cleanup.policy has delete): retention.ms / retention.bytes, else the broker's
     log.retention.*, move the stream's start offset; ranges wholly below it go;
-  - storage compaction: stream-set objects -> stream objects.
+  - log compaction (cleanup.policy has compact, log_cleaner.py), which also moves the data
+    into stream objects; otherwise storage compaction: stream-set objects -> stream objects.
 One broker (the live broker with the lowest id) also sweeps: streams of deleted topics are
 forgotten and garbage collection deletes unreferenced objects after the grace period. Two
 brokers that both think they sweep only repeat idempotent work.
@@ -20,6 +21,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from engine.broker.log_cleaner import KeyCleaner
 from engine.storage.compact.retention import retention_point
 from engine.storage.errors import FencedError
 
@@ -61,7 +63,15 @@ class Lifecycle:
                 with contextlib.suppress(FencedError):  # moved meanwhile: its new leader does it
                     if "delete" in policy:
                         await self._retain(storage, topic, p, now_ms)
-                    await storage.compactor.compact_stream(p.stream_id, now_ms)
+                    if "compact" in policy:
+                        # Log compaction rewrites into stream objects too: no second compaction.
+                        cleaner = KeyCleaner(now_ms, int(topic.config("delete.retention.ms")))
+                        ratio = float(topic.config("min.cleanable.dirty.ratio"))
+                        if await storage.filter_stream(p.stream_id, cleaner, ratio, now_ms):
+                            log.info("%s-%d: compacted, %d of %d records kept", topic.name, p.index,
+                                     cleaner.records_out, cleaner.records_in)  # fmt: skip
+                    else:
+                        await storage.compactor.compact_stream(p.stream_id, now_ms)
         if self._sweeps():
             await self.forget_deleted_streams(storage)
             await storage.gc.run_once()

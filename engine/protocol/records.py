@@ -306,10 +306,14 @@ def build_batch(
     is_transactional: bool = False,
     is_control: bool = False,
     now_ms: int | None = None,
+    keep_offsets: bool = False,
+    last_offset_delta: int | None = None,
 ) -> bytes:
     """One v2 batch holding ``records`` at offsets ``base_offset``, ``base_offset+1``...
 
-    Record timestamps left as None get ``now_ms`` (default: the wall clock).
+    Record timestamps left as None get ``now_ms`` (default: the wall clock). With
+    ``keep_offsets`` each record keeps its ``offset`` (a compacted batch: gaps allowed), and
+    ``last_offset_delta`` keeps the batch spanning the offsets it spanned before.
     """
     if not records:
         raise ValueError("a record batch needs at least one record")
@@ -317,8 +321,9 @@ def build_batch(
     stamps = [now if r.timestamp is None else r.timestamp for r in records]
     first_ts = stamps[0]
     max_ts = max(stamps)
+    deltas = [r.offset - base_offset for r in records] if keep_offsets else list(range(len(records)))
     payload = b"".join(
-        _encode_record(r, i, ts - first_ts) for i, (r, ts) in enumerate(zip(records, stamps, strict=True))
+        _encode_record(r, d, ts - first_ts) for r, d, ts in zip(records, deltas, stamps, strict=True)
     )
     if compression != Compression.NONE:
         payload = compress(compression, payload)
@@ -332,7 +337,8 @@ def build_batch(
     out = bytearray(HEADER_SIZE)
     HEADER.pack_into(
         out, 0, base_offset, HEADER_SIZE - LOG_OVERHEAD + len(payload), partition_leader_epoch, 2, 0,
-        attributes, len(records) - 1, first_ts, max_ts, producer_id, producer_epoch, base_sequence, len(records),
+        attributes, deltas[-1] if last_offset_delta is None else last_offset_delta, first_ts, max_ts, producer_id,
+        producer_epoch, base_sequence, len(records),
     )
     out += payload
     UINT32.pack_into(out, CRC_OFFSET, crc32c(memoryview(out)[ATTRIBUTES_OFFSET:]))

@@ -105,6 +105,16 @@ class LogCache:
             if sc is not None and sc.head < len(sc.entries) and sc.entries[sc.head] is entry:
                 sc.pop_front()
 
+    def forget_uploaded(self, stream_id: int, below: int) -> None:
+        """Stop serving the stream's uploaded entries below `below` (their objects were rewritten,
+        say by log compaction, and S3 has the newer truth); their bytes leave with the FIFO."""
+        sc = self.streams.get(stream_id)
+        while sc is not None and sc.head < len(sc.entries):
+            e = sc.entries[sc.head]
+            if not e.uploaded or e.batch.end_offset > below:
+                break
+            sc.pop_front()
+
     def forget_stream(self, stream_id: int) -> None:
         """Stop serving a stream from the cache; its bytes leave with the FIFO."""
         sc = self.streams.pop(stream_id, None)

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from engine.storage.cache import BlockCache, CacheEntry, LogCache, StreamCache
-from engine.storage.compact.compactor import Compactor
+from engine.storage.compact.compactor import Compactor, RecordFilter
 from engine.storage.compact.gc import GarbageCollector
 from engine.storage.config import StorageConfig, WalConfig
 from engine.storage.errors import FencedError, StorageError, WalCorrupt
@@ -131,6 +131,15 @@ class StorageEngine:
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
             self.log_cache.forget_stream(stream.stream_id)
+
+    async def filter_stream(self, stream_id: int, keep: RecordFilter, min_dirty_ratio: float, now_ms: int) -> bool:
+        """Compactor.filter_stream, and tail reads no longer served the data it filtered out."""
+        done = await self.compactor.filter_stream(stream_id, keep, min_dirty_ratio, now_ms)
+        if done:
+            meta = await self.metadata.get_stream(stream_id)
+            if meta is not None:
+                self.log_cache.forget_uploaded(stream_id, meta.end_offset)
+        return done
 
     # --- what a Stream needs from its host (stream.StreamHost) --------------------------------
 

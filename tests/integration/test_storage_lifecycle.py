@@ -114,7 +114,7 @@ def test_compaction_loses_the_race_with_retention_and_changes_nothing(
         batches = [b for b in await stream.read(ranges[1].start_offset, 1 << 20) if b.end_offset <= run[-1].end_offset]
         commit = await put_object(engine.store, engine.metadata, engine.config, engine.upload_stats, "stream",
                                   [(1, 1, batches)])  # fmt: skip
-        assert not await engine.metadata.replace_ranges(1, run, commit)
+        assert not await engine.metadata.replace_ranges(1, run, [commit])
         after = await engine.metadata.stream_ranges(1)
         assert [r.object_id for r in after] == [r.object_id for r in ranges[1:]]
         unreferenced = {o.key for o in await engine.metadata.list_objects([UNREFERENCED])}

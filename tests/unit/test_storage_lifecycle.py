@@ -113,11 +113,11 @@ def test_replace_ranges_is_compare_and_swap(store: SqliteMetadataStore) -> None:
     commit(store, ids[1], 10, 20)
     old = asyncio.run(store.stream_ranges(1))
     new = ObjectCommit(ids[2], object_key(ids[2]), 200, "stream", (StreamRange(1, 1, 0, 20),), range_sizes=(180,))
-    assert asyncio.run(store.replace_ranges(1, old, new))
+    assert asyncio.run(store.replace_ranges(1, old, [new]))
     assert states(store) == {ids[0]: UNREFERENCED, ids[1]: UNREFERENCED, ids[2]: COMMITTED, ids[3]: PREPARED}
     # A second compactor that planned on the old ranges loses, and its object is unreferenced.
     late = ObjectCommit(ids[3], object_key(ids[3]), 200, "stream", (StreamRange(1, 1, 0, 20),), range_sizes=(180,))
-    assert not asyncio.run(store.replace_ranges(1, old, late))
+    assert not asyncio.run(store.replace_ranges(1, old, [late]))
     assert states(store)[ids[3]] == UNREFERENCED
     assert [(r.object_id, r.start_offset, r.end_offset) for r in asyncio.run(store.stream_ranges(1))] == [
         (ids[2], 0, 20)

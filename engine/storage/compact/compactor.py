@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from engine.storage.cache import BlockCache
 from engine.storage.config import StorageConfig
 from engine.storage.crash import crash_point
 from engine.storage.errors import StorageError
-from engine.storage.metadata.interface import MetadataStore, RangeInfo
+from engine.storage.metadata.interface import MetadataStore, ObjectCommit, RangeInfo
 from engine.storage.objects.format import Batch
 from engine.storage.objects.reader import ObjectReader
 from engine.storage.objects.store import ObjectStore
@@ -131,48 +133,126 @@ class Compactor:
                     written += 1
             return written
 
-    async def _rewrite(self, stream_id: int, epoch: int, run: list[RangeInfo]) -> bool:
-        started = time.monotonic()
+    async def _read(self, stream_id: int, run: list[RangeInfo]) -> AsyncIterator[tuple[Batch, RangeInfo]]:
+        """The run's batches in offset order (gaps allowed: a compacted topic's), throttled, each with its range."""
         start, end = run[0].start_offset, run[-1].end_offset
-        batches: list[Batch] = []
         pos = start
+        i = 0
         while pos < end:
             chunk = await self._reader.read(stream_id, pos, 1 << 20, end)
             if not chunk:
                 break
             for b in chunk:
-                if b.base_offset != pos:
-                    raise StorageError(f"stream {stream_id}: compaction found batch at {b.base_offset}, expected {pos}")
-                batches.append(b)
+                if b.base_offset < pos:
+                    raise StorageError(f"stream {stream_id}: compaction found batch at {b.base_offset} below {pos}")
+                while run[i].end_offset <= b.base_offset:
+                    i += 1
+                yield b, run[i]
                 pos = b.end_offset
             n = sum(len(b.payload) for b in chunk)
             self.stats.bytes_read += n
             await self._throttle.take(n)
         if pos != end:
             raise StorageError(f"stream {stream_id}: compaction read up to {pos}, the ranges end at {end}")
-        crash_point("compact.before_upload")
+
+    async def _put(self, stream_id: int, epoch: int, batches: list[Batch], data_ms: int) -> ObjectCommit:
         commit = await put_object(
-            self.store,
-            self.metadata,
-            self.config,
-            self.upload_stats,
-            "stream",
-            [(stream_id, epoch, batches)],
-            data_ms=max(r.data_ms for r in run),
-        )
+            self.store, self.metadata, self.config, self.upload_stats, "stream", [(stream_id, epoch, batches)],
+            data_ms=data_ms,
+        )  # fmt: skip
         await self._throttle.take(commit.size)
+        return commit
+
+    async def _swap(self, stream_id: int, run: list[RangeInfo], commits: list[ObjectCommit], started: float) -> bool:
         crash_point("compact.after_upload")
-        ok = await self.metadata.replace_ranges(stream_id, run, commit)
+        ok = await self.metadata.replace_ranges(stream_id, run, commits)
         crash_point("compact.after_commit")
         self.stats.seconds += time.monotonic() - started
         if not ok:
             self.stats.conflicts += 1
-            log.info("stream %d: ranges changed during compaction; %s is unreferenced", stream_id, commit.key)
+            log.info("stream %d: ranges changed during compaction; its %d new objects are unreferenced",
+                     stream_id, len(commits))  # fmt: skip
             return False
         self.stats.runs += 1
         self.stats.ranges_in += len(run)
-        self.stats.objects_out += 1
+        self.stats.objects_out += len(commits)
         return True
+
+    async def _rewrite(self, stream_id: int, epoch: int, run: list[RangeInfo]) -> bool:
+        started = time.monotonic()
+        batches = [b async for b, _ in self._read(stream_id, run)]
+        crash_point("compact.before_upload")
+        commit = await self._put(stream_id, epoch, batches, max(r.data_ms for r in run))
+        return await self._swap(stream_id, run, [commit], started)
+
+    async def filter_stream(self, stream_id: int, keep: RecordFilter, min_dirty_ratio: float, now_ms: int) -> bool:
+        """Rewrite the whole stream through `keep` (log compaction of a Kafka topic, say), once
+        the bytes not yet rewritten (in stream-set objects) are at least min_dirty_ratio of it,
+        or have sat there for stream_set_max_age_s. Two passes over the data (`keep` first sees
+        every batch, then decides), so memory holds one output object, not the stream.
+        """
+        async with self._lock:
+            meta = await self.metadata.get_stream(stream_id)
+            if meta is None:
+                return False
+            ranges = [r for r in await self.metadata.stream_ranges(stream_id) if r.end_offset > meta.start_offset]
+            dirty = [r for r in ranges if r.kind == STREAM_SET]
+            total = sum(r.size for r in ranges)
+            stale = any(r.data_ms < now_ms - self.config.stream_set_max_age_s * 1000 for r in dirty)
+            if not dirty or not (stale or sum(r.size for r in dirty) >= min_dirty_ratio * total):
+                return False
+            started = time.monotonic()
+            async for b, _ in self._read(stream_id, ranges):
+                keep.observe(b)
+            crash_point("compact.before_upload")
+            commits: list[ObjectCommit] = []
+            out: list[Batch] = []
+            size = 0
+            newest = 0
+            last_end = ranges[-1].end_offset
+            async for b, r in self._read(stream_id, ranges):
+                kept = keep.rewrite(b, r.data_ms, last=b.end_offset == last_end)
+                newest = max(newest, r.data_ms)
+                if kept is None:
+                    continue
+                out.append(kept)
+                size += len(kept.payload)
+                if size >= self.config.compaction_object_bytes:
+                    commits.append(await self._put(stream_id, meta.epoch, out, newest))
+                    out, size, newest = [], 0, 0
+            if out:
+                commits.append(await self._put(stream_id, meta.epoch, out, newest))
+            if not commits:
+                raise StorageError(f"stream {stream_id}: the record filter dropped the last batch")
+            commits = _cover(commits, ranges[0].start_offset, last_end)
+            return await self._swap(stream_id, ranges, commits, started)
 
     async def close(self) -> None:
         await self._reader.close()
+
+
+class RecordFilter(Protocol):
+    """What filter_stream rewrites a stream through; storage does not read records, its caller does."""
+
+    def observe(self, batch: Batch) -> None:
+        """First pass: every batch, in offset order."""
+        ...
+
+    def rewrite(self, batch: Batch, data_ms: int, last: bool) -> Batch | None:
+        """Second pass: the batch to keep instead (same offsets or fewer records), or None to drop it.
+        `data_ms`: when it was uploaded. `last`: the stream's last committed batch, which must
+        be kept (a stream's committed end is where its last object's last batch ends)."""
+        ...
+
+
+def _cover(commits: list[ObjectCommit], start: int, end: int) -> list[ObjectCommit]:
+    """Stretch the objects' ranges to cover [start, end) without holes: batches dropped before an
+    object's first kept batch leave offsets that no batch holds, and they belong to that object."""
+    out: list[ObjectCommit] = []
+    pos = start
+    for i, c in enumerate(commits):
+        (r,) = c.ranges
+        stop = end if i == len(commits) - 1 else r.end_offset
+        out.append(replace(c, ranges=(replace(r, start_offset=pos, end_offset=stop),)))
+        pos = stop
+    return out

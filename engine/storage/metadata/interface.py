@@ -154,10 +154,10 @@ class MetadataStore(Protocol):
         """Every range of the stream, in offset order."""
         ...
 
-    async def replace_ranges(self, stream_id: int, old: Sequence[RangeInfo], new: ObjectCommit) -> bool:
-        """Compaction's commit: `new` (one stream object) takes the place of ranges `old`.
+    async def replace_ranges(self, stream_id: int, old: Sequence[RangeInfo], new: Sequence[ObjectCommit]) -> bool:
+        """Compaction's commit: `new` (stream objects, in offset order) take the place of ranges `old`.
 
-        Compare-and-swap: False (nothing changed, `new` becomes unreferenced) if any of `old`
+        Compare-and-swap: False (nothing changed, `new` become unreferenced) if any of `old`
         is no longer there, say retention or another compactor went first.
         """
         ...

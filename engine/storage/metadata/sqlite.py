@@ -233,7 +233,7 @@ class SqliteMetadataStore:
 
         return await self._run(tx)
 
-    async def replace_ranges(self, stream_id: int, old: Sequence[RangeInfo], new: ObjectCommit) -> bool:
+    async def replace_ranges(self, stream_id: int, old: Sequence[RangeInfo], new: Sequence[ObjectCommit]) -> bool:
         def tx(c: sqlite3.Connection) -> bool:
             for r in old:
                 found = c.execute(
@@ -241,14 +241,15 @@ class SqliteMetadataStore:
                     (stream_id, r.start_offset),
                 ).fetchone()
                 if found is None or tuple(found) != (r.object_id, r.end_offset):
-                    c.execute(
+                    c.executemany(
                         "UPDATE objects SET state=?, unreferenced_ms=? WHERE object_id=?",
-                        (UNREFERENCED, _now_ms(), new.object_id),
+                        [(UNREFERENCED, _now_ms(), n.object_id) for n in new],
                     )
                     return False
             for r in old:
                 c.execute("DELETE FROM object_ranges WHERE stream_id=? AND start_offset=?", (stream_id, r.start_offset))
-            self._insert_object(c, new)
+            for n in new:
+                self._insert_object(c, n)
             _unreference_orphans(c, (r.object_id for r in old))
             return True
 
