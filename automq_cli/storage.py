@@ -284,9 +284,11 @@ async def _verify(cluster: Cluster) -> tuple[list[str], dict[str, int]]:
 
     snap = await _gather(cluster)
     s3 = cluster.s3
+    # boto3, not obstore: a short-lived process exits cleanly with it (obstore's runtime aborted
+    # now and then at interpreter exit, seen as exit status -6 after a complete run).
     store = make_object_store(ObjectStoreConfig(endpoint=s3["endpoint"], bucket=s3["bucket"],
                                                 access_key=s3["access_key"], secret_key=s3["secret_key"],
-                                                region=s3["region"], prefix=s3["prefix"]))  # fmt: skip
+                                                region=s3["region"], prefix=s3["prefix"]), client="boto3")  # fmt: skip
     problems: list[str] = []
     try:
         listed = {i.key: i.size for i in await store.list(OBJECT_PREFIX)}

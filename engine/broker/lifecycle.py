@@ -4,10 +4,11 @@ Every storage.lifecycle_interval_s, for each partition this broker leads (open o
   - retention (cleanup.policy has delete): retention.ms / retention.bytes, else the broker's
     log.retention.*, move the stream's start offset; ranges wholly below it go;
   - log compaction (cleanup.policy has compact, log_cleaner.py), which also moves the data
-    into stream objects; otherwise storage compaction: stream-set objects -> stream objects.
+    into stream objects; otherwise the merging of the stream's small stream objects.
 One broker (the live broker with the lowest id) also sweeps: streams of deleted topics are
-forgotten and garbage collection deletes unreferenced objects after the grace period. Two
-brokers that both think they sweep only repeat idempotent work.
+forgotten, due stream-set objects are split into stream objects, and garbage collection
+deletes unreferenced objects after the grace period. Two brokers that both think they sweep
+only repeat work that is idempotent or compare-and-swap.
 
 Nothing here is state: every decision is made again from the controller's metadata and the
 storage metadata on each pass.
@@ -71,9 +72,13 @@ class Lifecycle:
                             log.info("%s-%d: compacted, %d of %d records kept", topic.name, p.index,
                                      cleaner.records_out, cleaner.records_in)  # fmt: skip
                     else:
-                        await storage.compactor.compact_stream(p.stream_id, now_ms)
+                        await storage.compactor.compact_stream(p.stream_id)
         if self._sweeps():
             await self.forget_deleted_streams(storage)
+            # Compacted topics' streams leave stream-set objects through their log cleaner.
+            cleaned = {p.stream_id for t in self.broker.image.topics.values()
+                       if "compact" in t.config("cleanup.policy") for p in t.partitions}  # fmt: skip
+            await storage.compactor.compact_stream_sets(cleaned, now_ms)
             await storage.gc.run_once()
         self.passes += 1
 

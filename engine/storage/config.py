@@ -41,10 +41,12 @@ class StorageConfig:
     # --- object lifecycle (docs/storage.md) ---
     # Compaction writes stream objects of up to this size; it is also what compaction holds in memory.
     compaction_object_bytes: int = 32 << 20
-    # A stream gets compacted once this many small ranges (in stream-set objects or small stream
-    # objects) follow each other, or once its data has sat in a stream-set object this long.
-    compaction_min_ranges: int = 4
+    # Stream-set objects older than this, and the oldest beyond max_stream_set_objects, are split
+    # into one stream object per stream (so a stream is spread over at most that many of them).
     stream_set_max_age_s: float = 300.0
+    max_stream_set_objects: int = 64
+    # A stream's small stream objects are merged once this many follow each other.
+    compaction_min_ranges: int = 4
     # Compaction reads and writes at most this many bytes per second (S3 bandwidth it may take).
     compaction_bytes_per_s: int = 32 << 20
     # How often the broker looks at its streams for retention and compaction.

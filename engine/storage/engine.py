@@ -299,6 +299,7 @@ class StorageEngine:
             "compaction_runs": self.compactor.stats.runs,
             "compaction_ranges_in": self.compactor.stats.ranges_in,
             "compaction_bytes_read": self.compactor.stats.bytes_read,
+            "compaction_ms": int(self.compactor.stats.seconds * 1000),
             "compaction_conflicts": self.compactor.stats.conflicts,
             "gc_objects_deleted": self.gc.stats.deleted,
             "gc_bytes_deleted": self.gc.stats.deleted_bytes,

@@ -83,7 +83,8 @@ def check_durable(got: list[bytes], acked: list[bytes]) -> None:
 
 
 def test_kill_9_at_each_compaction_and_gc_step(tmp_path: Path) -> None:
-    cluster = start_lifecycle_cluster(tmp_path, compaction_min_ranges=3, stream_set_max_age_s=1e9)
+    cluster = start_lifecycle_cluster(tmp_path, compaction_min_ranges=3, stream_set_max_age_s=1e9,
+                                      max_stream_set_objects=2)
     try:
         admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
         admin.create_topics([NewTopic(TOPIC, PARTITIONS, 1)])[TOPIC].result(30)

@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from tests.integration.cluster_fixture import LocalCluster
 from tests.integration.lifecycle_helpers import s3_objects, start_lifecycle_cluster, wait_for
 
-NO_COMPACTION = {"compaction_min_ranges": 10_000, "stream_set_max_age_s": 1e9}
+NO_COMPACTION = {"compaction_min_ranges": 10_000, "stream_set_max_age_s": 1e9, "max_stream_set_objects": 10_000}
 
 
 def produce_uploads(cluster: LocalCluster, topic: str, uploads: int, per_upload: int = 20, count: bool = True) -> int:

@@ -63,31 +63,48 @@ def cold(engine: StorageEngine) -> None:
 
 def test_compaction_keeps_bytes_and_frees_stream_set_objects(data_dir: Path, s3_config: ObjectStoreConfig) -> None:
     async def main() -> None:
-        engine = await make_engine(data_dir, s3_config, "file", compaction_min_ranges=4, gc_grace_s=0.5)
+        engine = await make_engine(data_dir, s3_config, "file", compaction_min_ranges=4, gc_grace_s=0.5,
+                                   max_stream_set_objects=0, compaction_object_bytes=40_000)  # fmt: skip
         streams = [await engine.open_stream(sid, 1) for sid in range(1, 6)]
         before = await fill(engine, streams, rounds=8)
         cold(engine)
         assert {s.stream_id: await digest(s) for s in streams} == before
         uploaded = s3_keys(s3_config)
         assert len(uploaded) == 8  # one stream-set object per upload
+        # Split in groups of at most 40 kB (one ~30 kB object each): each stream gets a stream object.
+        split = 0
+        while n := await engine.compactor.compact_stream_sets():
+            split += n
+            cold(engine)
+            # Reads during and after: the stream objects serve them, the old objects still exist.
+            assert {s.stream_id: await digest(s) for s in streams} == before
+        assert split == 8
         for s in streams:
-            assert await engine.compactor.compact_stream(s.stream_id) == 1
             ranges = await engine.metadata.stream_ranges(s.stream_id)
-            assert [(r.kind, r.start_offset, r.end_offset) for r in ranges] == [("stream", 0, s.end_offset)]
-            # Reads during the grace period: the stream object serves them, old objects still exist.
+            assert {r.kind for r in ranges} == {"stream"} and len(ranges) == 8
+            # 8 ranges of 6 kB: a run of six (36 kB, under the 40 kB target); the last two are too few.
+            assert await engine.compactor.compact_stream(s.stream_id) == 1
+            assert await engine.compactor.compact_stream(s.stream_id) == 0
+            ranges = await engine.metadata.stream_ranges(s.stream_id)
+            assert ranges[0].start_offset == 0 and ranges[-1].end_offset == s.end_offset
+            assert len({r.object_id for r in ranges}) == 3
             assert await digest(s) == before[s.stream_id]
-        # Every stream moved out of the stream-set objects: all eight are unreferenced, still in S3.
+        # Every stream moved out of the stream-set objects: all eight are unreferenced (with the
+        # merged stream objects), still in S3.
         records = await engine.metadata.list_objects()
-        assert sorted(o.key for o in records if o.state == UNREFERENCED) == sorted(uploaded)
+        assert set(uploaded) <= {o.key for o in records if o.state == UNREFERENCED}
         assert set(uploaded) <= set(s3_keys(s3_config))
         await asyncio.sleep(0.6)
-        assert await engine.gc.run_once() == 8
+        assert await engine.gc.run_once() >= 8
         left = s3_keys(s3_config)
-        assert len(left) == 5 and not set(left) & set(uploaded)
+        assert not set(left) & set(uploaded)
+        referenced = {r.key for s in streams for r in await engine.metadata.stream_ranges(s.stream_id)}
+        assert set(left) == referenced
         cold(engine)
         assert {s.stream_id: await digest(s) for s in streams} == before
         # Nothing left to do: a second pass writes nothing.
         assert [await engine.compactor.compact_stream(s.stream_id) for s in streams] == [0] * 5
+        assert await engine.compactor.compact_stream_sets() == 0
         await stop_engine(engine)
         # A restart reads the same bytes from the stream objects.
         engine = await make_engine(data_dir, s3_config, "file")

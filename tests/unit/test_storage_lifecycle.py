@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.storage.compact.compactor import plan_compaction
+from engine.storage.compact.compactor import plan_compaction, plan_stream_sets
 from engine.storage.compact.retention import retention_point
 from engine.storage.config import StorageConfig
 from engine.storage.errors import FencedError
@@ -17,6 +17,7 @@ from engine.storage.metadata.interface import (
     UNREFERENCED,
     ObjectCommit,
     ObjectGone,
+    ObjectRecord,
     RangeInfo,
     StreamRange,
 )
@@ -26,42 +27,52 @@ from engine.storage.objects.format import object_key
 MiB = 1 << 20
 
 
-def rng(start: int, end: int, size: int, kind: str = "stream-set", data_ms: int = 1000, oid: int = 0) -> RangeInfo:
+def rng(start: int, end: int, size: int, kind: str = "stream", data_ms: int = 1000, oid: int = 0) -> RangeInfo:
     return RangeInfo(1, start, end, size, data_ms, oid or start + 1, object_key(oid or start + 1), kind, size)
 
 
-def test_plan_waits_for_enough_small_ranges() -> None:
-    cfg = StorageConfig(compaction_object_bytes=8 * MiB, compaction_min_ranges=3, stream_set_max_age_s=60)
+def test_plan_waits_for_enough_small_stream_objects() -> None:
+    cfg = StorageConfig(compaction_object_bytes=8 * MiB, compaction_min_ranges=3)
     two = [rng(0, 10, MiB), rng(10, 20, MiB)]
-    assert plan_compaction(two, cfg, now_ms=2000) == []
+    assert plan_compaction(two, cfg) == []
     three = [*two, rng(20, 30, MiB)]
-    assert plan_compaction(three, cfg, now_ms=2000) == [three]
-
-
-def test_plan_frees_old_stream_set_data_even_alone() -> None:
-    cfg = StorageConfig(compaction_object_bytes=8 * MiB, compaction_min_ranges=3, stream_set_max_age_s=60)
-    one = [rng(0, 10, MiB, data_ms=0)]
-    assert plan_compaction(one, cfg, now_ms=59_000) == []
-    assert plan_compaction(one, cfg, now_ms=61_000) == [one]
-    # A small stream object alone is fine where it is: it holds no other stream's data.
-    assert plan_compaction([rng(0, 10, MiB, kind="stream", data_ms=0)], cfg, now_ms=10**9) == []
+    assert plan_compaction(three, cfg) == [three]
+    # Data in stream-set objects is split by compact_stream_sets, not merged per stream.
+    assert plan_compaction([rng(0, 10, MiB, kind="stream-set"), *three[1:]], cfg) == []
 
 
 def test_plan_bounds_runs_and_skips_big_stream_objects() -> None:
-    cfg = StorageConfig(compaction_object_bytes=4 * MiB, compaction_min_ranges=2, stream_set_max_age_s=600)
+    cfg = StorageConfig(compaction_object_bytes=4 * MiB, compaction_min_ranges=2)
     ranges = [
-        rng(0, 10, 3 * MiB, kind="stream"),  # at least half the target: left alone
+        rng(0, 10, 3 * MiB),  # at least half the target: left alone
         rng(10, 20, MiB), rng(20, 30, MiB), rng(30, 40, MiB), rng(40, 50, MiB),  # 4 MiB: one run
         rng(50, 60, MiB), rng(60, 70, MiB),  # the next run
     ]  # fmt: skip
-    runs = plan_compaction(ranges, cfg, now_ms=2000)
+    runs = plan_compaction(ranges, cfg)
     assert [[r.start_offset for r in run] for run in runs] == [[10, 20, 30, 40], [50, 60]]
     assert all(sum(r.size for r in run) <= cfg.compaction_object_bytes for run in runs)
 
 
 def test_plan_never_joins_ranges_across_a_gap() -> None:
     cfg = StorageConfig(compaction_min_ranges=2)
-    assert plan_compaction([rng(0, 10, 100), rng(20, 30, 100)], cfg, now_ms=0) == []
+    assert plan_compaction([rng(0, 10, 100), rng(20, 30, 100)], cfg) == []
+
+
+def obj(oid: int, created_ms: int, streams: tuple[int, ...] = (1, 2), size: int = MiB) -> ObjectRecord:
+    return ObjectRecord(oid, object_key(oid), size, "stream-set", COMMITTED, 0, created_ms, 0, streams)
+
+
+def test_stream_set_objects_are_split_when_old_or_too_many() -> None:
+    cfg = StorageConfig(stream_set_max_age_s=60, max_stream_set_objects=3, compaction_object_bytes=2 * MiB)
+    young = [obj(i, created_ms=100_000) for i in range(1, 4)]
+    assert plan_stream_sets(young, set(), cfg, now_ms=110_000) == []
+    # One too many: the oldest goes, whatever its age.
+    assert plan_stream_sets([*young, obj(4, 100_000)], set(), cfg, now_ms=110_000) == [1]
+    # All old: the oldest group of at most the target bytes.
+    assert plan_stream_sets(young, set(), cfg, now_ms=200_000) == [1, 2]
+    # Objects holding only skipped streams (a compacted topic's) are left to their log cleaner.
+    only_skipped = [obj(1, 0, streams=(7,)), obj(2, 0, streams=(7, 8))]
+    assert plan_stream_sets(only_skipped, {7}, cfg, now_ms=200_000) == [2]
 
 
 def test_retention_point_by_bytes_and_age() -> None:

@@ -1,16 +1,24 @@
-"""Compaction: a stream's data moves out of stream-set objects (and small stream objects) into
-stream objects of bounded size, so the number of objects a stream is spread over stays bounded.
+"""Compaction: stream-set objects are split into stream objects, and a stream's small stream
+objects are merged, so the number of objects a stream is spread over stays bounded.
 
-For one stream at a time: plan runs of consecutive small ranges, read each run's batches
-through a reader of its own (the broker's block cache is for consumers), PUT them as one
-stream object, then swap the ranges in one metadata transaction (compare-and-swap: if
-retention or another compactor changed any of them meanwhile, nothing changes and the new
-object is unreferenced). A stream-set object whose last range moved out becomes unreferenced
-in that same transaction; garbage collection deletes it after the grace period.
+Two jobs, both ending in one metadata compare-and-swap per stream (replace_ranges: if
+retention, a deleted topic or another compactor changed any of the ranges meanwhile, nothing
+changes and the new object is unreferenced):
 
-Memory: one run (at most compaction_object_bytes) and the object built from it. Bandwidth:
-compaction_bytes_per_s. It runs as a task beside the append path and shares nothing with it
-but the event loop, where it yields between blocks.
+- compact_stream_sets (one broker does it for the cluster): stream-set objects older than
+  stream_set_max_age_s, and the oldest beyond max_stream_set_objects, are read whole (one GET
+  each), in groups of at most compaction_object_bytes, and each stream's data in the group
+  becomes one stream object. A stream-set object whose last range moved out becomes
+  unreferenced in that same transaction; garbage collection deletes it after the grace period.
+- compact_stream (the stream's leader): runs of compaction_min_ranges small stream objects of
+  one stream (under half of compaction_object_bytes each) are merged into one.
+
+filter_stream rewrites a whole stream through a record filter (log compaction of a Kafka
+topic: engine/broker/log_cleaner.py); the storage layer itself never reads records.
+
+Memory: one group or run (at most compaction_object_bytes, or one larger object) and the
+objects built from it. Bandwidth: compaction_bytes_per_s. It runs as tasks beside the append
+path and shares nothing with it but the event loop, where it yields between blocks.
 """
 
 from __future__ import annotations
@@ -26,8 +34,8 @@ from engine.storage.cache import BlockCache
 from engine.storage.config import StorageConfig
 from engine.storage.crash import crash_point
 from engine.storage.errors import StorageError
-from engine.storage.metadata.interface import MetadataStore, ObjectCommit, RangeInfo
-from engine.storage.objects.format import Batch
+from engine.storage.metadata.interface import COMMITTED, MetadataStore, ObjectCommit, ObjectRecord, RangeInfo
+from engine.storage.objects.format import Batch, parse_block, parse_footer, parse_index
 from engine.storage.objects.reader import ObjectReader
 from engine.storage.objects.store import ObjectStore
 from engine.storage.uploader import UploadStats, put_object
@@ -37,28 +45,26 @@ log = logging.getLogger(__name__)
 STREAM_SET = "stream-set"
 
 
-def plan_compaction(ranges: list[RangeInfo], config: StorageConfig, now_ms: int) -> list[list[RangeInfo]]:
-    """Runs of ranges to rewrite, each into one stream object.
+def plan_compaction(ranges: list[RangeInfo], config: StorageConfig) -> list[list[RangeInfo]]:
+    """Runs of a stream's small stream objects to merge, each into one stream object.
 
-    A range is small if it sits in a stream-set object or in a stream object under half the
-    target size. Consecutive small ranges form runs of at most the target size; a run is
-    rewritten when it has compaction_min_ranges ranges, or holds data that has been in a
-    stream-set object for stream_set_max_age_s (so every stream-set object is freed in time).
+    Small: under half the target size. Consecutive small ranges form runs of at most the target
+    size; a run is merged once it has compaction_min_ranges ranges. Data in stream-set objects
+    is left to compact_stream_sets.
     """
     target = config.compaction_object_bytes
-    max_age_ms = config.stream_set_max_age_s * 1000
     runs: list[list[RangeInfo]] = []
     run: list[RangeInfo] = []
     size = 0
 
     def close() -> None:
         nonlocal run, size
-        if run and _due(run, config.compaction_min_ranges, now_ms - max_age_ms):
+        if len(run) >= config.compaction_min_ranges:
             runs.append(run)
         run, size = [], 0
 
     for r in ranges:
-        small = r.kind == STREAM_SET or r.size < target // 2
+        small = r.kind != STREAM_SET and r.size < target // 2
         contiguous = not run or run[-1].end_offset == r.start_offset
         if not small or not contiguous or (run and size + r.size > target):
             close()
@@ -69,10 +75,34 @@ def plan_compaction(ranges: list[RangeInfo], config: StorageConfig, now_ms: int)
     return runs
 
 
-def _due(run: list[RangeInfo], min_ranges: int, stale_before_ms: int) -> bool:
-    if len(run) >= min_ranges:
-        return True
-    return any(r.kind == STREAM_SET and r.data_ms < stale_before_ms for r in run)
+def plan_stream_sets(objects: list[ObjectRecord], skip: set[int], config: StorageConfig, now_ms: int) -> list[int]:
+    """Ids of the stream-set objects to split next (oldest first, at most about the target bytes).
+
+    Due: older than stream_set_max_age_s, or among the oldest beyond max_stream_set_objects.
+    An object holding only streams in `skip` (whose owner rewrites them itself) is not touched.
+    """
+    sets = sorted((o for o in objects if o.kind == STREAM_SET and o.state == COMMITTED), key=lambda o: o.object_id)
+    excess = max(0, len(sets) - config.max_stream_set_objects)
+    stale_before = now_ms - config.stream_set_max_age_s * 1000
+    due = [o for i, o in enumerate(sets) if (i < excess or o.created_ms < stale_before) and set(o.streams) - skip]
+    group: list[int] = []
+    size = 0
+    for o in due:
+        if group and size + o.size > config.compaction_object_bytes:
+            break
+        group.append(o.object_id)
+        size += o.size
+    return group
+
+
+def contiguous_runs(ranges: list[RangeInfo]) -> list[list[RangeInfo]]:
+    runs: list[list[RangeInfo]] = []
+    for r in sorted(ranges, key=lambda r: r.start_offset):
+        if runs and runs[-1][-1].end_offset == r.start_offset:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return runs
 
 
 @dataclass
@@ -117,21 +147,60 @@ class Compactor:
         self._lock = asyncio.Lock()
         self.enabled = True
 
-    async def compact_stream(self, stream_id: int, now_ms: int | None = None) -> int:
-        """Compact one stream if its ranges call for it; returns the number of stream objects written."""
+    async def compact_stream(self, stream_id: int) -> int:
+        """Merge the stream's small stream objects if they call for it; returns stream objects written."""
         if not self.enabled:
             return 0
-        async with self._lock:  # one run at a time per engine bounds memory and bandwidth
+        async with self._lock:  # one job at a time per engine bounds memory and bandwidth
             meta = await self.metadata.get_stream(stream_id)
             if meta is None:
                 return 0
-            ranges = await self.metadata.stream_ranges(stream_id)
-            now = int(time.time() * 1000) if now_ms is None else now_ms
             written = 0
-            for run in plan_compaction(ranges, self.config, now):
+            for run in plan_compaction(await self.metadata.stream_ranges(stream_id), self.config):
                 if await self._rewrite(stream_id, meta.epoch, run):
                     written += 1
             return written
+
+    async def compact_stream_sets(self, skip: set[int] | None = None, now_ms: int | None = None) -> int:
+        """Split the next group of due stream-set objects into stream objects; returns how many
+        stream-set objects were read. `skip`: streams to leave where they are."""
+        if not self.enabled:
+            return 0
+        skip = skip or set()
+        async with self._lock:
+            now = int(time.time() * 1000) if now_ms is None else now_ms
+            group = plan_stream_sets(await self.metadata.list_objects([COMMITTED]), skip, self.config, now)
+            if not group:
+                return 0
+            started = time.monotonic()
+            ranges = [r for r in await self.metadata.object_ranges(group) if r.stream_id not in skip]
+            keys = {r.object_id: r.key for r in ranges}
+            bodies = dict(zip(keys, await asyncio.gather(*(self._get_whole(k) for k in keys.values())), strict=True))
+            epochs = {s.stream_id: s.epoch for s in await self.metadata.list_streams()}
+            by_stream: dict[int, list[RangeInfo]] = {}
+            for r in ranges:
+                by_stream.setdefault(r.stream_id, []).append(r)
+            crash_point("compact.before_upload")
+            jobs: list[tuple[int, list[RangeInfo], list[Batch]]] = []
+            for sid, rs in by_stream.items():
+                if sid not in epochs:
+                    continue  # deleted meanwhile: its ranges went with it
+                for run in contiguous_runs(rs):
+                    batches = [b for r in run for b in _batches_in(bodies[r.object_id], r)]
+                    jobs.append((sid, run, batches))
+                    await asyncio.sleep(0)
+            commits = await asyncio.gather(*(self._put(sid, epochs[sid], bs, max(r.data_ms for r in run))
+                                             for sid, run, bs in jobs))  # fmt: skip
+            for (sid, run, _), commit in zip(jobs, commits, strict=True):
+                await self._swap(sid, run, [commit])
+            self.stats.seconds += time.monotonic() - started
+            return len(group)
+
+    async def _get_whole(self, key: str) -> bytes:
+        body = await self.store.get(key)
+        self.stats.bytes_read += len(body)
+        await self._throttle.take(len(body))
+        return body
 
     async def _read(self, stream_id: int, run: list[RangeInfo]) -> AsyncIterator[tuple[Batch, RangeInfo]]:
         """The run's batches in offset order (gaps allowed: a compacted topic's), throttled, each with its range."""
@@ -143,13 +212,15 @@ class Compactor:
             if not chunk:
                 break
             for b in chunk:
+                if b.base_offset >= end:
+                    break  # the reader reads whole ranges: this one is past the run
                 if b.base_offset < pos:
                     raise StorageError(f"stream {stream_id}: compaction found batch at {b.base_offset} below {pos}")
                 while run[i].end_offset <= b.base_offset:
                     i += 1
                 yield b, run[i]
                 pos = b.end_offset
-            n = sum(len(b.payload) for b in chunk)
+            n = sum(len(b.payload) for b in chunk if b.base_offset < end)
             self.stats.bytes_read += n
             await self._throttle.take(n)
         if pos != end:
@@ -163,11 +234,10 @@ class Compactor:
         await self._throttle.take(commit.size)
         return commit
 
-    async def _swap(self, stream_id: int, run: list[RangeInfo], commits: list[ObjectCommit], started: float) -> bool:
+    async def _swap(self, stream_id: int, run: list[RangeInfo], commits: list[ObjectCommit]) -> bool:
         crash_point("compact.after_upload")
         ok = await self.metadata.replace_ranges(stream_id, run, commits)
         crash_point("compact.after_commit")
-        self.stats.seconds += time.monotonic() - started
         if not ok:
             self.stats.conflicts += 1
             log.info("stream %d: ranges changed during compaction; its %d new objects are unreferenced",
@@ -183,7 +253,9 @@ class Compactor:
         batches = [b async for b, _ in self._read(stream_id, run)]
         crash_point("compact.before_upload")
         commit = await self._put(stream_id, epoch, batches, max(r.data_ms for r in run))
-        return await self._swap(stream_id, run, [commit], started)
+        ok = await self._swap(stream_id, run, [commit])
+        self.stats.seconds += time.monotonic() - started
+        return ok
 
     async def filter_stream(self, stream_id: int, keep: RecordFilter, min_dirty_ratio: float, now_ms: int) -> bool:
         """Rewrite the whole stream through `keep` (log compaction of a Kafka topic, say), once
@@ -225,7 +297,9 @@ class Compactor:
             if not commits:
                 raise StorageError(f"stream {stream_id}: the record filter dropped the last batch")
             commits = _cover(commits, ranges[0].start_offset, last_end)
-            return await self._swap(stream_id, ranges, commits, started)
+            ok = await self._swap(stream_id, ranges, commits)
+            self.stats.seconds += time.monotonic() - started
+            return ok
 
     async def close(self) -> None:
         await self._reader.close()
@@ -243,6 +317,19 @@ class RecordFilter(Protocol):
         `data_ms`: when it was uploaded. `last`: the stream's last committed batch, which must
         be kept (a stream's committed end is where its last object's last batch ends)."""
         ...
+
+
+def _batches_in(body: bytes, r: RangeInfo) -> list[Batch]:
+    """The batches of range `r` in a whole object's bytes."""
+    index_pos, index_size = parse_footer(body)
+    out: list[Batch] = []
+    for e in parse_index(memoryview(body)[index_pos : index_pos + index_size]):
+        if e.stream_id == r.stream_id and e.end_offset > r.start_offset and e.start_offset < r.end_offset:
+            out.extend(b for b in parse_block(memoryview(body)[e.position : e.position + e.size])
+                       if b.base_offset >= r.start_offset and b.end_offset <= r.end_offset)  # fmt: skip
+    if not out or out[0].base_offset != r.start_offset or out[-1].end_offset != r.end_offset:
+        raise StorageError(f"{r.key}: stream {r.stream_id} [{r.start_offset}, {r.end_offset}) is not in the object")
+    return out
 
 
 def _cover(commits: list[ObjectCommit], start: int, end: int) -> list[ObjectCommit]:

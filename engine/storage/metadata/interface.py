@@ -154,6 +154,10 @@ class MetadataStore(Protocol):
         """Every range of the stream, in offset order."""
         ...
 
+    async def object_ranges(self, object_ids: Sequence[int]) -> list[RangeInfo]:
+        """The ranges these objects hold, of every stream."""
+        ...
+
     async def replace_ranges(self, stream_id: int, old: Sequence[RangeInfo], new: Sequence[ObjectCommit]) -> bool:
         """Compaction's commit: `new` (stream objects, in offset order) take the place of ranges `old`.
 

@@ -233,6 +233,20 @@ class SqliteMetadataStore:
 
         return await self._run(tx)
 
+    async def object_ranges(self, object_ids: Sequence[int]) -> list[RangeInfo]:
+        def tx(c: sqlite3.Connection) -> list[RangeInfo]:
+            out: list[RangeInfo] = []
+            for oid in object_ids:
+                rows = c.execute(
+                    "SELECT r.stream_id, r.start_offset, r.end_offset, r.size, r.data_ms, o.object_id, o.key, o.kind, "
+                    "o.size FROM object_ranges r JOIN objects o ON o.object_id = r.object_id WHERE r.object_id=?",
+                    (oid,),
+                ).fetchall()
+                out.extend(RangeInfo(*row) for row in rows)
+            return out
+
+        return await self._run(tx)
+
     async def replace_ranges(self, stream_id: int, old: Sequence[RangeInfo], new: Sequence[ObjectCommit]) -> bool:
         def tx(c: sqlite3.Connection) -> bool:
             for r in old:

@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Object lifecycle under steady load: objects per stream, stored vs live bytes, compaction cost.
+
+One local cluster (one broker, file WAL, SeaweedFS) per phase, 100 partitions, a steady
+librdkafka producer (acks=all). Time is accelerated 20x: uploads every 0.1 s instead of 2 s,
+stream-set data compacted after 15 s instead of 300 s, garbage collection grace 3 s instead
+of 60 s, so `--seconds 180` is an hour of uploads at the default settings (1,800 uploads).
+retention.ms keeps each partition's data to the last 60 s (20 minutes, accelerated), so
+live data is bounded and what stays in the bucket can be compared with it.
+
+Phase "on": compaction as configured; phase "off": compaction disabled (garbage collection
+and retention still run). Every few seconds the script samples, from the storage metadata,
+the most objects any stream is spread over, and with boto3 the bytes in the bucket. At the
+end (after one grace period without load) it reports stored / live bytes, compaction
+throughput next to the S3 GET bandwidth measured in the same run, and publish latency.
+
+    python3 benchmarks/lifecycle.py                 # results into BENCHMARKS.md
+    python3 benchmarks/lifecycle.py --seconds 30 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import boto3
+import yaml
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from automq_cli.cluster import ClusterOptions, start_cluster, stop_cluster
+from benchmarks.report import machine, write_section
+
+PARTITIONS = 100
+BEGIN, END = "<!-- lifecycle:begin -->", "<!-- lifecycle:end -->"
+ACCELERATED = {"upload_interval_s": 0.1, "stream_set_max_age_s": 15.0, "gc_grace_s": 3.0, "lifecycle_interval_s": 1.0}
+RETENTION_MS = 60_000
+MiB = 1 << 20
+
+
+@dataclass
+class Phase:
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    produced: int = 0
+    max_objects_per_stream: int = 0
+    max_stored_over_live: float = 0.0
+    end: dict[str, Any] = field(default_factory=dict)
+
+
+def s3_client(cfg: dict[str, Any]) -> Any:
+    s3 = cfg["s3"]
+    return boto3.client("s3", endpoint_url=s3["endpoint"], aws_access_key_id=s3["access_key"],
+                        aws_secret_access_key=s3["secret_key"], region_name=s3["region"])  # fmt: skip
+
+
+def bucket_bytes(client: Any, cfg: dict[str, Any]) -> tuple[int, int]:
+    """(objects, bytes) of stream-set and stream objects in the bucket, by the S3 API."""
+    s3 = cfg["s3"]
+    n = size = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3["bucket"], Prefix=s3["prefix"] + "objects/"):
+        for o in page.get("Contents", []):
+            n += 1
+            size += int(o["Size"])
+    return n, size
+
+
+def live(metadata: Path) -> tuple[int, int]:
+    """(most objects one stream's readable data is spread over, live payload bytes), from the metadata."""
+    db = sqlite3.connect(f"{metadata.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = db.execute(
+            "SELECT r.stream_id, COUNT(DISTINCT r.object_id), SUM(r.size) FROM object_ranges r "
+            "JOIN streams s ON s.stream_id = r.stream_id WHERE r.end_offset > s.start_offset GROUP BY r.stream_id"
+        ).fetchall()
+    finally:
+        db.close()
+    return max((r[1] for r in rows), default=0), sum(r[2] or 0 for r in rows)
+
+
+def get_bandwidth(client: Any, cfg: dict[str, Any]) -> float:
+    """MiB/s of ranged 512 KiB GETs (what compaction and catch-up reads do), 4 threads, from a 32 MiB object."""
+    s3 = cfg["s3"]
+    key = s3["prefix"] + "bench/get-bandwidth"
+    client.put_object(Bucket=s3["bucket"], Key=key, Body=b"\x07" * (32 * MiB))
+    ranges = [(i, i + 512 * 1024 - 1) for i in range(0, 32 * MiB, 512 * 1024)] * 4
+
+    def get(r: tuple[int, int]) -> int:
+        return len(client.get_object(Bucket=s3["bucket"], Key=key, Range=f"bytes={r[0]}-{r[1]}")["Body"].read())
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        total = sum(pool.map(get, ranges))
+    elapsed = time.monotonic() - started
+    client.delete_object(Bucket=s3["bucket"], Key=key)
+    return total / MiB / elapsed
+
+
+def metrics(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        data: dict[str, Any] = json.loads(r.read())
+        return data
+
+
+def run_phase(name: str, root: Path, seconds: float, rate: int, size: int, compaction: bool) -> Phase:
+    storage = dict(ACCELERATED)
+    if not compaction:
+        storage.update(compaction_min_ranges=10**9, stream_set_max_age_s=1e12)
+    settings = root / name / "broker.yaml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(yaml.safe_dump({"storage": storage}))
+    opts = ClusterOptions(dir=str(root / name / "data"), port=0, wal_capacity=256 << 20,
+                          upload_interval_s=ACCELERATED["upload_interval_s"], broker_config=str(settings))  # fmt: skip
+    state = start_cluster(opts, home=root / name / "home")
+    phase = Phase(name)
+    try:
+        cfg = json.loads(Path(state["brokers"][0]["config"]).read_text())
+        client = s3_client(cfg)
+        metadata = Path(cfg["storage_metadata_path"])
+        bootstrap = state["bootstrap"]
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic("steady", PARTITIONS, 1, config={"retention.ms": str(RETENTION_MS)})])[
+            "steady"
+        ].result(30)
+        stop = threading.Event()
+        sampler = threading.Thread(target=sample, args=(phase, client, cfg, metadata, stop), daemon=True)
+        sampler.start()
+        produce(phase, bootstrap, seconds, rate, size)
+        stop.set()
+        sampler.join()
+        time.sleep(ACCELERATED["gc_grace_s"] + 3 * ACCELERATED["lifecycle_interval_s"])
+        objects, stored = bucket_bytes(client, cfg)
+        most, live_bytes = live(metadata)
+        m = metrics(state["metrics"][0])
+        phase.end = {"objects": objects, "stored": stored, "live": live_bytes, "most": most,
+                     "get_mib_s": get_bandwidth(client, cfg), **m}  # fmt: skip
+    finally:
+        stop_cluster(state, timeout=30)
+    return phase
+
+
+def sample(phase: Phase, client: Any, cfg: dict[str, Any], metadata: Path, stop: threading.Event) -> None:
+    warm = time.monotonic() + 20  # the first retention period fills up; ratios before it mean little
+    while not stop.wait(3.0):
+        most, live_bytes = live(metadata)
+        phase.max_objects_per_stream = max(phase.max_objects_per_stream, most)
+        if time.monotonic() > warm and live_bytes:
+            _, stored = bucket_bytes(client, cfg)
+            phase.max_stored_over_live = max(phase.max_stored_over_live, stored / live_bytes)
+
+
+def produce(phase: Phase, bootstrap: str, seconds: float, rate: int, size: int) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5, "enable.idempotence": True})
+    value = b"x" * size
+    sent: dict[int, float] = {}
+
+    def done(err: Any, msg: Any) -> None:
+        if err is not None:
+            phase.errors += 1
+            return
+        phase.latencies.append(time.monotonic() - sent.pop(id(msg.value()), time.monotonic()))
+
+    started = time.monotonic()
+    n = 0
+    while (now := time.monotonic()) - started < seconds:
+        due = int((now - started) * rate)
+        while n < due:
+            v = value[:-8] + n.to_bytes(8, "big")
+            sent[id(v)] = time.monotonic()
+            p.produce("steady", v, partition=n % PARTITIONS, on_delivery=done)
+            n += 1
+        p.poll(0.002)
+    p.flush(60)
+    phase.produced = n
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))] if values else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=180.0, help="load per phase (180 = an hour accelerated 20x)")
+    ap.add_argument("--rate", type=int, default=2000, help="records/s offered")
+    ap.add_argument("--size", type=int, default=1024, help="record value bytes")
+    ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="amq-lifecycle-") as tmp:
+        phases = [run_phase(name, Path(tmp), args.seconds, args.rate, args.size, compaction=name == "on")
+                  for name in ("on", "off")]  # fmt: skip
+    rows = report(phases)
+    print("\n".join(rows))
+    if not args.no_write:
+        write_report(args, rows)
+    return 0 if all(p.errors == 0 for p in phases) else 1
+
+
+def report(phases: list[Phase]) -> list[str]:
+    on, off = phases
+    rows = ["| figure | compaction on | compaction off |", "| --- | ---: | ---: |"]
+
+    def row(label: str, f: Any) -> None:
+        rows.append(f"| {label} | {f(on)} | {f(off)} |")
+
+    row("records produced (acknowledged)", lambda p: f"{p.produced:,} ({p.produced - p.errors:,})")
+    row("most objects one stream is spread over (max of samples)", lambda p: f"{p.max_objects_per_stream}")
+    row("most objects one stream is spread over (end)", lambda p: f"{p.end['most']}")
+    row("objects in the bucket (end)", lambda p: f"{p.end['objects']:,}")
+    row("S3 bytes stored / live bytes (end)", lambda p: f"{p.end['stored'] / max(1, p.end['live']):.3f}")
+    row("S3 bytes stored / live bytes (max of samples after warm-up)", lambda p: f"{p.max_stored_over_live:.3f}")
+    row("uploads", lambda p: f"{p.end['uploads']:,}")
+    row("compaction runs / ranges in", lambda p: f"{p.end['compaction_runs']:,} / {p.end['compaction_ranges_in']:,}")
+    row("compaction read (MiB)", lambda p: f"{p.end['compaction_bytes_read'] / MiB:.1f}")
+
+    def speed(p: Phase) -> str:
+        busy = p.end["compaction_ms"] / 1000
+        if not busy:
+            return "-"
+        mib_s = p.end["compaction_bytes_read"] / MiB / busy
+        return f"{mib_s:.1f} MiB/s = {mib_s / p.end['get_mib_s']:.0%} of GET bandwidth"
+
+    row("compaction throughput while compacting", speed)
+    row("S3 GET bandwidth measured in this run (MiB/s)", lambda p: f"{p.end['get_mib_s']:.0f}")
+    row("objects deleted by GC", lambda p: f"{p.end['gc_objects_deleted']:,}")
+    row("S3 requests PUT / GET / DELETE", lambda p: f"{p.end['s3_put_requests']:,} / {p.end['s3_get_requests']:,} / "
+        f"{p.end['s3_delete_requests']:,}")  # fmt: skip
+    for q in (0.5, 0.99, 0.999):
+        row(f"publish p{q * 100:g} (ms)", lambda p, q=q: f"{pct(p.latencies, q) * 1000:.1f}")
+    p99_on, p99_off = pct(on.latencies, 0.99), pct(off.latencies, 0.99)
+    rows.append("")
+    rows.append(f"Publish p99 with compaction on is {(p99_on / p99_off - 1) * 100:+.0f} % against off (goal: < +25 %).")
+    return rows
+
+
+def write_report(args: argparse.Namespace, rows: list[str]) -> None:
+    path = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+    cmd = "python3 benchmarks/lifecycle.py" + ("" if sys.argv[1:] == [] else " " + " ".join(sys.argv[1:]))
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    body = [
+        "## Object lifecycle: compaction, retention, garbage collection under steady load",
+        "",
+        f"- Date: {now}",
+        f"- Machine: {machine()}",
+        f"- Command: `{cmd}`",
+        f"- One broker (file WAL) on SeaweedFS, a 100-partition topic with retention.ms={RETENTION_MS}, an "
+        f"idempotent acks=all librdkafka producer at {args.rate:,} records/s of {args.size} B round robin for "
+        f"{args.seconds:g} s per phase. Accelerated 20x: {ACCELERATED}; at the default 2 s upload interval the "
+        "same number of uploads takes 20 times as long (180 s here = an hour). Phase off: compaction disabled, "
+        "retention and garbage collection on. Objects per stream from the storage metadata; bucket bytes listed "
+        "with boto3; live bytes = payload of the ranges at or above each stream's start offset. End figures after "
+        "one grace period without load. Compaction is throttled to storage.compaction_bytes_per_s (32 MiB/s).",
+        "",
+        *rows,
+        "",
+    ]
+    write_section(path, BEGIN, END, body)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
