@@ -92,6 +92,15 @@ def live(metadata: Path) -> tuple[int, int]:
     return max((r[1] for r in rows), default=0), sum(r[2] or 0 for r in rows)
 
 
+def object_bytes(metadata: Path) -> dict[str, int]:
+    """Bytes of objects by state, from the metadata (what the bucket should hold)."""
+    db = sqlite3.connect(f"{metadata.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        return {f"{state}_bytes": int(n) for state, n in db.execute("SELECT state, SUM(size) FROM objects GROUP BY state")}
+    finally:
+        db.close()
+
+
 def get_bandwidth(client: Any, cfg: dict[str, Any]) -> float:
     """MiB/s of ranged 512 KiB GETs (what compaction and catch-up reads do), 4 threads, from a 32 MiB object."""
     s3 = cfg["s3"]
@@ -119,7 +128,7 @@ def metrics(url: str) -> dict[str, Any]:
 def run_phase(name: str, root: Path, seconds: float, rate: int, size: int, compaction: bool) -> Phase:
     storage = dict(ACCELERATED)
     if not compaction:
-        storage.update(compaction_min_ranges=10**9, stream_set_max_age_s=1e12)
+        storage.update(compaction_min_ranges=10**9, stream_set_max_age_s=1e12, max_stream_set_objects=10**9)
     settings = root / name / "broker.yaml"
     settings.parent.mkdir(parents=True)
     settings.write_text(yaml.safe_dump({"storage": storage}))
@@ -142,12 +151,23 @@ def run_phase(name: str, root: Path, seconds: float, rate: int, size: int, compa
         produce(phase, bootstrap, seconds, rate, size)
         stop.set()
         sampler.join()
-        time.sleep(ACCELERATED["gc_grace_s"] + 3 * ACCELERATED["lifecycle_interval_s"])
+        # Settle: compaction finishes what is due, and what it replaced outlives its grace period.
+        quiet = time.monotonic()
+        last = bucket_bytes(client, cfg)
+        while time.monotonic() - quiet < 60:
+            time.sleep(ACCELERATED["gc_grace_s"] + 2 * ACCELERATED["lifecycle_interval_s"])
+            now = bucket_bytes(client, cfg)
+            if now == last:
+                break
+            last = now
+        settle_s = time.monotonic() - quiet
         objects, stored = bucket_bytes(client, cfg)
         most, live_bytes = live(metadata)
         m = metrics(state["metrics"][0])
         phase.end = {"objects": objects, "stored": stored, "live": live_bytes, "most": most,
-                     "get_mib_s": get_bandwidth(client, cfg), **m}  # fmt: skip
+                     "settle_s": settle_s, "get_mib_s": get_bandwidth(client, cfg), **object_bytes(metadata),
+                     **m}  # fmt: skip
+        print(name, {k: v for k, v in phase.end.items() if k.endswith("bytes") or k in ("stored", "live")})
     finally:
         stop_cluster(state, timeout=30)
     return phase
@@ -166,13 +186,14 @@ def sample(phase: Phase, client: Any, cfg: dict[str, Any], metadata: Path, stop:
 def produce(phase: Phase, bootstrap: str, seconds: float, rate: int, size: int) -> None:
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5, "enable.idempotence": True})
     value = b"x" * size
-    sent: dict[int, float] = {}
+    sent: dict[int, float] = {}  # record number (its value's last 8 bytes) -> when it was produced
 
     def done(err: Any, msg: Any) -> None:
+        sent_at = sent.pop(int.from_bytes(msg.value()[-8:], "big"))
         if err is not None:
             phase.errors += 1
             return
-        phase.latencies.append(time.monotonic() - sent.pop(id(msg.value()), time.monotonic()))
+        phase.latencies.append(time.monotonic() - sent_at)
 
     started = time.monotonic()
     n = 0
@@ -180,7 +201,7 @@ def produce(phase: Phase, bootstrap: str, seconds: float, rate: int, size: int) 
         due = int((now - started) * rate)
         while n < due:
             v = value[:-8] + n.to_bytes(8, "big")
-            sent[id(v)] = time.monotonic()
+            sent[n] = time.monotonic()
             p.produce("steady", v, partition=n % PARTITIONS, on_delivery=done)
             n += 1
         p.poll(0.002)

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from engine.broker.log_cleaner import KeyCleaner
@@ -37,21 +38,36 @@ log = logging.getLogger(__name__)
 class Lifecycle:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.passes = 0
 
     async def run(self) -> None:
+        """Two loops: this broker's partitions, and (on the sweeping broker) the cluster-wide work,
+        so splitting stream-set objects and collecting garbage never wait for a long partition pass."""
+        await asyncio.gather(self._loop(self.run_partitions), self._loop(self.run_sweep))
+
+    async def _loop(self, step: Callable[[], Awaitable[None]]) -> None:
         while True:
             storage = self.broker.storage
             interval = storage.config.lifecycle_interval_s if storage is not None else 1.0
             await asyncio.sleep(interval)
             try:
-                await self.run_once()
+                await step()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("object lifecycle pass failed; the next pass tries again")
 
-    async def run_once(self) -> None:
+    async def run_sweep(self) -> None:
+        storage = self.broker.storage
+        if storage is None or self.broker.handed_off or not self._sweeps():
+            return
+        await self.forget_deleted_streams(storage)
+        # Compacted topics' streams leave stream-set objects through their log cleaner.
+        cleaned = {p.stream_id for t in self.broker.image.topics.values()
+                   if "compact" in t.config("cleanup.policy") for p in t.partitions}  # fmt: skip
+        await storage.compactor.compact_stream_sets(cleaned, int(time.time() * 1000))
+        await storage.gc.run_once()
+
+    async def run_partitions(self) -> None:
         storage = self.broker.storage
         if storage is None or self.broker.handed_off:
             return
@@ -73,14 +89,6 @@ class Lifecycle:
                                      cleaner.records_out, cleaner.records_in)  # fmt: skip
                     else:
                         await storage.compactor.compact_stream(p.stream_id)
-        if self._sweeps():
-            await self.forget_deleted_streams(storage)
-            # Compacted topics' streams leave stream-set objects through their log cleaner.
-            cleaned = {p.stream_id for t in self.broker.image.topics.values()
-                       if "compact" in t.config("cleanup.policy") for p in t.partitions}  # fmt: skip
-            await storage.compactor.compact_stream_sets(cleaned, now_ms)
-            await storage.gc.run_once()
-        self.passes += 1
 
     def _sweeps(self) -> bool:
         live = self.broker.live_brokers()

@@ -82,12 +82,12 @@ def test_compaction_keeps_bytes_and_frees_stream_set_objects(data_dir: Path, s3_
         for s in streams:
             ranges = await engine.metadata.stream_ranges(s.stream_id)
             assert {r.kind for r in ranges} == {"stream"} and len(ranges) == 8
-            # 8 ranges of 6 kB: a run of six (36 kB, under the 40 kB target); the last two are too few.
-            assert await engine.compactor.compact_stream(s.stream_id) == 1
+            # 8 ranges of 6 kB, one size tier: two runs of four.
+            assert await engine.compactor.compact_stream(s.stream_id) == 2
             assert await engine.compactor.compact_stream(s.stream_id) == 0
             ranges = await engine.metadata.stream_ranges(s.stream_id)
             assert ranges[0].start_offset == 0 and ranges[-1].end_offset == s.end_offset
-            assert len({r.object_id for r in ranges}) == 3
+            assert len({r.object_id for r in ranges}) == 2
             assert await digest(s) == before[s.stream_id]
         # Every stream moved out of the stream-set objects: all eight are unreferenced (with the
         # merged stream objects), still in S3.

@@ -49,8 +49,16 @@ def test_plan_bounds_runs_and_skips_big_stream_objects() -> None:
         rng(50, 60, MiB), rng(60, 70, MiB),  # the next run
     ]  # fmt: skip
     runs = plan_compaction(ranges, cfg)
-    assert [[r.start_offset for r in run] for run in runs] == [[10, 20, 30, 40], [50, 60]]
+    assert [[r.start_offset for r in run] for run in runs] == [[10, 20], [30, 40], [50, 60]]
     assert all(sum(r.size for r in run) <= cfg.compaction_object_bytes for run in runs)
+
+
+def test_plan_merges_within_a_size_tier() -> None:
+    cfg = StorageConfig(compaction_object_bytes=64 * MiB, compaction_min_ranges=4)
+    # Three 1 MiB objects and then fresh 100 kB ones: the big ones wait for a fourth of their size.
+    ranges = [rng(i * 10, i * 10 + 10, MiB) for i in range(3)]
+    ranges += [rng(30 + i * 10, 40 + i * 10, 100_000) for i in range(4)]
+    assert [[r.start_offset for r in run] for run in plan_compaction(ranges, cfg)] == [[30, 40, 50, 60]]
 
 
 def test_plan_never_joins_ranges_across_a_gap() -> None:

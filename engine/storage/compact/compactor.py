@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -48,31 +49,36 @@ STREAM_SET = "stream-set"
 def plan_compaction(ranges: list[RangeInfo], config: StorageConfig) -> list[list[RangeInfo]]:
     """Runs of a stream's small stream objects to merge, each into one stream object.
 
-    Small: under half the target size. Consecutive small ranges form runs of at most the target
-    size; a run is merged once it has compaction_min_ranges ranges. Data in stream-set objects
-    is left to compact_stream_sets.
+    Small: under half the target size. Size-tiered, so data is rewritten O(log) times, not once
+    per merge: a stream object's tier is its size in powers of compaction_min_ranges above 64 KiB,
+    and compaction_min_ranges consecutive small objects of one tier (at most the target size
+    together) make a run. A stream is then spread over at most about compaction_min_ranges
+    objects per tier. Data in stream-set objects is left to compact_stream_sets.
     """
     target = config.compaction_object_bytes
+    fan = max(2, config.compaction_min_ranges)
     runs: list[list[RangeInfo]] = []
     run: list[RangeInfo] = []
     size = 0
 
-    def close() -> None:
-        nonlocal run, size
-        if len(run) >= config.compaction_min_ranges:
-            runs.append(run)
-        run, size = [], 0
+    def tier(r: RangeInfo) -> int:
+        return int(math.log(max(r.size, _TIER_BASE) / _TIER_BASE, fan))
 
     for r in ranges:
         small = r.kind != STREAM_SET and r.size < target // 2
-        contiguous = not run or run[-1].end_offset == r.start_offset
-        if not small or not contiguous or (run and size + r.size > target):
-            close()
+        fits = bool(run) and run[-1].end_offset == r.start_offset and tier(run[-1]) == tier(r)
+        if not small or not fits or size + r.size > target:
+            run, size = [], 0
         if small:
             run.append(r)
             size += r.size
-    close()
+            if len(run) == fan:
+                runs.append(run)
+                run, size = [], 0
     return runs
+
+
+_TIER_BASE = 64 << 10
 
 
 def plan_stream_sets(objects: list[ObjectRecord], skip: set[int], config: StorageConfig, now_ms: int) -> list[int]:
@@ -181,14 +187,13 @@ class Compactor:
             for r in ranges:
                 by_stream.setdefault(r.stream_id, []).append(r)
             crash_point("compact.before_upload")
-            jobs: list[tuple[int, list[RangeInfo], list[Batch]]] = []
-            for sid, rs in by_stream.items():
-                if sid not in epochs:
-                    continue  # deleted meanwhile: its ranges went with it
-                for run in contiguous_runs(rs):
-                    batches = [b for r in run for b in _batches_in(bodies[r.object_id], r)]
-                    jobs.append((sid, run, batches))
-                    await asyncio.sleep(0)
+            # A stream not in `epochs` was deleted meanwhile: its ranges went with it.
+            runs = [(sid, run) for sid, rs in by_stream.items() if sid in epochs for run in contiguous_runs(rs)]
+            # Parsing a whole group is CPU work: off the event loop, which acknowledges appends.
+            batches = await asyncio.to_thread(
+                lambda: [[b for r in run for b in _batches_in(bodies[r.object_id], r)] for _, run in runs]
+            )
+            jobs = [(sid, run, bs) for (sid, run), bs in zip(runs, batches, strict=True)]
             commits = await asyncio.gather(*(self._put(sid, epochs[sid], bs, max(r.data_ms for r in run))
                                              for sid, run, bs in jobs))  # fmt: skip
             for (sid, run, _), commit in zip(jobs, commits, strict=True):
