@@ -158,3 +158,14 @@ def test_a_deleted_stream_fences_its_uploads(store: SqliteMetadataStore) -> None
     b = asyncio.run(store.next_object_id())
     with pytest.raises(FencedError):
         commit(store, b, 10, 20)
+
+
+def test_docs_list_exactly_the_configs_amq_does_not_act_on() -> None:
+    from engine.controller.configs import TOPIC_CONFIGS, unenforced
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "broker.md").read_text()
+    listed = text.split("<!-- unenforced:begin -->", 1)[1].split("<!-- unenforced:end -->", 1)[0]
+    names = {n.strip(" `.\n") for n in listed.replace("\n", " ").split(",")}
+    assert names == set(unenforced())
+    assert all("Accepted for compatibility" in TOPIC_CONFIGS[n].documentation for n in names)
+    assert "Accepted" not in TOPIC_CONFIGS["retention.ms"].documentation
