@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import platform
+import sys
 from pathlib import Path
 
 
@@ -32,3 +34,10 @@ def write_section(path: Path, begin: str, end: str, body: list[str]) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def provenance(script: str) -> list[str]:
+    """The Date, Machine and Command lines of a section, for the script run as it was."""
+    cmd = f"python3 {script}" + ("" if sys.argv[1:] == [] else " " + " ".join(sys.argv[1:]))
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return [f"- Date: {now}", f"- Machine: {machine()}", f"- Command: `{cmd}`"]

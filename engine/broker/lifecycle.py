@@ -88,7 +88,13 @@ class Lifecycle:
                             log.info("%s-%d: compacted, %d of %d records kept", topic.name, p.index,
                                      cleaner.records_out, cleaner.records_in)  # fmt: skip
                     else:
-                        await storage.compactor.compact_stream(p.stream_id)
+                        await storage.compactor.compact_stream(p.stream_id, self._merge_span(topic, policy))
+
+    def _merge_span(self, topic: TopicInfo, policy: set[str]) -> int | None:
+        """Merged stream objects hold at most a tenth of retention.ms of data, so retention,
+        which deletes whole objects, keeps at most about 10 % more than asked."""
+        max_ms = int(topic.configs.get("retention.ms", self.broker.config.log_retention_ms))
+        return max_ms // 10 if "delete" in policy and max_ms >= 0 else None
 
     def _sweeps(self) -> bool:
         live = self.broker.live_brokers()

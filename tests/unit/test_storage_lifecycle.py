@@ -61,6 +61,13 @@ def test_plan_merges_within_a_size_tier() -> None:
     assert [[r.start_offset for r in run] for run in plan_compaction(ranges, cfg)] == [[30, 40, 50, 60]]
 
 
+def test_plan_keeps_merged_objects_within_a_time_span() -> None:
+    cfg = StorageConfig(compaction_object_bytes=64 * MiB, compaction_min_ranges=2)
+    ranges = [rng(0, 10, 100, data_ms=0), rng(10, 20, 100, data_ms=5000), rng(20, 30, 100, data_ms=6000)]
+    assert [[r.start_offset for r in run] for run in plan_compaction(ranges, cfg, max_span_ms=2000)] == [[10, 20]]
+    assert [[r.start_offset for r in run] for run in plan_compaction(ranges, cfg)] == [[0, 10]]
+
+
 def test_plan_never_joins_ranges_across_a_gap() -> None:
     cfg = StorageConfig(compaction_min_ranges=2)
     assert plan_compaction([rng(0, 10, 100), rng(20, 30, 100)], cfg) == []
@@ -74,8 +81,8 @@ def test_stream_set_objects_are_split_when_old_or_too_many() -> None:
     cfg = StorageConfig(stream_set_max_age_s=60, max_stream_set_objects=3, compaction_object_bytes=2 * MiB)
     young = [obj(i, created_ms=100_000) for i in range(1, 4)]
     assert plan_stream_sets(young, set(), cfg, now_ms=110_000) == []
-    # One too many: the oldest goes, whatever its age.
-    assert plan_stream_sets([*young, obj(4, 100_000)], set(), cfg, now_ms=110_000) == [1]
+    # Too many: the oldest go, down to half the limit, whatever their age (within the target bytes).
+    assert plan_stream_sets([*young, obj(4, 100_000)], set(), cfg, now_ms=110_000) == [1, 2]
     # All old: the oldest group of at most the target bytes.
     assert plan_stream_sets(young, set(), cfg, now_ms=200_000) == [1, 2]
     # Objects holding only skipped streams (a compacted topic's) are left to their log cleaner.

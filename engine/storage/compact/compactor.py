@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 STREAM_SET = "stream-set"
 
 
-def plan_compaction(ranges: list[RangeInfo], config: StorageConfig) -> list[list[RangeInfo]]:
+def plan_compaction(
+    ranges: list[RangeInfo], config: StorageConfig, max_span_ms: int | None = None
+) -> list[list[RangeInfo]]:
     """Runs of a stream's small stream objects to merge, each into one stream object.
 
     Small: under half the target size. Size-tiered, so data is rewritten O(log) times, not once
@@ -54,6 +56,9 @@ def plan_compaction(ranges: list[RangeInfo], config: StorageConfig) -> list[list
     and compaction_min_ranges consecutive small objects of one tier (at most the target size
     together) make a run. A stream is then spread over at most about compaction_min_ranges
     objects per tier. Data in stream-set objects is left to compact_stream_sets.
+
+    max_span_ms: a run holds data uploaded within at most this long, so retention (which
+    deletes whole objects, once their newest data expired) keeps little expired data.
     """
     target = config.compaction_object_bytes
     fan = max(2, config.compaction_min_ranges)
@@ -67,6 +72,8 @@ def plan_compaction(ranges: list[RangeInfo], config: StorageConfig) -> list[list
     for r in ranges:
         small = r.kind != STREAM_SET and r.size < target // 2
         fits = bool(run) and run[-1].end_offset == r.start_offset and tier(run[-1]) == tier(r)
+        if fits and max_span_ms is not None:
+            fits = r.data_ms - run[0].data_ms <= max_span_ms
         if not small or not fits or size + r.size > target:
             run, size = [], 0
         if small:
@@ -84,11 +91,13 @@ _TIER_BASE = 64 << 10
 def plan_stream_sets(objects: list[ObjectRecord], skip: set[int], config: StorageConfig, now_ms: int) -> list[int]:
     """Ids of the stream-set objects to split next (oldest first, at most about the target bytes).
 
-    Due: older than stream_set_max_age_s, or among the oldest beyond max_stream_set_objects.
+    Due: older than stream_set_max_age_s, or, once there are more than max_stream_set_objects,
+    the oldest down to half of that: splitting many at once gives each stream one bigger
+    stream object instead of many small ones to merge later.
     An object holding only streams in `skip` (whose owner rewrites them itself) is not touched.
     """
     sets = sorted((o for o in objects if o.kind == STREAM_SET and o.state == COMMITTED), key=lambda o: o.object_id)
-    excess = max(0, len(sets) - config.max_stream_set_objects)
+    excess = len(sets) - config.max_stream_set_objects // 2 if len(sets) > config.max_stream_set_objects else 0
     stale_before = now_ms - config.stream_set_max_age_s * 1000
     due = [o for i, o in enumerate(sets) if (i < excess or o.created_ms < stale_before) and set(o.streams) - skip]
     group: list[int] = []
@@ -153,8 +162,9 @@ class Compactor:
         self._lock = asyncio.Lock()
         self.enabled = True
 
-    async def compact_stream(self, stream_id: int) -> int:
-        """Merge the stream's small stream objects if they call for it; returns stream objects written."""
+    async def compact_stream(self, stream_id: int, max_span_ms: int | None = None) -> int:
+        """Merge the stream's small stream objects if they call for it; returns stream objects written.
+        max_span_ms: see plan_compaction."""
         if not self.enabled:
             return 0
         async with self._lock:  # one job at a time per engine bounds memory and bandwidth
@@ -162,7 +172,7 @@ class Compactor:
             if meta is None:
                 return 0
             written = 0
-            for run in plan_compaction(await self.metadata.stream_ranges(stream_id), self.config):
+            for run in plan_compaction(await self.metadata.stream_ranges(stream_id), self.config, max_span_ms):
                 if await self._rewrite(stream_id, meta.epoch, run):
                     written += 1
             return written
