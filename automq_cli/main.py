@@ -29,6 +29,9 @@ def _register() -> None:
     from automq_cli import topic
 
     app.add_typer(topic.app, name="topic")
+    from automq_cli import reassign
+
+    app.command(name="reassign")(reassign.reassign)
 
 
 def main() -> None:

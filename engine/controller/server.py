@@ -55,6 +55,11 @@ class ControllerServer:
             "alter_configs": self.alter_configs,
             "alloc_producer_ids": self.alloc_producer_ids,
             "status": self.status,
+            "reassign": self.reassign,
+            "partitions_released": self.partitions_released,
+            "partition_opened": self.partition_opened,
+            "get_snapshot": self.get_snapshot,
+            "list_moves": self.list_moves,
         }
 
     async def start(self) -> None:
@@ -134,7 +139,7 @@ class ControllerServer:
         return api.HeartbeatResult(self.state.version, b.state)
 
     async def controlled_shutdown(self, p: api.ControlledShutdown) -> api.ShutdownResult:
-        moved = await self._mutate(lambda: self.state.controlled_shutdown(p.broker_id, p.broker_epoch))
+        moved = await self._mutate(lambda: self.state.controlled_shutdown(p.broker_id, p.broker_epoch, p.snapshots))
         # The leaving broker sends its clients to the others next: they should know the new leaders by then.
         await self._followed(self.state.version, exclude=p.broker_id, timeout=1.0)
         log.info("broker %d shut down; %d partitions moved to other brokers", p.broker_id, moved)
@@ -152,6 +157,37 @@ class ControllerServer:
         log.info("broker %d uploaded takeover %d (%d WAL records); %d partitions reopen", p.broker_id,
                  p.takeover_id, p.records, moved)  # fmt: skip
         return api.VersionResult(self.state.version)
+
+    async def reassign(self, p: api.Reassign) -> api.ReassignResult:
+        results, started = await self._mutate(lambda: self.state.reassign(p.moves, p.cause))
+        for mid in started:
+            m = self.state.moves[mid]
+            log.info("move %d: %s-%d from broker %d to broker %d (%s)", m.id, m.topic, m.partition, m.source,
+                     m.target, m.cause)  # fmt: skip
+        return api.ReassignResult(results, self.state.version, started)
+
+    async def partitions_released(self, p: api.PartitionsReleased) -> api.VersionResult:
+        moved = await self._mutate(lambda: self.state.partitions_released(p.broker_id, p.broker_epoch, p.released))
+        if moved:
+            # The old leader answers its held requests next: the new leader should know by then.
+            await self._followed(self.state.version, exclude=p.broker_id, timeout=0.5)
+        return api.VersionResult(self.state.version)
+
+    async def partition_opened(self, p: api.PartitionOpened) -> api.VersionResult:
+        await self._mutate(
+            lambda: self.state.partition_opened(p.broker_id, p.move_id, p.topic, p.partition, p.leader_epoch,
+                                                p.opened_ms, p.first_append_ms, p.from_snapshot)
+        )  # fmt: skip
+        return api.VersionResult(self.state.version)
+
+    async def get_snapshot(self, p: api.GetSnapshot) -> api.SnapshotResult:
+        return api.SnapshotResult(self.state.snapshots.get((p.topic, p.partition)))
+
+    async def list_moves(self, p: api.ListMoves) -> api.MovesResult:
+        moves = self.state.moves
+        if p.ids:
+            return api.MovesResult([moves[i] for i in p.ids if i in moves])
+        return api.MovesResult(list(moves.values()))
 
     async def _followed(self, version: int, exclude: int, timeout: float) -> None:
         """Until every running broker but `exclude` has asked for metadata after `version`

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from engine.controller.api import BrokerRecord, WalSpec, WalTakeover
+from engine.controller.api import BrokerRecord, MoveRecord, PartitionSnapshot, Released, WalSpec, WalTakeover
 from engine.controller.configs import (
     OFFSETS_TOPIC,
     ConfigError,
@@ -32,6 +32,8 @@ from engine.protocol.errors import ErrorCode
 RESERVED_INTERNAL = frozenset({OFFSETS_TOPIC, "__transaction_state"})
 MAX_PARTITIONS_PER_REQUEST = 10_000
 LOG_KEEP = 10_000
+#: Finished moves kept for `amq reassign --timeline` and ListPartitionReassignments.
+MOVES_KEEP = 2_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,9 +50,17 @@ CREATE TABLE IF NOT EXISTS partitions (
     leader_epoch INTEGER NOT NULL, stream_id INTEGER NOT NULL, PRIMARY KEY (topic, idx)
 );
 CREATE TABLE IF NOT EXISTS wal_takeovers (id INTEGER PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS partition_snapshots (
+    topic TEXT NOT NULL, idx INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (topic, idx)
+);
 """
 # Columns added after the first release; added to older files on open.
 _BROKER_COLUMNS = {"state": "TEXT NOT NULL DEFAULT 'running'", "wal": "TEXT NOT NULL DEFAULT '{}'"}
+_PARTITION_COLUMNS = {
+    "target": "INTEGER NOT NULL DEFAULT -1",
+    "move_id": "INTEGER NOT NULL DEFAULT -1",
+    "snapshot_end": "INTEGER NOT NULL DEFAULT -1",
+}
 
 
 def broker_dict(b: BrokerRecord) -> dict[str, Any]:
@@ -65,6 +75,12 @@ class PartitionRec:
     leader: int
     leader_epoch: int
     stream_id: int
+    #: Moving to this broker: the leader releases the partition (no appends, WAL tail uploaded) first.
+    target: int = -1
+    #: The move under way, kept until the new leader reports the partition open.
+    move_id: int = -1
+    #: End offset covered by the stored leader snapshot (-1: none): the next leader loads it instead of scanning.
+    snapshot_end: int = -1
 
 
 @dataclass
@@ -99,10 +115,11 @@ class ControllerState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(brokers)")}
-        for column, decl in _BROKER_COLUMNS.items():
-            if column not in have:
-                self.db.execute(f"ALTER TABLE brokers ADD COLUMN {column} {decl}")
+        for table, columns in (("brokers", _BROKER_COLUMNS), ("partitions", _PARTITION_COLUMNS)):
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            for column, decl in columns.items():
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         self.brokers: dict[int, BrokerRecord] = {}
         #: When each broker was last heard from (monotonic); not persisted.
         self.last_seen: dict[int, float] = {}
@@ -112,6 +129,10 @@ class ControllerState:
         #: Set by `amq cluster down`: brokers that stop keep their partitions (they get them back on start).
         self.stopping = False
         self.topics: dict[str, TopicRec] = {}
+        self.snapshots: dict[tuple[str, int], PartitionSnapshot] = {}
+        #: Recent moves by id (memory only: a restarted controller restarts unfinished moves' bookkeeping).
+        self.moves: dict[int, MoveRecord] = {}
+        self.next_move_id = 1
         meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         self.cluster_id = meta.get("cluster_id") or uuid.uuid4().hex[:22]
         self.version = int(meta.get("version", 0))
@@ -129,8 +150,14 @@ class ControllerState:
             self.takeovers[tid_] = msgspec.json.decode(body, type=WalTakeover)
         for name, tid, internal, rf, configs in self.db.execute("SELECT * FROM topics"):
             self.topics[name] = TopicRec(name, tid, bool(internal), rf, json.loads(configs), [])
-        for topic, idx, leader, epoch, sid in self.db.execute("SELECT * FROM partitions ORDER BY topic, idx"):
-            self.topics[topic].partitions.append(PartitionRec(idx, leader, epoch, sid))
+        rows = self.db.execute(
+            "SELECT topic, idx, leader, leader_epoch, stream_id, target, move_id, snapshot_end "
+            "FROM partitions ORDER BY topic, idx"
+        )
+        for topic, *fields in rows:
+            self.topics[topic].partitions.append(PartitionRec(*fields))
+        for topic, idx, body in self.db.execute("SELECT topic, idx, body FROM partition_snapshots"):
+            self.snapshots[(topic, idx)] = msgspec.msgpack.decode(body, type=PartitionSnapshot)
         # Followers behind this version get a snapshot: the record log is not persisted.
         self.log_start = self.version
         self.log: deque[tuple[int, dict[str, Any]]] = deque(maxlen=LOG_KEEP)
@@ -166,9 +193,7 @@ class ControllerState:
         self._emit({"type": "broker", **broker_dict(b)})
 
     def _save_takeover(self, t: WalTakeover) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO wal_takeovers VALUES (?, ?)", (t.id, msgspec.json.encode(t).decode())
-        )
+        self.db.execute("INSERT OR REPLACE INTO wal_takeovers VALUES (?, ?)", (t.id, msgspec.json.encode(t).decode()))
         self._emit({"type": "wal_takeover", **msgspec.to_builtins(t)})
 
     def _drop_takeover(self, t: WalTakeover) -> None:
@@ -183,8 +208,12 @@ class ControllerState:
         )
         self.db.execute("DELETE FROM partitions WHERE topic=?", (t.name,))
         self.db.executemany(
-            "INSERT INTO partitions VALUES (?, ?, ?, ?, ?)",
-            [(t.name, p.index, p.leader, p.leader_epoch, p.stream_id) for p in t.partitions],
+            "INSERT INTO partitions (topic, idx, leader, leader_epoch, stream_id, target, move_id, snapshot_end) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (t.name, p.index, p.leader, p.leader_epoch, p.stream_id, p.target, p.move_id, p.snapshot_end)
+                for p in t.partitions
+            ],
         )
         self._emit({"type": "topic", **t.to_dict()})
 
@@ -394,7 +423,7 @@ class ControllerState:
         result: int = self._commit(tx)
         return result
 
-    def controlled_shutdown(self, broker_id: int, epoch: int) -> int:
+    def controlled_shutdown(self, broker_id: int, epoch: int, snapshots: list[PartitionSnapshot] | None = None) -> int:
         """The broker uploaded its WAL and takes no more appends: its partitions move to running
         brokers (unless the whole cluster is stopping). Returns how many moved."""
         b = self._current(broker_id, epoch)
@@ -402,6 +431,8 @@ class ControllerState:
         def tx() -> int:
             b.state, b.since = "shutdown", time.time()
             self._save_broker(b)
+            for snap in snapshots or ():
+                self._keep_snapshot(snap)
             if self.stopping:
                 return 0
             mine = self._led_by(broker_id)
@@ -418,13 +449,180 @@ class ControllerState:
             return 0
         leaders = self._place(len(parts), exclude)
         moved = 0
-        for (_, p), leader in zip(parts, leaders, strict=True):
+        for (t, p), leader in zip(parts, leaders, strict=True):
+            self._end_move(t, p, "failed", f"broker {p.leader} left; the partition went to broker {leader}")
             if leader < 0:
                 continue  # nobody to lead it: offline until a broker is ready
             p.leader = leader
             p.leader_epoch += 1
             moved += 1
         return moved
+
+    # --- moves (reassignment) ------------------------------------------------------------------
+
+    def _keep_snapshot(self, snap: PartitionSnapshot) -> None:
+        t = self.topics.get(snap.topic)
+        if t is None or not 0 <= snap.partition < len(t.partitions):
+            return
+        p = t.partitions[snap.partition]
+        if p.stream_id != snap.stream_id or snap.end_offset < p.snapshot_end:
+            return  # from an older life of the partition, or older than the one kept
+        key = (snap.topic, snap.partition)
+        self.snapshots[key] = snap
+        p.snapshot_end = snap.end_offset
+        self.db.execute(
+            "INSERT OR REPLACE INTO partition_snapshots VALUES (?, ?, ?)", (*key, msgspec.msgpack.encode(snap))
+        )
+
+    def _end_move(self, t: TopicRec, p: PartitionRec, state: str, reason: str = "") -> None:
+        """Forget the partition's move (if any) with its final state."""
+        if p.move_id >= 0:
+            m = self.moves.get(p.move_id)
+            if m is not None and m.state in ("releasing", "opening"):
+                m.state, m.reason = state, reason  # type: ignore[assignment]
+        p.target = -1
+        p.move_id = -1
+
+    def reassign(
+        self, moves: list[tuple[str, int, int]], cause: str = "reassign"
+    ) -> tuple[list[tuple[str, int, str, str]], list[int]]:
+        """Start moving partitions; target -1 cancels a move that has not been released yet.
+
+        Checks everything first: a request with any bad move starts none of its moves
+        (a user's plan is applied whole or not at all). Returns per-move (topic, partition,
+        error name or "", message) and the ids of the moves started.
+        """
+        results: list[tuple[str, int, str, str]] = []
+        ok: list[tuple[TopicRec, PartitionRec, int]] = []
+        seen: set[tuple[str, int]] = set()
+        for topic, index, target in moves:
+            err = self._check_move(topic, index, target, seen)
+            results.append((topic, index, *err) if err else (topic, index, "", ""))
+            if err is None:
+                t = self.topics[topic]
+                ok.append((t, t.partitions[index], target))
+            seen.add((topic, index))
+        if len(ok) != len(moves):
+            for i, r in enumerate(results):
+                if not r[2]:
+                    results[i] = (
+                        r[0],
+                        r[1],
+                        "REASSIGNMENT_ABORTED",
+                        "not started: another move in the request was refused",
+                    )
+            return results, []
+        started: list[int] = []
+        now = int(time.time() * 1000)
+
+        def tx() -> None:
+            touched = []
+            for t, p, target in ok:
+                if target < 0:
+                    self._end_move(t, p, "cancelled", "cancelled before the old leader released it")
+                elif target == p.leader and p.target < 0:
+                    continue  # already there
+                elif target == p.leader:
+                    self._end_move(t, p, "cancelled", f"moved back to broker {target} before release")
+                else:
+                    if p.move_id >= 0 and p.target >= 0:
+                        self._end_move(t, p, "cancelled", f"replaced by a move to broker {target}")
+                    m = MoveRecord(self.next_move_id, t.name, p.index, p.leader, target, cause=cause, requested_ms=now)
+                    self.next_move_id += 1
+                    self.moves[m.id] = m
+                    p.target, p.move_id = target, m.id
+                    started.append(m.id)
+                touched.append((t, p))
+            self._save_topics_of(touched)
+            while len(self.moves) > MOVES_KEEP:
+                del self.moves[next(iter(self.moves))]
+
+        self._commit(tx)
+        return results, started
+
+    def _check_move(self, topic: str, index: int, target: int, seen: set[tuple[str, int]]) -> tuple[str, str] | None:
+        t = self.topics.get(topic)
+        if t is None:
+            return "UNKNOWN_TOPIC_OR_PARTITION", f"topic {topic!r} does not exist"
+        if not 0 <= index < len(t.partitions):
+            return "UNKNOWN_TOPIC_OR_PARTITION", f"topic {topic} has no partition {index} (it has {len(t.partitions)})"
+        if (topic, index) in seen:
+            return "INVALID_REQUEST", f"{topic}-{index} appears twice in the request"
+        p = t.partitions[index]
+        if target < 0:
+            if p.target < 0:
+                return "NO_REASSIGNMENT_IN_PROGRESS", f"{topic}-{index} is not being moved"
+            return None
+        b = self.brokers.get(target)
+        if b is None:
+            return "INVALID_REPLICA_ASSIGNMENT", f"broker {target} does not exist"
+        if not b.alive:
+            return "INVALID_REPLICA_ASSIGNMENT", f"broker {target} is not running (it is {b.state})"
+        if not self.running(p.leader):
+            state = self.brokers[p.leader].state if p.leader in self.brokers else "gone"
+            return (
+                "LEADER_NOT_AVAILABLE",
+                f"{topic}-{index}'s leader, broker {p.leader}, is not running (it is {state}): "
+                "it cannot release the partition; it moves once its WAL has been taken over",
+            )
+        return None
+
+    def partitions_released(self, broker_id: int, epoch: int, released: list[Released]) -> int:
+        """The old leader takes no appends for these partitions and their WAL tails are in S3:
+        each opens on its target at the next leader epoch. Returns how many moved."""
+        self._current(broker_id, epoch)
+        now = int(time.time() * 1000)
+
+        def tx() -> int:
+            touched = []
+            for r in released:
+                t = self.topics.get(r.topic)
+                if t is None or not 0 <= r.partition < len(t.partitions):
+                    continue
+                p = t.partitions[r.partition]
+                if p.leader != broker_id or p.leader_epoch != r.leader_epoch or p.target < 0:
+                    continue  # moved or cancelled meanwhile: the broker reopens it if it still leads it
+                if r.snapshot is not None:
+                    self._keep_snapshot(r.snapshot)
+                # A target that stopped meanwhile: the partition stays, reopened by its leader at a new epoch.
+                p.leader = p.target if self.running(p.target) else broker_id
+                p.leader_epoch += 1
+                p.target = -1
+                m = self.moves.get(p.move_id)
+                if m is not None:
+                    m.drained_ms, m.released_ms, m.moved_ms = r.drained_ms, r.released_ms, now
+                    m.uploaded_bytes = r.uploaded_bytes
+                    m.state = "opening"
+                    if p.leader != m.target:
+                        m.reason = f"broker {m.target} stopped during the move; broker {p.leader} keeps the partition"
+                touched.append((t, p))
+            self._save_topics_of(touched)
+            return len(touched)
+
+        result: int = self._commit(tx)
+        return result
+
+    def partition_opened(
+        self, broker_id: int, move_id: int, topic: str, index: int, leader_epoch: int, opened_ms: int,
+        first_append_ms: int, from_snapshot: bool,
+    ) -> None:  # fmt: skip
+        """The new leader opened a moved partition (first_append_ms: and acknowledged a produce)."""
+        m = self.moves.get(move_id)
+        if m is not None and m.target == broker_id:
+            m.opened_ms, m.from_snapshot = opened_ms, from_snapshot
+            m.first_append_ms = first_append_ms or m.first_append_ms
+            if m.state == "opening":
+                m.state = "done"
+        t = self.topics.get(topic)
+        if t is None or not 0 <= index < len(t.partitions):
+            return
+        p = t.partitions[index]
+        if p.leader == broker_id and p.leader_epoch == leader_epoch and p.move_id == move_id and p.target < 0:
+            p.move_id = -1
+            self._commit(lambda: self._save_topic(t))
+
+    def moves_in_progress(self) -> list[tuple[TopicRec, PartitionRec]]:
+        return [(t, p) for t in self.topics.values() for p in t.partitions if p.target >= 0]
 
     # --- topics ------------------------------------------------------------------------------
 
@@ -577,6 +775,9 @@ class ControllerState:
             for t in doomed:
                 self.db.execute("DELETE FROM topics WHERE name=?", (t.name,))
                 self.db.execute("DELETE FROM partitions WHERE topic=?", (t.name,))
+                self.db.execute("DELETE FROM partition_snapshots WHERE topic=?", (t.name,))
+                for p in t.partitions:
+                    self.snapshots.pop((t.name, p.index), None)
                 del self.topics[t.name]
                 self._emit({"type": "topic_deleted", "name": t.name, "id": t.id})
 

@@ -23,7 +23,8 @@ class CacheEntry:
     batch: Batch
     wal_end: int = -1  # WAL position after this record, once durable
     uploaded: bool = False
-    dropped: bool = False  # its stream was fenced: never upload it
+    # Never upload it again: its stream was fenced, or release_streams uploaded it ahead of WAL order.
+    dropped: bool = False
 
 
 @dataclass

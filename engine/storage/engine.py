@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,11 +150,50 @@ class StorageEngine:
         return stream
 
     async def close_stream(self, stream: Stream) -> None:
-        await self.flush()
+        sid = stream.stream_id
+        if any(e.stream_id == sid and not e.dropped for e in self._pending):
+            await self.flush()
         stream.mark_closed()
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
             self.log_cache.forget_stream(stream.stream_id)
+
+    async def release_streams(self, stream_ids: Collection[int]) -> dict[int, int]:
+        """Upload what the WAL holds for these streams now, ahead of the rest of the WAL, so that
+        another owner can open them; returns the bytes uploaded per stream (never its size).
+
+        Their appends must have finished. The entries stay in the WAL order for trimming: the
+        uploader skips their bytes later but trims the WAL past them only after this commit.
+        """
+        ids = set(stream_ids)
+        by_stream: dict[int, list[CacheEntry]] = defaultdict(list)
+        for e in self._pending:
+            if e.stream_id in ids and not e.dropped:
+                if e.wal_end < 0:
+                    raise StorageError(f"stream {e.stream_id} has appends in flight")
+                by_stream[e.stream_id].append(e)
+        previous = self._last_commit
+        if not by_stream:
+            if previous is not None:
+                await previous  # earlier uploads may hold these streams' data: committed first
+            return {}
+        for entries in by_stream.values():
+            for e in entries:
+                e.dropped = True
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last_commit = done
+        try:
+            commits = await self._put_objects(by_stream)
+            if previous is not None:
+                await previous
+            await self._commit(commits, by_stream)
+            for sid, entries in by_stream.items():
+                stream = self.streams.get(sid)
+                if stream is not None:
+                    stream.committed_offset = max(stream.committed_offset, entries[-1].batch.end_offset)
+        finally:
+            done.set_result(None)
+        return {sid: sum(len(e.batch.payload) for e in entries) for sid, entries in by_stream.items()}
 
     # --- the append path (called by Stream) --------------------------------------------------
 
