@@ -45,12 +45,24 @@ class Cluster:
     topics: dict[str, int]  # name -> partition count
 
 
-def _metadata(wire: Any) -> Cluster:
+def _metadata(wire: Any, topics: list[str]) -> Cluster:
+    """Metadata of the named topics (by name: a listing of all topics leaves internal ones out)."""
     from engine.protocol.messages import MetadataRequest
 
-    md = wire.request(MetadataRequest(topics=None, allow_auto_topic_creation=False), 1)
-    leaders = {(t.name, p.partition_index): p.leader_id for t in md.topics for p in t.partitions}
-    return Cluster({b.node_id for b in md.brokers}, leaders, {t.name: len(t.partitions) for t in md.topics})
+    names = [MetadataRequest.MetadataRequestTopic(name=n) for n in sorted(set(topics))]
+    md = wire.request(MetadataRequest(topics=names, allow_auto_topic_creation=False), 4)
+    found = [t for t in md.topics if t.error_code == 0]
+    leaders = {(t.name, p.partition_index): p.leader_id for t in found for p in t.partitions}
+    return Cluster({b.node_id for b in md.brokers}, leaders, {t.name: len(t.partitions) for t in found})
+
+
+def _plan_topics(path: str | None) -> list[str]:
+    """The topic names a plan file mentions (checked properly by _read_plan)."""
+    if path is None:
+        return []
+    data = _read_json(path, "the reassignment plan")
+    entries = data.get("partitions") if isinstance(data, dict) else None
+    return [e["topic"] for e in entries or [] if isinstance(e, dict) and isinstance(e.get("topic"), str)]
 
 
 def _partition_spec(spec: str, count: int, topic: str) -> list[int]:
@@ -168,7 +180,7 @@ def _wait(wire: Any, moves: list[tuple[str, int, int]], progress: bool) -> float
         task = bar.add_task("moving partitions", total=len(wanted))
         while True:
             moving = _in_progress(wire)
-            leaders = _metadata(wire).leaders
+            leaders = _metadata(wire, [t for t, _ in wanted]).leaders
             done = [k for k, b in wanted.items() if k not in moving and leaders.get(k) == b]
             bar.update(task, completed=len(done))
             if len(done) == len(wanted):
@@ -300,7 +312,11 @@ def reassign(
         except PerfError as e:
             raise ReassignError(str(e)) from None
         with KafkaWire(bs) as wire:
-            cluster = _metadata(wire)
+            if generate:
+                names = [e["topic"] for e in _topics_to_move(topics_file)]
+            else:
+                names = [topic] if topic is not None else _plan_topics(plan_file)
+            cluster = _metadata(wire, names)
             if generate:
                 _generate(cluster, topics_file, broker_list, as_json)
                 return
@@ -381,13 +397,9 @@ def _move(
 
 
 def _generate(cluster: Cluster, topics_file: str | None, broker_list: str | None, as_json: bool) -> None:
-    if topics_file is None or broker_list is None:
+    if broker_list is None:
         raise ReassignError("--generate needs --topics-to-move-json-file and --broker-list")
-    data = _read_json(topics_file, "the topics file")
-    entries = data.get("topics") if isinstance(data, dict) else None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("topic"), str)
-                                                for e in entries):  # fmt: skip
-        raise ReassignError(f'{topics_file}: expected {{"topics": [{{"topic": "name"}}, ...], "version": 1}}')
+    entries = _topics_to_move(topics_file)
     try:
         brokers = [int(b) for b in broker_list.split(",") if b.strip()]
     except ValueError:
@@ -412,6 +424,17 @@ def _generate(cluster: Cluster, topics_file: str | None, broker_list: str | None
     typer.echo(_plan_json(current))
     typer.echo("\nProposed partition reassignment configuration")
     typer.echo(_plan_json(proposed))
+
+
+def _topics_to_move(topics_file: str | None) -> list[dict[str, Any]]:
+    if topics_file is None:
+        raise ReassignError("--generate needs --topics-to-move-json-file and --broker-list")
+    data = _read_json(topics_file, "the topics file")
+    entries = data.get("topics") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("topic"), str)
+                                                for e in entries):  # fmt: skip
+        raise ReassignError(f'{topics_file}: expected {{"topics": [{{"topic": "name"}}, ...], "version": 1}}')
+    return entries
 
 
 def _verify(wire: Any, cluster: Cluster, plan: list[tuple[str, int, int]], as_json: bool) -> None:
