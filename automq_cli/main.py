@@ -32,6 +32,9 @@ def _register() -> None:
     from automq_cli import reassign
 
     app.command(name="reassign")(reassign.reassign)
+    from automq_cli import scale
+
+    app.add_typer(scale.app, name="scale")
 
 
 def main() -> None:

@@ -41,9 +41,7 @@ def up(
         str | None,
         typer.Option("--dir", "--data-dir", help="Cluster directory (data and logs). Default: $AMQ_HOME/data."),
     ] = None,
-    brokers: Annotated[
-        int | None, typer.Option("--brokers", help="Number of brokers. Default: one per zone.")
-    ] = None,
+    brokers: Annotated[int | None, typer.Option("--brokers", help="Number of brokers. Default: one per zone.")] = None,
     zones: Annotated[
         str | None,
         typer.Option("--zones", help="Zones: a count (3 = az1,az2,az3) or names (a,b,c). Broker i is in zone i % Z."),
@@ -71,6 +69,10 @@ def up(
         str | None,
         typer.Option("--config", help="YAML/JSON broker settings (engine/broker/config.py); flags win over it."),
     ] = None,
+    auto_balance: Annotated[
+        bool | None,
+        typer.Option("--auto-balance/--no-auto-balance", help="Move partitions to even brokers' load. Default: on."),
+    ] = None,
 ) -> None:
     """Start SeaweedFS, the controller and the brokers in the background; return once clients can connect."""
     home = amq_home()
@@ -82,7 +84,7 @@ def up(
         raise _fail(f"--config {config}: no such file")
     given = {"wal": wal, "port": port, "s3_endpoint": s3_endpoint, "s3_bucket": s3_bucket, "access_key": access_key,
              "secret_key": secret_key, "region": region, "num_partitions": num_partitions,
-             "session_timeout": session_timeout, "brokers": brokers,
+             "session_timeout": session_timeout, "brokers": brokers, "auto_balance": auto_balance,
              "broker_config": str(Path(config).resolve()) if config else None}  # fmt: skip
     for k, v in given.items():
         if v is not None:
@@ -170,8 +172,13 @@ def status(
         width = max((len(str(b["address"] or "-")) for b in info["brokers"]), default=1)
         table.add_column("broker", justify="right")
         table.add_column("address", no_wrap=True, min_width=width)
-        for col, justify in (("state", "left"), ("partitions led", "right"), ("WAL", "left"), ("pid", "right"),
-                             ("RSS", "right")):
+        for col, justify in (
+            ("state", "left"),
+            ("partitions led", "right"),
+            ("WAL", "left"),
+            ("pid", "right"),
+            ("RSS", "right"),
+        ):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]  # fmt: skip
         for b in (b for b in info["brokers"] if b["zone"] == zone):
             style = _STATE_STYLE.get(b["state"], "yellow")
@@ -210,3 +217,17 @@ def status(
             f"uploaded {_fmt_bytes(st.get('s3_put_bytes'))} in {_dash(st.get('objects_uploaded'))} objects; "
             f"{_dash(st.get('partitions_open'))} partitions open, {_dash(st.get('connections_active'))} connections"
         )
+
+
+@app.command()
+def balance(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan and the spread it leads to; move nothing.")
+    ] = False,
+    dir: DirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Even out partitions and traffic over the brokers now (the auto-balancer does this on its own)."""
+    from automq_cli.scale import balance as run_balance
+
+    run_balance(dry_run, dir, as_json)

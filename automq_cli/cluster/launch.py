@@ -75,6 +75,12 @@ class ClusterOptions:
     brokers: int | None = None
     #: Seconds without a heartbeat before the controller fences a broker.
     session_timeout: float = 3.0
+    #: The controller's auto-balancer (docs/reassign.md); False: partitions move only when asked.
+    auto_balance: bool = True
+    #: `amq scale out --zone`: broker id (as a string, for JSON) -> its zone, where not zones[i % Z].
+    zone_of: dict[str, str] = field(default_factory=dict)
+    #: `amq scale in`: brokers drained and stopped for good; `up` does not start them again.
+    removed: list[int] = field(default_factory=list)
     #: None: the broker config file's value, else Kafka's default of 1.
     num_partitions: int | None = None
     #: YAML/JSON file of broker settings (BrokerConfig fields); the launcher's own settings win.
@@ -168,7 +174,7 @@ def plan(opts: ClusterOptions) -> Layout:
     if opts.port and opts.port + count - 1 > 65535:
         raise ClusterError(f"--port {opts.port} leaves no room for {count} brokers")
     _load_broker_settings(opts)  # a bad settings file fails now, not after SeaweedFS started
-    return Layout(zones=zones, broker_zones=[zones[i % len(zones)] for i in range(count)])
+    return Layout(zones=zones, broker_zones=[opts.zone_of.get(str(i), zones[i % len(zones)]) for i in range(count)])
 
 
 def _check_external_s3(opts: ClusterOptions) -> None:
@@ -289,7 +295,8 @@ def start_cluster(
     ctl = spawn(
         [sys.executable, "-m", "engine.controller", "--dir", str(directory / "controller"),
          "--port", str(opts.controller_port), "--port-file", str(port_file),
-         "--session-timeout-ms", str(max(1, round(opts.session_timeout * 1000)))],
+         "--session-timeout-ms", str(max(1, round(opts.session_timeout * 1000))),
+         *([] if opts.auto_balance else ["--no-auto-balance"])],
         logs / "controller.log",
     )  # fmt: skip
     pids["controller"] = ctl.pid
@@ -306,6 +313,8 @@ def start_cluster(
     # brokers
     entries: list[dict[str, Any]] = []
     for node_id, zone in enumerate(layout.broker_zones):
+        if node_id in opts.removed:
+            continue
         try:
             cfg = broker_config(opts, directory, controller, s3, node_id, zone, ports[node_id])
         except (OSError, ValueError) as e:

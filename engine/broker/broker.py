@@ -91,6 +91,9 @@ class Broker:
         #: Moves into this broker whose opening is reported (or being reported) to the controller.
         self._moves_in: set[int] = set()
         self._move_tasks: set[asyncio.Task[None]] = set()
+        #: Byte counters of each open partition at the last load report, and when that was.
+        self._load_marks: dict[tuple[str, int], tuple[int, int, int]] = {}
+        self._load_at = time.monotonic()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -255,7 +258,8 @@ class Broker:
                 continue
             # Heartbeats go on while the broker (re)joins: recovering a WAL may outlast the session.
             try:
-                await self.controller.request(api.Heartbeat(self.node_id, self.broker_epoch), timeout=interval * 5)
+                hb = api.Heartbeat(self.node_id, self.broker_epoch, self._load_report())
+                await self.controller.request(hb, timeout=interval * 5)
             except ControllerUnavailable as e:
                 log.warning("heartbeat: %s", e)
             except RpcError as e:
@@ -266,6 +270,25 @@ class Broker:
                 # Fenced: survivors own our partitions and our WAL now. Start over as a new incarnation.
                 log.warning("heartbeat refused (%s): rejoining as a new incarnation", e)
                 self._rejoin_task = asyncio.get_running_loop().create_task(self._rejoin())
+
+    def _load_report(self) -> list[tuple[str, int, float, float]] | None:
+        """Bytes/s in and out of each partition led here since the last report, when one is due."""
+        now = time.monotonic()
+        elapsed = now - self._load_at
+        if elapsed * 1000 < self.config.load_report_interval_ms:
+            return None
+        marks: dict[tuple[str, int], tuple[int, int, int]] = {}
+        out = []
+        for key, part in self._partitions.items():
+            marks[key] = (id(part), part.bytes_in, part.bytes_out)
+            same, was_in, was_out = self._load_marks.get(key, (0, 0, 0))
+            if same != id(part):
+                was_in = was_out = 0  # opened since the last report: its counters started at 0
+            rate_in, rate_out = (part.bytes_in - was_in) / elapsed, (part.bytes_out - was_out) / elapsed
+            if rate_in or rate_out:
+                out.append((key[0], key[1], round(rate_in, 1), round(rate_out, 1)))
+        self._load_marks, self._load_at = marks, now
+        return out
 
     async def _rejoin(self) -> None:
         try:

@@ -96,6 +96,8 @@ class MetadataImage:
                 self._broker(rec)
             elif kind == "topic":
                 touched.add(self._topic(rec))
+            elif kind == "broker_removed":
+                self.brokers.pop(int(rec["id"]), None)
             elif kind == "wal_takeover":
                 self._takeover(rec)
             elif kind == "wal_takeover_done":

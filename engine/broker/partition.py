@@ -103,6 +103,9 @@ class Partition:
         self._ts_lock = asyncio.Lock()
         self.from_snapshot = False
         self._first_append: asyncio.Future[int] | None = None
+        #: Bytes produced to and fetched from this partition here (the balancer's load reports).
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     def __repr__(self) -> str:
         return f"Partition({self.topic.name}-{self.index}, stream {self.stream_id}, epoch {self.leader_epoch})"
@@ -327,6 +330,7 @@ class Partition:
             log_append_time_ms=now_ms if log_append else None,
             partition_leader_epoch=self.leader_epoch,
         )
+        self.bytes_in += len(records)
         done = stream.append(bytes(records), end - first)
         done.add_done_callback(self._append_done)
         self._last_done = done

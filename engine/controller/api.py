@@ -190,6 +190,9 @@ class BrokerStatus(msgspec.Struct):
     state: str
     partitions_led: int
     wal: WalSpec
+    bytes_in_per_s: float = 0.0
+    bytes_out_per_s: float = 0.0
+    draining: bool = False
 
 
 class StatusResult(msgspec.Struct):
@@ -202,6 +205,10 @@ class StatusResult(msgspec.Struct):
     partitions: int
     offline_partitions: int
     wal_takeovers: list[WalTakeover]
+    auto_balance: bool = False
+    #: The balancer's recent decisions, newest last.
+    balancer: list[str] = []
+    moves_in_progress: int = 0
 
 
 class Ping(Request[PingResult]):
@@ -235,6 +242,9 @@ class Heartbeat(Request[HeartbeatResult]):
     session = True
     broker_id: int
     broker_epoch: int
+    #: Every few heartbeats: (topic, partition, bytes/s in, bytes/s out) of the partitions it leads
+    #: that carried traffic; None between reports (the last report stands).
+    loads: list[tuple[str, int, float, float]] | None = None
 
 
 class ControlledShutdown(Request[ShutdownResult]):
@@ -310,6 +320,52 @@ class GetSnapshot(Request[SnapshotResult]):
     response = SnapshotResult
     topic: str
     partition: int
+
+
+class BalanceMove(msgspec.Struct, array_like=True):
+    topic: str
+    partition: int
+    source: int
+    target: int
+
+
+class BrokerLoad(msgspec.Struct, array_like=True):
+    broker: int
+    partitions: int
+    bytes_per_s: float
+
+
+class BalanceResult(msgspec.Struct):
+    """A balancer plan: the moves, the spread before and after, and whether it is within bounds."""
+
+    moves: list[BalanceMove]
+    before: list[BrokerLoad]
+    after: list[BrokerLoad]
+    max_over_mean_before: float
+    max_over_mean_after: float
+    balanced: bool
+    reason: str
+    plan_ms: float
+    started: list[int] = []
+    version: int = 0
+
+
+class Balance(Request[BalanceResult]):
+    """Plan a rebalance (and start it unless dry_run). `exclude`: brokers to drain (scale in)."""
+
+    method = "balance"
+    response = BalanceResult
+    dry_run: bool = True
+    exclude: list[int] = []
+    max_moves: int = 0
+
+
+class ForgetBroker(Request[VersionResult]):
+    """`amq scale in`: a broker that stopped and leads nothing leaves the cluster's records."""
+
+    method = "forget_broker"
+    response = VersionResult
+    broker_id: int
 
 
 class MovesResult(msgspec.Struct):
@@ -398,6 +454,6 @@ REQUESTS: dict[str, type[Request[Any]]] = {
     for cls in (
         Ping, RegisterBroker, BrokerReady, Heartbeat, ControlledShutdown, ClusterShutdown, WalTakenOver, Metadata,
         CreateTopics, DeleteTopics, CreatePartitions, AlterConfigs, AllocProducerIds, Status,
-        Reassign, PartitionsReleased, PartitionOpened, GetSnapshot, ListMoves,
+        Reassign, PartitionsReleased, PartitionOpened, GetSnapshot, ListMoves, Balance, ForgetBroker,
     )
 }  # fmt: skip

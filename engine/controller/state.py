@@ -133,6 +133,11 @@ class ControllerState:
         #: Recent moves by id (memory only: a restarted controller restarts unfinished moves' bookkeeping).
         self.moves: dict[int, MoveRecord] = {}
         self.next_move_id = 1
+        #: (topic, partition) -> (bytes/s in, bytes/s out) as its leader last reported (memory only).
+        self.loads: dict[tuple[str, int], tuple[float, float]] = {}
+        self._reported: dict[int, set[tuple[str, int]]] = {}
+        #: (topic, partition) -> when its leader last changed (monotonic): the balancer's cooldown.
+        self.last_moved: dict[tuple[str, int], float] = {}
         meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         self.cluster_id = meta.get("cluster_id") or uuid.uuid4().hex[:22]
         self.version = int(meta.get("version", 0))
@@ -316,11 +321,49 @@ class ControllerState:
             raise KeyError("STALE_BROKER_EPOCH")
         return b
 
-    def heartbeat(self, broker_id: int, epoch: int) -> BrokerRecord:
+    def heartbeat(
+        self, broker_id: int, epoch: int, loads: list[tuple[str, int, float, float]] | None = None
+    ) -> BrokerRecord:
         b = self._current(broker_id, epoch)
         self.last_seen[broker_id] = time.monotonic()
         self.lost_at.pop(broker_id, None)
+        if loads is not None:
+            for key in self._reported.pop(broker_id, ()):
+                self.loads.pop(key, None)
+            mine = {(t, i) for t, i, _, _ in loads}
+            self._reported[broker_id] = mine
+            for t, i, bytes_in, bytes_out in loads:
+                self.loads[(t, i)] = (bytes_in, bytes_out)
         return b
+
+    def forget_broker(self, broker_id: int) -> None:
+        """Drop a broker that left for good (scale in): it must be stopped and lead nothing."""
+        b = self.brokers.get(broker_id)
+        if b is None:
+            raise KeyError("BROKER_ID_NOT_REGISTERED")
+        if b.state not in ("shutdown", "fenced") or self._led_by(broker_id):
+            raise KeyError("BROKER_STILL_IN_USE")
+        if any(t.from_broker == broker_id for t in self.takeovers.values()):
+            raise KeyError("BROKER_STILL_IN_USE")
+
+        def tx() -> None:
+            self.db.execute("DELETE FROM brokers WHERE id=?", (broker_id,))
+            del self.brokers[broker_id]
+            self.last_seen.pop(broker_id, None)
+            self._emit({"type": "broker_removed", "id": broker_id})
+
+        self._commit(tx)
+
+    def broker_loads(self) -> dict[int, tuple[float, float]]:
+        """Per broker: (bytes/s in, bytes/s out) over the partitions it leads."""
+        out: dict[int, tuple[float, float]] = {}
+        for t in self.topics.values():
+            for p in t.partitions:
+                load = self.loads.get((t.name, p.index))
+                if load is not None:
+                    i, o = out.get(p.leader, (0.0, 0.0))
+                    out[p.leader] = (i + load[0], o + load[1])
+        return out
 
     def connection_lost(self, broker_ids: set[int]) -> None:
         now = time.monotonic()
@@ -449,10 +492,12 @@ class ControllerState:
             return 0
         leaders = self._place(len(parts), exclude)
         moved = 0
+        now = time.monotonic()
         for (t, p), leader in zip(parts, leaders, strict=True):
             self._end_move(t, p, "failed", f"broker {p.leader} left; the partition went to broker {leader}")
             if leader < 0:
                 continue  # nobody to lead it: offline until a broker is ready
+            self.last_moved[(t.name, p.index)] = now
             p.leader = leader
             p.leader_epoch += 1
             moved += 1
@@ -587,6 +632,7 @@ class ControllerState:
                 # A target that stopped meanwhile: the partition stays, reopened by its leader at a new epoch.
                 p.leader = p.target if self.running(p.target) else broker_id
                 p.leader_epoch += 1
+                self.last_moved[(r.topic, r.partition)] = time.monotonic()
                 p.target = -1
                 m = self.moves.get(p.move_id)
                 if m is not None:

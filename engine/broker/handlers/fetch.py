@@ -76,6 +76,7 @@ async def _read(
                     pd.records = chosen  # type: ignore[assignment]
                     total += size
                     remaining -= size
+                    part.bytes_out += size
                     offset = batches[len(chosen) - 1].end_offset
                 waits.append((part, offset))
             except (BrokerError, StorageError) as e:
