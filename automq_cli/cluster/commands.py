@@ -146,6 +146,12 @@ def _fmt_bytes(n: Any) -> str:
 _STATE_STYLE = {"running": "green", "stopped": "red", "fenced": "yellow", "shutting down": "yellow"}
 
 
+def _rates(b: dict[str, Any]) -> str:
+    if b.get("bytes_in_per_s") is None:
+        return "-"
+    return f"{b['bytes_in_per_s'] / 2**20:.1f}/{b['bytes_out_per_s'] / 2**20:.1f}"
+
+
 def _dash(v: Any) -> str:
     return "-" if v is None else str(v)
 
@@ -175,6 +181,7 @@ def status(
         for col, justify in (
             ("state", "left"),
             ("partitions led", "right"),
+            ("MiB/s in/out", "right"),
             ("WAL", "left"),
             ("pid", "right"),
             ("RSS", "right"),
@@ -184,7 +191,8 @@ def status(
             style = _STATE_STYLE.get(b["state"], "yellow")
             table.add_row(
                 str(b["id"]), _dash(b["address"]), f"[{style}]{b['state']}[/{style}]",
-                _dash(b["partitions_led"]), _dash(b["wal_kind"]), _dash(b["pid"]), _fmt_bytes(b["rss_bytes"]),
+                _dash(b["partitions_led"]) + (" (draining)" if b.get("draining") else ""), _rates(b),
+                _dash(b["wal_kind"]), _dash(b["pid"]), _fmt_bytes(b["rss_bytes"]),
             )  # fmt: skip
         _out.print(table)
     ctl = info["controller"]
@@ -210,6 +218,14 @@ def status(
             _out.print(f"  zone {zone}: {addresses}")
     for line in info["waiting"]:
         _out.print(f"[yellow]{line}[/yellow]")
+    if "error" not in cs:
+        moving = cs.get("moves_in_progress") or 0
+        _out.print(
+            f"auto-balancer: {'on' if cs.get('auto_balance') else 'off (--no-auto-balance)'}"
+            + (f"; {moving} moves under way" if moving else "")
+        )
+        for line in (cs.get("balancer") or [])[-5:]:
+            _out.print(f"  {line}")
     st = info.get("storage")
     if st:
         _out.print(

@@ -77,6 +77,8 @@ class ClusterOptions:
     session_timeout: float = 3.0
     #: The controller's auto-balancer (docs/reassign.md); False: partitions move only when asked.
     auto_balance: bool = True
+    #: Seconds between the auto-balancer's rounds.
+    balance_interval_s: float = 5.0
     #: `amq scale out --zone`: broker id (as a string, for JSON) -> its zone, where not zones[i % Z].
     zone_of: dict[str, str] = field(default_factory=dict)
     #: `amq scale in`: brokers drained and stopped for good; `up` does not start them again.
@@ -296,6 +298,7 @@ def start_cluster(
         [sys.executable, "-m", "engine.controller", "--dir", str(directory / "controller"),
          "--port", str(opts.controller_port), "--port-file", str(port_file),
          "--session-timeout-ms", str(max(1, round(opts.session_timeout * 1000))),
+         "--balance-interval-ms", str(max(50, round(opts.balance_interval_s * 1000))),
          *([] if opts.auto_balance else ["--no-auto-balance"])],
         logs / "controller.log",
     )  # fmt: skip

@@ -57,10 +57,15 @@ class AutoBalancer:
         gone = self.draining | (exclude or set())
         brokers = [BrokerInfo(b.id, b.zone) for b in s.alive_brokers() if b.id not in gone]
         loads = s.loads
+        # Equal loads are taken in list order: interleaving the topics (each in proportion to its
+        # partition count) makes moves made for counts spread every topic, not empty one broker
+        # of one topic while another topic stays where it was.
+        ordered = sorted(
+            ((p.index / len(t.partitions), t.name, p) for t in s.topics.values() for p in t.partitions),
+            key=lambda x: (x[0], x[1]),
+        )
         parts = [
-            PartitionLoad((t.name, p.index), p.leader, *loads.get((t.name, p.index), (0.0, 0.0)))
-            for t in s.topics.values()
-            for p in t.partitions
+            PartitionLoad((name, p.index), p.leader, *loads.get((name, p.index), (0.0, 0.0))) for _, name, p in ordered
         ]
         frozen: set[tuple[str, int]] = set()
         if cooldown:

@@ -207,7 +207,8 @@ class ControllerServer:
         why = self.balancer.settled()
         if why is not None and not p.dry_run:
             raise RpcError("NOT_SETTLED", f"not now: {why}")
-        plan = self.balancer.plan(exclude, p.max_moves or None, cooldown=not p.exclude)
+        # Asked for by a user: the cooldown (which keeps the automatic rounds from flapping) does not apply.
+        plan = self.balancer.plan(exclude, p.max_moves or None, cooldown=False)
         out = result(plan)
         if not p.dry_run:
             self.balancer.draining |= exclude

@@ -136,7 +136,8 @@ class ControllerState:
         #: (topic, partition) -> (bytes/s in, bytes/s out) as its leader last reported (memory only).
         self.loads: dict[tuple[str, int], tuple[float, float]] = {}
         self._reported: dict[int, set[tuple[str, int]]] = {}
-        #: (topic, partition) -> when its leader last changed (monotonic): the balancer's cooldown.
+        #: (topic, partition) -> when the balancer last moved it (monotonic): its cooldown. Moves for
+        #: other causes (failover, a user's reassignment) are not counted: the balancer may even them out.
         self.last_moved: dict[tuple[str, int], float] = {}
         meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         self.cluster_id = meta.get("cluster_id") or uuid.uuid4().hex[:22]
@@ -492,12 +493,10 @@ class ControllerState:
             return 0
         leaders = self._place(len(parts), exclude)
         moved = 0
-        now = time.monotonic()
         for (t, p), leader in zip(parts, leaders, strict=True):
             self._end_move(t, p, "failed", f"broker {p.leader} left; the partition went to broker {leader}")
             if leader < 0:
                 continue  # nobody to lead it: offline until a broker is ready
-            self.last_moved[(t.name, p.index)] = now
             p.leader = leader
             p.leader_epoch += 1
             moved += 1
@@ -632,9 +631,10 @@ class ControllerState:
                 # A target that stopped meanwhile: the partition stays, reopened by its leader at a new epoch.
                 p.leader = p.target if self.running(p.target) else broker_id
                 p.leader_epoch += 1
-                self.last_moved[(r.topic, r.partition)] = time.monotonic()
                 p.target = -1
                 m = self.moves.get(p.move_id)
+                if m is not None and m.cause in ("balancer", "balance"):
+                    self.last_moved[(r.topic, r.partition)] = time.monotonic()
                 if m is not None:
                     m.drained_ms, m.released_ms, m.moved_ms = r.drained_ms, r.released_ms, now
                     m.uploaded_bytes = r.uploaded_bytes

@@ -10,9 +10,6 @@ snapshot, and the bytes uploaded per move were the stream's WAL tail, not its si
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -36,13 +33,6 @@ from tests.integration.cluster_load import (
 )
 
 OFFSETS = "__consumer_offsets"
-
-
-def amq(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AMQ_HOME": str(cluster.home)}
-    return subprocess.run(
-        [sys.executable, "-m", "automq_cli.main", *args], capture_output=True, text=True, env=env, timeout=120
-    )
 
 
 def moves_of(cluster: LocalCluster) -> list[api.MoveRecord]:
@@ -77,19 +67,19 @@ def test_reassign_under_load_loses_and_repeats_nothing(tmp_path: Path, wal: str)
                     entries = [{"topic": topic, "partition": p, "replicas": [b]} for p, b in nxt.items()]
                     entries.append({"topic": OFFSETS, "partition": coord, "replicas": [coord_to]})
                     plan.write_text(json.dumps({"version": 1, "partitions": entries}))
-                    out = amq(cluster, "reassign", "--execute", "--reassignment-json-file", str(plan))
+                    out = cluster.amq("reassign", "--execute", "--reassignment-json-file", str(plan))
                     assert out.returncode == 0, out.stderr
                     assert "Save this to use as the --reassignment-json-file option during rollback" in out.stdout
-                    verify = amq(cluster, "reassign", "--verify", "--reassignment-json-file", str(plan))
+                    verify = cluster.amq("reassign", "--verify", "--reassignment-json-file", str(plan))
                     assert verify.returncode == 0 and "is completed" in verify.stdout, verify.stdout + verify.stderr
                 elif round_ == 1:
                     for b in range(3):
                         mine = [p for p, t in nxt.items() if t == b]
-                        out = amq(cluster, "reassign", "--topic", topic, "--partition", ",".join(map(str, mine)),
+                        out = cluster.amq("reassign", "--topic", topic, "--partition", ",".join(map(str, mine)),
                                   "--to", str(b), "--json")  # fmt: skip
                         assert out.returncode == 0, out.stderr
                         assert json.loads(out.stdout)["moved"] == len(mine)
-                    out = amq(cluster, "reassign", "--topic", OFFSETS, "--partition", str(coord), "--to", str(coord_to))
+                    out = cluster.amq("reassign", "--topic", OFFSETS, "--partition", str(coord), "--to", str(coord_to))
                     assert out.returncode == 0, out.stderr
                 else:
                     wanted = {TopicPartition(topic, p): [b] for p, b in nxt.items()}
@@ -103,7 +93,7 @@ def test_reassign_under_load_loses_and_repeats_nothing(tmp_path: Path, wal: str)
             # of the reader covers, and the new leader's cache starts after them (a read must not skip).
             for _ in range(20):
                 lead = leaders(cluster.bootstrap, topic)[0]
-                out = amq(cluster, "reassign", "--topic", topic, "--partition", "0", "--to", str((lead + 1) % 3))
+                out = cluster.amq("reassign", "--topic", topic, "--partition", "0", "--to", str((lead + 1) % 3))
                 assert out.returncode == 0, out.stderr
         finally:
             admin.close()
@@ -135,7 +125,7 @@ def test_reassign_refuses_bad_input_and_a_dead_leader(tmp_path: Path) -> None:
                 path = tmp_path / "plan.json"
                 path.write_text(raw if raw is not None else json.dumps(plan))
                 args = (*args, "--reassignment-json-file", str(path))
-            out = amq(cluster, "reassign", *args)
+            out = cluster.amq("reassign", *args)
             assert out.returncode != 0, out.stdout
             assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
             return out.stderr
