@@ -110,9 +110,9 @@ def scale_out(
             raise ScaleError("--zone must name a zone")
         state = _cluster(dir)
         started = time.monotonic()
-        new = _add_brokers(state, brokers, zone)
+        new = add_brokers(state, brokers, zone)
         registered = time.monotonic()
-        moved = _spread(state, new, as_json)
+        moved = spread(state, new, as_json)
         took = time.monotonic() - started
         share = time.monotonic() - registered
         status = _status(state)
@@ -131,7 +131,7 @@ def scale_out(
         raise _fail("scale", str(e)) from None
 
 
-def _add_brokers(state: dict[str, Any], count: int, zone: str | None) -> list[int]:
+def add_brokers(state: dict[str, Any], count: int, zone: str | None) -> list[int]:
     from engine.broker.config import S3Settings
 
     directory = Path(state["dir"])
@@ -171,7 +171,7 @@ def _add_brokers(state: dict[str, Any], count: int, zone: str | None) -> list[in
     return new
 
 
-def _spread(state: dict[str, Any], new: list[int], as_json: bool) -> int:
+def spread(state: dict[str, Any], new: list[int], as_json: bool) -> int:
     """Plan and apply until the balancer has nothing more to move; returns partitions moved."""
     moved = 0
     with _progress(as_json) as bar:
@@ -202,8 +202,6 @@ def scale_in(
     as_json: JsonOption = False,
 ) -> None:
     """Move every partition off a broker (metadata only), then stop it and remove it from the cluster."""
-    from engine.controller import api
-
     try:
         state = _cluster(dir)
         status = _status(state)
@@ -216,39 +214,7 @@ def scale_in(
         if not others:
             raise ScaleError(f"broker {broker} is the only running broker: nothing could take its partitions")
         started = time.monotonic()
-        total = me.partitions_led
-        moved = 0
-        with _progress(as_json) as bar:
-            task = bar.add_task(f"draining broker {broker}", total=max(total, 1))
-            deadline = time.monotonic() + WAIT_S
-            while True:
-                res = _balance(state, dry_run=False, exclude=[broker], max_moves=100_000)
-                moved += len(res.started)
-                while True:
-                    left = next((b.partitions_led for b in _status(state).brokers if b.id == broker), 0)
-                    bar.update(task, completed=total - left)
-                    if not _status(state).moves_in_progress:
-                        break
-                    time.sleep(0.05)
-                if left == 0:
-                    break
-                if time.monotonic() > deadline:
-                    raise ScaleError(f"broker {broker} still leads {left} partitions after {WAIT_S:.0f}s")
-        drained = time.monotonic() - started
-        entry = broker_entry(state, broker)
-        pid = (entry or {}).get("pid")
-        if isinstance(pid, int):
-            terminate_pid(pid, f"broker-{broker}", timeout=30)
-        deadline = time.monotonic() + 15
-        while next((b.state for b in _status(state).brokers if b.id == broker), "shutdown") not in (
-            "shutdown",
-            "fenced",
-        ):
-            if time.monotonic() > deadline:
-                raise ScaleError(f"broker {broker} did not stop")
-            time.sleep(0.1)
-        _rpc(state, api.ForgetBroker(broker))
-        _remove_broker(state, broker)
+        moved, drained = drain_and_remove(state, broker, me.partitions_led, progress=not as_json)
         took = time.monotonic() - started
         if as_json:
             typer.echo(json.dumps({"removed": broker, "partitions_moved": moved, "drained_seconds": round(drained, 3),
@@ -260,6 +226,46 @@ def scale_in(
             )
     except (ScaleError, ClusterError) as e:
         raise _fail("scale", str(e)) from None
+
+
+def drain_and_remove(state: dict[str, Any], broker: int, total: int, progress: bool = False) -> tuple[int, float]:
+    """Move every partition off `broker` by metadata, stop it, and remove it from the cluster.
+
+    Returns (partitions moved, seconds until it led nothing)."""
+    from engine.controller import api
+
+    started = time.monotonic()
+    moved = 0
+    with _progress(not progress) as bar:
+        task = bar.add_task(f"draining broker {broker}", total=max(total, 1))
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            res = _balance(state, dry_run=False, exclude=[broker], max_moves=100_000)
+            moved += len(res.started)
+            while True:
+                status = _status(state)
+                left = next((b.partitions_led for b in status.brokers if b.id == broker), 0)
+                bar.update(task, completed=total - left)
+                if not status.moves_in_progress:
+                    break
+                time.sleep(0.05)
+            if left == 0:
+                break
+            if time.monotonic() > deadline:
+                raise ScaleError(f"broker {broker} still leads {left} partitions after {WAIT_S:.0f}s")
+    drained = time.monotonic() - started
+    entry = broker_entry(state, broker)
+    pid = (entry or {}).get("pid")
+    if isinstance(pid, int):
+        terminate_pid(pid, f"broker-{broker}", timeout=30)
+    deadline = time.monotonic() + 15
+    while next((b.state for b in _status(state).brokers if b.id == broker), "shutdown") not in ("shutdown", "fenced"):
+        if time.monotonic() > deadline:
+            raise ScaleError(f"broker {broker} did not stop")
+        time.sleep(0.1)
+    _rpc(state, api.ForgetBroker(broker))
+    _remove_broker(state, broker)
+    return moved, drained
 
 
 def _remove_broker(state: dict[str, Any], broker: int) -> None:

@@ -73,6 +73,12 @@ def up(
         bool | None,
         typer.Option("--auto-balance/--no-auto-balance", help="Move partitions to even brokers' load. Default: on."),
     ] = None,
+    autoscale: Annotated[
+        str | None, typer.Option("--autoscale", help="MIN:MAX: add and remove brokers with the load (e.g. 1:4).")
+    ] = None,
+    target_mibps: Annotated[
+        float | None, typer.Option("--target-mibps", help="With --autoscale: MiB/s (in + out) per broker to aim at.")
+    ] = None,
 ) -> None:
     """Start SeaweedFS, the controller and the brokers in the background; return once clients can connect."""
     home = amq_home()
@@ -85,6 +91,7 @@ def up(
     given = {"wal": wal, "port": port, "s3_endpoint": s3_endpoint, "s3_bucket": s3_bucket, "access_key": access_key,
              "secret_key": secret_key, "region": region, "num_partitions": num_partitions,
              "session_timeout": session_timeout, "brokers": brokers, "auto_balance": auto_balance,
+             "autoscale": autoscale, "target_mibps": target_mibps,
              "broker_config": str(Path(config).resolve()) if config else None}  # fmt: skip
     for k, v in given.items():
         if v is not None:
@@ -225,6 +232,14 @@ def status(
             + (f"; {moving} moves under way" if moving else "")
         )
         for line in (cs.get("balancer") or [])[-5:]:
+            _out.print(f"  {line}")
+    scaler = info.get("autoscaler")
+    if scaler:
+        pol = scaler.get("policy") or {}
+        alive = "running" if scaler.get("alive") else "NOT running"
+        _out.print(f"autoscaler: {pol.get('min_brokers')}:{pol.get('max_brokers')} brokers, target "
+                   f"{pol.get('target_mibps')} MiB/s per broker ({alive})")  # fmt: skip
+        for line in (scaler.get("decisions") or [])[-5:]:
             _out.print(f"  {line}")
     st = info.get("storage")
     if st:

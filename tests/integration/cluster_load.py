@@ -43,6 +43,8 @@ class Load:
     sent: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    #: Spaces after each record's sequence number, to make the load heavier in bytes.
+    pad: int = 0
 
     def start(self) -> Load:
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -62,7 +64,7 @@ class Load:
 
         while not self.stop.is_set():
             for _ in range(20):
-                p.produce(self.topic, value=b"%d" % self.sent, partition=self.sent % PARTITIONS,
+                p.produce(self.topic, value=b"%d" % self.sent + b" " * self.pad, partition=self.sent % PARTITIONS,
                           on_delivery=on_delivery)  # fmt: skip
                 self.sent += 1
             p.poll(0.005)

@@ -143,3 +143,30 @@ def test_auto_balancer_is_on_by_default_and_evens_out_a_skewed_cluster(tmp_path:
         assert "auto-balancer: on" in out.stdout, out.stdout
     finally:
         cluster.stop()
+
+
+def test_autoscaler_adds_a_broker_under_load_and_removes_it_when_idle(tmp_path: Path) -> None:
+    cluster = start_local_cluster(
+        tmp_path, brokers=1, wal="nfs", autoscale="1:2", target_mibps=0.5, autoscale_interval_s=1.0,
+        extra_broker={"load_report_interval_ms": 1000}, balance_interval_s=1.0,
+    )  # fmt: skip
+    try:
+        topic = unique("as")
+        create_topic(cluster, topic, PARTITIONS)
+        load = Load(cluster.bootstrap, topic, pad=1000).start()
+
+        def brokers() -> list[int]:
+            return sorted(b.id for b in controller_status(cluster).brokers if b.alive)
+
+        wait_until(lambda: brokers() == [0, 1], 60, "the autoscaler to add a broker")
+        cluster.reload()
+        wait_until(lambda: set(leaders(cluster.bootstrap, topic).values()) == {0, 1}, 30, "partitions on the new one")
+        load.finish()
+        assert not load.errors, load.errors[:5]
+        wait_until(lambda: brokers() == [0], 60, "the autoscaler to remove the idle broker")
+        out = cluster.amq("cluster", "status")
+        assert "autoscaler: 1:2 brokers" in out.stdout and "scale out: added broker 1" in out.stdout, out.stdout
+        assert "scale in: removed broker 1" in out.stdout, out.stdout
+        check_exactly_once_in_order(load, read_back(cluster.bootstrap, topic))
+    finally:
+        cluster.stop()
