@@ -465,6 +465,11 @@ class Broker:
                 except Exception as e:
                     log.warning("releasing %s failed (%s); retrying", keys, e, exc_info=attempt == 0)
                 await asyncio.sleep(0.2)
+            # Given up (the move stays pending at the controller; `amq reassign --cancel` ends it):
+            # the partitions take appends again, reopened at the same epoch on the next request.
+            log.error("could not release %s; serving them again", keys)
+            for key in keys:
+                self._drop_partition(key, close=False)
         finally:
             for key in keys:
                 ev = self._releasing.pop(key, None)
