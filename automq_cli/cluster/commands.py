@@ -156,7 +156,8 @@ _STATE_STYLE = {"running": "green", "stopped": "red", "fenced": "yellow", "shutt
 def _rates(b: dict[str, Any]) -> str:
     if b.get("bytes_in_per_s") is None:
         return "-"
-    return f"{b['bytes_in_per_s'] / 2**20:.1f}/{b['bytes_out_per_s'] / 2**20:.1f}"
+    return (f"{b['bytes_in_per_s'] / 2**20:.1f}/{b['bytes_out_per_s'] / 2**20:.1f}"
+            f" ({b.get('requests_per_s') or 0:.0f} req/s)")  # fmt: skip
 
 
 def _dash(v: Any) -> str:
@@ -188,7 +189,7 @@ def status(
         for col, justify in (
             ("state", "left"),
             ("partitions led", "right"),
-            ("MiB/s in/out", "right"),
+            ("MiB/s in/out (req/s)", "right"),
             ("WAL", "left"),
             ("pid", "right"),
             ("RSS", "right"),

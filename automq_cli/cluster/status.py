@@ -90,6 +90,7 @@ def cluster_status(state: dict[str, Any]) -> dict[str, Any]:
                 "bytes_in_per_s": (c or {}).get("bytes_in_per_s"),
                 "bytes_out_per_s": (c or {}).get("bytes_out_per_s"),
                 "draining": (c or {}).get("draining"),
+                "requests_per_s": (c or {}).get("requests_per_s"),
                 "wal_kind": wal.get("kind") or state.get("wal_kind"),
                 "wal_id": wal.get("wal_id") or f"broker-{bid}",
                 "pid": pid,

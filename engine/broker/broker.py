@@ -92,7 +92,7 @@ class Broker:
         self._moves_in: set[int] = set()
         self._move_tasks: set[asyncio.Task[None]] = set()
         #: Byte counters of each open partition at the last load report, and when that was.
-        self._load_marks: dict[tuple[str, int], tuple[int, int, int]] = {}
+        self._load_marks: dict[tuple[str, int], tuple[int, int, int, int]] = {}
         self._load_at = time.monotonic()
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -271,22 +271,23 @@ class Broker:
                 log.warning("heartbeat refused (%s): rejoining as a new incarnation", e)
                 self._rejoin_task = asyncio.get_running_loop().create_task(self._rejoin())
 
-    def _load_report(self) -> list[tuple[str, int, float, float]] | None:
+    def _load_report(self) -> list[api.LoadReport] | None:
         """Bytes/s in and out of each partition led here since the last report, when one is due."""
         now = time.monotonic()
         elapsed = now - self._load_at
         if elapsed * 1000 < self.config.load_report_interval_ms:
             return None
-        marks: dict[tuple[str, int], tuple[int, int, int]] = {}
+        marks: dict[tuple[str, int], tuple[int, int, int, int]] = {}
         out = []
         for key, part in self._partitions.items():
-            marks[key] = (id(part), part.bytes_in, part.bytes_out)
-            same, was_in, was_out = self._load_marks.get(key, (0, 0, 0))
+            marks[key] = (id(part), part.bytes_in, part.bytes_out, part.requests)
+            same, was_in, was_out, was_req = self._load_marks.get(key, (0, 0, 0, 0))
             if same != id(part):
-                was_in = was_out = 0  # opened since the last report: its counters started at 0
-            rate_in, rate_out = (part.bytes_in - was_in) / elapsed, (part.bytes_out - was_out) / elapsed
-            if rate_in or rate_out:
-                out.append((key[0], key[1], round(rate_in, 1), round(rate_out, 1)))
+                was_in = was_out = was_req = 0  # opened since the last report: its counters started at 0
+            rates = [(now_ - was) / elapsed for now_, was in
+                     ((part.bytes_in, was_in), (part.bytes_out, was_out), (part.requests, was_req))]  # fmt: skip
+            if any(rates):
+                out.append(api.LoadReport(key[0], key[1], *(round(r, 1) for r in rates)))
         self._load_marks, self._load_at = marks, now
         return out
 

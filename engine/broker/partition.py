@@ -106,6 +106,7 @@ class Partition:
         #: Bytes produced to and fetched from this partition here (the balancer's load reports).
         self.bytes_in = 0
         self.bytes_out = 0
+        self.requests = 0
 
     def __repr__(self) -> str:
         return f"Partition({self.topic.name}-{self.index}, stream {self.stream_id}, epoch {self.leader_epoch})"
@@ -331,6 +332,7 @@ class Partition:
             partition_leader_epoch=self.leader_epoch,
         )
         self.bytes_in += len(records)
+        self.requests += 1
         done = stream.append(bytes(records), end - first)
         done.add_done_callback(self._append_done)
         self._last_done = done

@@ -193,6 +193,7 @@ class BrokerStatus(msgspec.Struct):
     bytes_in_per_s: float = 0.0
     bytes_out_per_s: float = 0.0
     draining: bool = False
+    requests_per_s: float = 0.0
 
 
 class StatusResult(msgspec.Struct):
@@ -236,15 +237,26 @@ class BrokerReady(Request[VersionResult]):
     broker_epoch: int
 
 
+class LoadReport(msgspec.Struct, array_like=True):
+    """A partition's traffic at its leader since the previous report, per second."""
+
+    topic: str
+    partition: int
+    bytes_in: float
+    bytes_out: float
+    #: Produce and fetch requests that touched it (reported and shown; the balancer weighs bytes only).
+    requests: float = 0.0
+
+
 class Heartbeat(Request[HeartbeatResult]):
     method = "heartbeat"
     response = HeartbeatResult
     session = True
     broker_id: int
     broker_epoch: int
-    #: Every few heartbeats: (topic, partition, bytes/s in, bytes/s out) of the partitions it leads
-    #: that carried traffic; None between reports (the last report stands).
-    loads: list[tuple[str, int, float, float]] | None = None
+    #: Every few heartbeats: the partitions it leads that carried traffic; None between reports
+    #: (the last report stands).
+    loads: list[LoadReport] | None = None
 
 
 class ControlledShutdown(Request[ShutdownResult]):

@@ -64,9 +64,10 @@ class AutoBalancer:
             ((p.index / len(t.partitions), t.name, p) for t in s.topics.values() for p in t.partitions),
             key=lambda x: (x[0], x[1]),
         )
-        parts = [
-            PartitionLoad((name, p.index), p.leader, *loads.get((name, p.index), (0.0, 0.0))) for _, name, p in ordered
-        ]
+        parts = []
+        for _, name, p in ordered:
+            r = loads.get((name, p.index))
+            parts.append(PartitionLoad((name, p.index), p.leader, r.bytes_in if r else 0.0, r.bytes_out if r else 0.0))
         frozen: set[tuple[str, int]] = set()
         if cooldown:
             horizon = time.monotonic() - self.settings.cooldown_s

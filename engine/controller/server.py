@@ -297,8 +297,9 @@ class ControllerServer:
                     b.state,
                     led[b.id],
                     b.wal,
-                    *loads.get(b.id, (0.0, 0.0)),
+                    *loads.get(b.id, (0.0, 0.0, 0.0))[:2],
                     b.id in self.balancer.draining,
+                    loads.get(b.id, (0.0, 0.0, 0.0))[2],
                 )
                 for b in sorted(self.state.brokers.values(), key=lambda b: b.id)
             ],

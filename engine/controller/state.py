@@ -18,7 +18,15 @@ from typing import Any
 
 import msgspec
 
-from engine.controller.api import BrokerRecord, MoveRecord, PartitionSnapshot, Released, WalSpec, WalTakeover
+from engine.controller.api import (
+    BrokerRecord,
+    LoadReport,
+    MoveRecord,
+    PartitionSnapshot,
+    Released,
+    WalSpec,
+    WalTakeover,
+)
 from engine.controller.configs import (
     OFFSETS_TOPIC,
     ConfigError,
@@ -134,7 +142,7 @@ class ControllerState:
         self.moves: dict[int, MoveRecord] = {}
         self.next_move_id = 1
         #: (topic, partition) -> (bytes/s in, bytes/s out) as its leader last reported (memory only).
-        self.loads: dict[tuple[str, int], tuple[float, float]] = {}
+        self.loads: dict[tuple[str, int], LoadReport] = {}
         self._reported: dict[int, set[tuple[str, int]]] = {}
         #: (topic, partition) -> when the balancer last moved it (monotonic): its cooldown. Moves for
         #: other causes (failover, a user's reassignment) are not counted: the balancer may even them out.
@@ -323,7 +331,7 @@ class ControllerState:
         return b
 
     def heartbeat(
-        self, broker_id: int, epoch: int, loads: list[tuple[str, int, float, float]] | None = None
+        self, broker_id: int, epoch: int, loads: list[LoadReport] | None = None
     ) -> BrokerRecord:
         b = self._current(broker_id, epoch)
         self.last_seen[broker_id] = time.monotonic()
@@ -331,10 +339,9 @@ class ControllerState:
         if loads is not None:
             for key in self._reported.pop(broker_id, ()):
                 self.loads.pop(key, None)
-            mine = {(t, i) for t, i, _, _ in loads}
-            self._reported[broker_id] = mine
-            for t, i, bytes_in, bytes_out in loads:
-                self.loads[(t, i)] = (bytes_in, bytes_out)
+            self._reported[broker_id] = {(r.topic, r.partition) for r in loads}
+            for r in loads:
+                self.loads[(r.topic, r.partition)] = r
         return b
 
     def forget_broker(self, broker_id: int) -> None:
@@ -355,15 +362,15 @@ class ControllerState:
 
         self._commit(tx)
 
-    def broker_loads(self) -> dict[int, tuple[float, float]]:
-        """Per broker: (bytes/s in, bytes/s out) over the partitions it leads."""
-        out: dict[int, tuple[float, float]] = {}
+    def broker_loads(self) -> dict[int, tuple[float, float, float]]:
+        """Per broker: (bytes/s in, bytes/s out, requests/s) over the partitions it leads."""
+        out: dict[int, tuple[float, float, float]] = {}
         for t in self.topics.values():
             for p in t.partitions:
-                load = self.loads.get((t.name, p.index))
-                if load is not None:
-                    i, o = out.get(p.leader, (0.0, 0.0))
-                    out[p.leader] = (i + load[0], o + load[1])
+                r = self.loads.get((t.name, p.index))
+                if r is not None:
+                    i, o, q = out.get(p.leader, (0.0, 0.0, 0.0))
+                    out[p.leader] = (i + r.bytes_in, o + r.bytes_out, q + r.requests)
         return out
 
     def connection_lost(self, broker_ids: set[int]) -> None:

@@ -77,6 +77,7 @@ async def _read(
                     total += size
                     remaining -= size
                     part.bytes_out += size
+                    part.requests += 1
                     offset = batches[len(chosen) - 1].end_offset
                 waits.append((part, offset))
             except (BrokerError, StorageError) as e:
