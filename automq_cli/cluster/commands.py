@@ -263,3 +263,40 @@ def balance(
     from automq_cli.scale import balance as run_balance
 
     run_balance(dry_run, dir, as_json)
+
+
+@app.command()
+def traffic(
+    dir: DirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    watch: Annotated[
+        float | None, typer.Option("--watch", help="Refresh every this many seconds (Ctrl-C to stop).")
+    ] = None,
+) -> None:
+    """Bytes between zones, by kind, as the brokers counted them (the zone ledger, docs/zones.md)."""
+    import json
+
+    from automq_cli.cluster.traffic import collect, render
+
+    state = find_state(amq_home(), dir)
+    if state is None:
+        raise _fail(NOT_RUNNING + (f" in {dir}" if dir else ""))
+    if watch is not None and not watch > 0:
+        raise _fail(f"--watch must be more than 0 seconds, got {watch}")
+    if as_json:
+        typer.echo(json.dumps(collect(state), indent=2))
+        return
+    if watch is None:
+        _out.print(render(collect(state)))
+        return
+    import time
+
+    from rich.live import Live
+
+    with Live(render(collect(state)), console=_out, refresh_per_second=4) as live:
+        try:
+            while True:
+                time.sleep(watch)
+                live.update(render(collect(state)))
+        except KeyboardInterrupt:
+            pass

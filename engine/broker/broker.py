@@ -23,6 +23,7 @@ from engine.broker.dispatch import Dispatcher
 from engine.broker.errors import BrokerError
 from engine.broker.image import MetadataImage, TopicInfo
 from engine.broker.partition import Partition
+from engine.broker.zones import ZoneLedger, ZoneResolver
 from engine.controller import api
 from engine.controller.api import BrokerRecord
 from engine.controller.configs import OFFSETS_TOPIC
@@ -66,6 +67,8 @@ class Broker:
         self.broker_epoch = -1
         self.dispatcher = Dispatcher()
         self.counters: Counter[str] = Counter()
+        self.zones = ZoneResolver(lambda: {b.zone for b in self.image.brokers.values()} | {self.zone})
+        self.ledger = ZoneLedger()
         self.started_at = time.time()
         self._store: ObjectStore | None = None
         self._partitions: dict[tuple[str, int], Partition] = {}
@@ -713,11 +716,31 @@ class Broker:
 
     # --- metrics ---------------------------------------------------------------------------------
 
+    def count_client_bytes(self, client_id: str | None, rack: str | None, n: int, to_broker: bool) -> None:
+        """Kafka data between a client and this broker, for the zone ledger."""
+        client = self.zones.client_zone(client_id, rack)
+        if to_broker:
+            self.ledger.add(client, self.zone, "client", n)
+        else:
+            self.ledger.add(self.zone, client, "client", n)
+
+    def zone_traffic(self) -> list[dict[str, object]]:
+        """The ledger's rows, with this broker's WAL and S3 traffic as `storage` rows."""
+        rows = self.ledger.rows()
+        if self.storage is not None:
+            m = self.storage.metrics()
+            wal = self.config.storage.wal.kind
+            storage = [(self.zone, "s3", m["s3_put_bytes"]), ("s3", self.zone, m["s3_get_bytes"])]
+            if wal == "nfs":  # a shared file system; a `file` WAL is this broker's own disk, no network
+                storage.append((self.zone, "nfs", m["wal_bytes_written"]))
+            rows += [{"src": s, "dst": d, "kind": "storage", "bytes": n} for s, d, n in storage if n]
+        return rows
+
     def metrics(self) -> dict[str, int | str]:
         out: dict[str, int | str] = {}
         if self.storage is not None:
             out.update(self.storage.metrics())
-        out["cross_zone_bytes"] = 0
+        out["cross_zone_bytes"] = self.ledger.cross_zone_bytes()
         out.update(sorted(self.counters.items()))
         out["partitions_open"] = len(self._partitions)
         out["connections_active"] = self._server.active_connections if self._server else 0
