@@ -285,9 +285,12 @@ class Broker:
         for key, part in self._partitions.items():
             marks[key] = (id(part), part.bytes_in, part.bytes_out, part.requests)
             same, was_in, was_out, was_req = self._load_marks.get(key, (0, 0, 0, 0))
+            span = elapsed
             if same != id(part):
-                was_in = was_out = was_req = 0  # opened since the last report: its counters started at 0
-            rates = [(now_ - was) / elapsed for now_, was in
+                # Opened since the last report: its counters started at 0 when it opened.
+                was_in = was_out = was_req = 0
+                span = max(1.0, min(elapsed, now - part.opened_at))
+            rates = [(now_ - was) / span for now_, was in
                      ((part.bytes_in, was_in), (part.bytes_out, was_out), (part.requests, was_req))]  # fmt: skip
             if any(rates):
                 out.append(api.LoadReport(key[0], key[1], *(round(r, 1) for r in rates)))

@@ -107,6 +107,7 @@ class Partition:
         self.bytes_in = 0
         self.bytes_out = 0
         self.requests = 0
+        self.opened_at = time.monotonic()
 
     def __repr__(self) -> str:
         return f"Partition({self.topic.name}-{self.index}, stream {self.stream_id}, epoch {self.leader_epoch})"

@@ -38,6 +38,9 @@ class AutoBalancer:
     draining: set[int] = field(default_factory=set)
     #: Recent decisions, for `amq cluster status` and the logs.
     decisions: list[str] = field(default_factory=list)
+    #: Brokers that took part in the last round, and when: the next round waits for their load
+    #: reports from after it, so it plans from where the partitions are now.
+    _awaiting: dict[int, float] = field(default_factory=dict)
 
     def settled(self) -> str | None:
         """Why the cluster is not settled enough to plan for (None: it is)."""
@@ -50,6 +53,10 @@ class AutoBalancer:
             return "a WAL takeover is under way"
         if s.moves_in_progress():
             return "moves are under way"
+        alive = {b.id for b in s.alive_brokers()}
+        self._awaiting = {b: t for b, t in self._awaiting.items() if b in alive and s.report_at.get(b, 0.0) < t}
+        if self._awaiting:
+            return "waiting for load reports from after the last round"
         return None
 
     def plan(self, exclude: set[int] | None = None, max_moves: int | None = None, cooldown: bool = True) -> Plan:
@@ -86,6 +93,9 @@ class AutoBalancer:
         p = self.plan()
         if not p.moves:
             return []
+        # Moves finish well within a second; a report from before that would still show the old spread.
+        after = time.monotonic() + 1.0
+        self._awaiting = {b: after for m in p.moves for b in (m.source, m.target)}
         self.note(
             f"balancer: {len(p.moves)} moves; max/mean throughput {p.before.max_over_mean_throughput:.2f} -> "
             f"{p.after.max_over_mean_throughput:.2f}, partitions per broker {p.before.min_partitions}-"

@@ -143,7 +143,8 @@ class ControllerState:
         self.next_move_id = 1
         #: (topic, partition) -> (bytes/s in, bytes/s out) as its leader last reported (memory only).
         self.loads: dict[tuple[str, int], LoadReport] = {}
-        self._reported: dict[int, set[tuple[str, int]]] = {}
+        #: When each broker last sent a load report (monotonic).
+        self.report_at: dict[int, float] = {}
         #: (topic, partition) -> when the balancer last moved it (monotonic): its cooldown. Moves for
         #: other causes (failover, a user's reassignment) are not counted: the balancer may even them out.
         self.last_moved: dict[tuple[str, int], float] = {}
@@ -337,11 +338,15 @@ class ControllerState:
         self.last_seen[broker_id] = time.monotonic()
         self.lost_at.pop(broker_id, None)
         if loads is not None:
-            for key in self._reported.pop(broker_id, ()):
-                self.loads.pop(key, None)
-            self._reported[broker_id] = {(r.topic, r.partition) for r in loads}
+            reported = {(r.topic, r.partition) for r in loads}
+            # A partition it leads and did not report was idle. One that moved away keeps its last
+            # load until its new leader reports: planning as if it carried nothing would undo the move.
+            for t, p in self._led_by(broker_id):
+                if (t.name, p.index) not in reported:
+                    self.loads.pop((t.name, p.index), None)
             for r in loads:
                 self.loads[(r.topic, r.partition)] = r
+            self.report_at[broker_id] = time.monotonic()
         return b
 
     def forget_broker(self, broker_id: int) -> None:
