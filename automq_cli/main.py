@@ -29,6 +29,12 @@ def _register() -> None:
     from automq_cli import topic
 
     app.add_typer(topic.app, name="topic")
+    from automq_cli import reassign
+
+    app.command(name="reassign")(reassign.reassign)
+    from automq_cli import scale
+
+    app.add_typer(scale.app, name="scale")
     from automq_cli import storage
 
     app.add_typer(storage.app, name="storage")

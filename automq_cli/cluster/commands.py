@@ -41,9 +41,7 @@ def up(
         str | None,
         typer.Option("--dir", "--data-dir", help="Cluster directory (data and logs). Default: $AMQ_HOME/data."),
     ] = None,
-    brokers: Annotated[
-        int | None, typer.Option("--brokers", help="Number of brokers. Default: one per zone.")
-    ] = None,
+    brokers: Annotated[int | None, typer.Option("--brokers", help="Number of brokers. Default: one per zone.")] = None,
     zones: Annotated[
         str | None,
         typer.Option("--zones", help="Zones: a count (3 = az1,az2,az3) or names (a,b,c). Broker i is in zone i % Z."),
@@ -71,6 +69,16 @@ def up(
         str | None,
         typer.Option("--config", help="YAML/JSON broker settings (engine/broker/config.py); flags win over it."),
     ] = None,
+    auto_balance: Annotated[
+        bool | None,
+        typer.Option("--auto-balance/--no-auto-balance", help="Move partitions to even brokers' load. Default: on."),
+    ] = None,
+    autoscale: Annotated[
+        str | None, typer.Option("--autoscale", help="MIN:MAX: add and remove brokers with the load (e.g. 1:4).")
+    ] = None,
+    target_mibps: Annotated[
+        float | None, typer.Option("--target-mibps", help="With --autoscale: MiB/s (in + out) per broker to aim at.")
+    ] = None,
 ) -> None:
     """Start SeaweedFS, the controller and the brokers in the background; return once clients can connect."""
     home = amq_home()
@@ -82,7 +90,8 @@ def up(
         raise _fail(f"--config {config}: no such file")
     given = {"wal": wal, "port": port, "s3_endpoint": s3_endpoint, "s3_bucket": s3_bucket, "access_key": access_key,
              "secret_key": secret_key, "region": region, "num_partitions": num_partitions,
-             "session_timeout": session_timeout, "brokers": brokers,
+             "session_timeout": session_timeout, "brokers": brokers, "auto_balance": auto_balance,
+             "autoscale": autoscale, "target_mibps": target_mibps,
              "broker_config": str(Path(config).resolve()) if config else None}  # fmt: skip
     for k, v in given.items():
         if v is not None:
@@ -144,6 +153,13 @@ def _fmt_bytes(n: Any) -> str:
 _STATE_STYLE = {"running": "green", "stopped": "red", "fenced": "yellow", "shutting down": "yellow"}
 
 
+def _rates(b: dict[str, Any]) -> str:
+    if b.get("bytes_in_per_s") is None:
+        return "-"
+    return (f"{b['bytes_in_per_s'] / 2**20:.1f}/{b['bytes_out_per_s'] / 2**20:.1f}"
+            f" ({b.get('requests_per_s') or 0:.0f} req/s)")  # fmt: skip
+
+
 def _dash(v: Any) -> str:
     return "-" if v is None else str(v)
 
@@ -170,14 +186,21 @@ def status(
         width = max((len(str(b["address"] or "-")) for b in info["brokers"]), default=1)
         table.add_column("broker", justify="right")
         table.add_column("address", no_wrap=True, min_width=width)
-        for col, justify in (("state", "left"), ("partitions led", "right"), ("WAL", "left"), ("pid", "right"),
-                             ("RSS", "right")):
+        for col, justify in (
+            ("state", "left"),
+            ("partitions led", "right"),
+            ("MiB/s in/out (req/s)", "right"),
+            ("WAL", "left"),
+            ("pid", "right"),
+            ("RSS", "right"),
+        ):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]  # fmt: skip
         for b in (b for b in info["brokers"] if b["zone"] == zone):
             style = _STATE_STYLE.get(b["state"], "yellow")
             table.add_row(
                 str(b["id"]), _dash(b["address"]), f"[{style}]{b['state']}[/{style}]",
-                _dash(b["partitions_led"]), _dash(b["wal_kind"]), _dash(b["pid"]), _fmt_bytes(b["rss_bytes"]),
+                _dash(b["partitions_led"]) + (" (draining)" if b.get("draining") else ""), _rates(b),
+                _dash(b["wal_kind"]), _dash(b["pid"]), _fmt_bytes(b["rss_bytes"]),
             )  # fmt: skip
         _out.print(table)
     ctl = info["controller"]
@@ -203,6 +226,22 @@ def status(
             _out.print(f"  zone {zone}: {addresses}")
     for line in info["waiting"]:
         _out.print(f"[yellow]{line}[/yellow]")
+    if "error" not in cs:
+        moving = cs.get("moves_in_progress") or 0
+        _out.print(
+            f"auto-balancer: {'on' if cs.get('auto_balance') else 'off (--no-auto-balance)'}"
+            + (f"; {moving} moves under way" if moving else "")
+        )
+        for line in (cs.get("balancer") or [])[-5:]:
+            _out.print(f"  {line}")
+    scaler = info.get("autoscaler")
+    if scaler:
+        pol = scaler.get("policy") or {}
+        alive = "running" if scaler.get("alive") else "NOT running"
+        _out.print(f"autoscaler: {pol.get('min_brokers')}:{pol.get('max_brokers')} brokers, target "
+                   f"{pol.get('target_mibps')} MiB/s per broker ({alive})")  # fmt: skip
+        for line in (scaler.get("decisions") or [])[-5:]:
+            _out.print(f"  {line}")
     st = info.get("storage")
     if st:
         _out.print(
@@ -210,3 +249,54 @@ def status(
             f"uploaded {_fmt_bytes(st.get('s3_put_bytes'))} in {_dash(st.get('objects_uploaded'))} objects; "
             f"{_dash(st.get('partitions_open'))} partitions open, {_dash(st.get('connections_active'))} connections"
         )
+
+
+@app.command()
+def balance(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan and the spread it leads to; move nothing.")
+    ] = False,
+    dir: DirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Even out partitions and traffic over the brokers now (the auto-balancer does this on its own)."""
+    from automq_cli.scale import balance as run_balance
+
+    run_balance(dry_run, dir, as_json)
+
+
+@app.command()
+def traffic(
+    dir: DirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    watch: Annotated[
+        float | None, typer.Option("--watch", help="Refresh every this many seconds (Ctrl-C to stop).")
+    ] = None,
+) -> None:
+    """Bytes between zones, by kind, as the brokers counted them (the zone ledger, docs/zones.md)."""
+    import json
+
+    from automq_cli.cluster.traffic import collect, render
+
+    state = find_state(amq_home(), dir)
+    if state is None:
+        raise _fail(NOT_RUNNING + (f" in {dir}" if dir else ""))
+    if watch is not None and not watch > 0:
+        raise _fail(f"--watch must be more than 0 seconds, got {watch}")
+    if as_json:
+        typer.echo(json.dumps(collect(state), indent=2))
+        return
+    if watch is None:
+        _out.print(render(collect(state)))
+        return
+    import time
+
+    from rich.live import Live
+
+    with Live(render(collect(state)), console=_out, refresh_per_second=4) as live:
+        try:
+            while True:
+                time.sleep(watch)
+                live.update(render(collect(state)))
+        except KeyboardInterrupt:
+            pass

@@ -75,6 +75,19 @@ class ClusterOptions:
     brokers: int | None = None
     #: Seconds without a heartbeat before the controller fences a broker.
     session_timeout: float = 3.0
+    #: The controller's auto-balancer (docs/reassign.md); False: partitions move only when asked.
+    auto_balance: bool = True
+    #: Seconds between the auto-balancer's rounds.
+    balance_interval_s: float = 5.0
+    #: "MIN:MAX": run the local autoscaler (automq_cli/autoscaler.py) between these broker counts.
+    autoscale: str = ""
+    #: The autoscaler's target: MiB/s (in + out) per broker.
+    target_mibps: float = 0.0
+    autoscale_interval_s: float = 5.0
+    #: `amq scale out --zone`: broker id (as a string, for JSON) -> its zone, where not zones[i % Z].
+    zone_of: dict[str, str] = field(default_factory=dict)
+    #: `amq scale in`: brokers drained and stopped for good; `up` does not start them again.
+    removed: list[int] = field(default_factory=list)
     #: None: the broker config file's value, else Kafka's default of 1.
     num_partitions: int | None = None
     #: YAML/JSON file of broker settings (BrokerConfig fields); the launcher's own settings win.
@@ -167,8 +180,22 @@ def plan(opts: ClusterOptions) -> Layout:
         )
     if opts.port and opts.port + count - 1 > 65535:
         raise ClusterError(f"--port {opts.port} leaves no room for {count} brokers")
+    if opts.autoscale:
+        from automq_cli.autoscaler import parse_range
+
+        try:
+            low, high = parse_range(opts.autoscale)
+        except ValueError as e:
+            raise ClusterError(str(e)) from None
+        if not opts.target_mibps > 0:
+            raise ClusterError("--autoscale needs --target-mibps: the MiB/s per broker to scale at")
+        live = count - len(opts.removed)
+        if not low <= live <= high:
+            raise ClusterError(
+                f"--autoscale {opts.autoscale}: the cluster starts with {live} brokers, outside that range"
+            )
     _load_broker_settings(opts)  # a bad settings file fails now, not after SeaweedFS started
-    return Layout(zones=zones, broker_zones=[zones[i % len(zones)] for i in range(count)])
+    return Layout(zones=zones, broker_zones=[opts.zone_of.get(str(i), zones[i % len(zones)]) for i in range(count)])
 
 
 def _check_external_s3(opts: ClusterOptions) -> None:
@@ -289,7 +316,9 @@ def start_cluster(
     ctl = spawn(
         [sys.executable, "-m", "engine.controller", "--dir", str(directory / "controller"),
          "--port", str(opts.controller_port), "--port-file", str(port_file),
-         "--session-timeout-ms", str(max(1, round(opts.session_timeout * 1000)))],
+         "--session-timeout-ms", str(max(1, round(opts.session_timeout * 1000))),
+         "--balance-interval-ms", str(max(50, round(opts.balance_interval_s * 1000))),
+         *([] if opts.auto_balance else ["--no-auto-balance"])],
         logs / "controller.log",
     )  # fmt: skip
     pids["controller"] = ctl.pid
@@ -306,6 +335,8 @@ def start_cluster(
     # brokers
     entries: list[dict[str, Any]] = []
     for node_id, zone in enumerate(layout.broker_zones):
+        if node_id in opts.removed:
+            continue
         try:
             cfg = broker_config(opts, directory, controller, s3, node_id, zone, ports[node_id])
         except (OSError, ValueError) as e:
@@ -327,6 +358,15 @@ def start_cluster(
     except ClusterError as e:
         raise fail(str(e)) from None
     refresh_bootstrap(state)
+    if opts.autoscale:
+        say("starting the autoscaler")
+        scaler = spawn(
+            [sys.executable, "-m", "automq_cli.autoscaler", "--dir", str(directory), "--home", str(home),
+             "--range", opts.autoscale, "--target-mibps", str(opts.target_mibps),
+             "--interval-s", str(opts.autoscale_interval_s)],
+            logs / "autoscaler.log",
+        )  # fmt: skip
+        pids["autoscaler"] = scaler.pid
     state["started_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     state["logs"] = str(logs)
     save_settings(directory, asdict(opts))
@@ -450,6 +490,12 @@ def stop_cluster(state: dict[str, Any], timeout: float = 30.0, progress: Progres
     say = progress or (lambda _m: None)
     pids: dict[str, int] = {n: p for n, p in (state.get("pids") or {}).items() if isinstance(p, int)}
     stopped: list[str] = []
+    scaler = pids.pop("autoscaler", None)
+    if scaler is not None and pid_alive(scaler, "autoscaler"):
+        # First, or it would answer the brokers' stopping by starting new ones.
+        say("stopping the autoscaler")
+        stop_pid(scaler, "autoscaler", timeout=timeout)
+        stopped.append("autoscaler")
     brokers = {n: p for n, p in pids.items() if n.startswith("broker") and pid_alive(p, n)}
     if brokers and state.get("controller") and pid_alive(pids.get("controller", -1), "controller"):
         # Brokers stopping together keep their partitions (each leads them again on `up`) instead

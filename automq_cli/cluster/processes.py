@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-_MARKERS = {"s3": "weed", "controller": "engine.controller", "broker": "engine.broker"}
+_MARKERS = {"s3": "weed", "controller": "engine.controller", "broker": "engine.broker",
+            "autoscaler": "automq_cli.autoscaler"}  # fmt: skip
 
 StopOutcome = Literal["not-running", "exited", "killed"]
 

@@ -87,6 +87,10 @@ def cluster_status(state: dict[str, Any]) -> dict[str, Any]:
                 "controller_alive": (c or {}).get("alive"),
                 "epoch": (c or {}).get("epoch"),
                 "partitions_led": (c or {}).get("partitions_led"),
+                "bytes_in_per_s": (c or {}).get("bytes_in_per_s"),
+                "bytes_out_per_s": (c or {}).get("bytes_out_per_s"),
+                "draining": (c or {}).get("draining"),
+                "requests_per_s": (c or {}).get("requests_per_s"),
                 "wal_kind": wal.get("kind") or state.get("wal_kind"),
                 "wal_id": wal.get("wal_id") or f"broker-{bid}",
                 "pid": pid,
@@ -117,12 +121,16 @@ def cluster_status(state: dict[str, Any]) -> dict[str, Any]:
             for t in takeovers
             if t.get("state") == "waiting"
         ],
-        "processes": [
-            {"name": n, "pid": p, "alive": isinstance(p, int) and pid_alive(p, n)} for n, p in pids.items()
-        ],
+        "processes": [{"name": n, "pid": p, "alive": isinstance(p, int) and pid_alive(p, n)} for n, p in pids.items()],
         "started_at": state.get("started_at"),
         "logs": state.get("logs"),
     }
+    from automq_cli.autoscaler import read_journal
+
+    journal = read_journal(state["dir"]) if state.get("dir") and "autoscaler" in pids else None
+    if journal is not None:
+        out["autoscaler"] = {**journal, "alive": isinstance(pids.get("autoscaler"), int)
+                             and pid_alive(pids["autoscaler"], "autoscaler")}  # fmt: skip
     storage = _metrics([b["metrics"] for b in brokers if b["metrics"] and b["process_alive"]])
     if storage:
         out["storage"] = storage

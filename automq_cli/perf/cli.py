@@ -73,20 +73,14 @@ def run(
         str | None,
         typer.Option("--bootstrap", "-b", help="Kafka bootstrap host:port. Default: the local amq cluster."),
     ] = None,
-    rate: Annotated[
-        str | None, typer.Option(help="Total producer rate in msg/s (e.g. 20k); 0 = unlimited.")
-    ] = None,
-    record_size: Annotated[
-        str | None, typer.Option("--record-size", help="Record size, e.g. 1KiB, 64KiB.")
-    ] = None,
+    rate: Annotated[str | None, typer.Option(help="Total producer rate in msg/s (e.g. 20k); 0 = unlimited.")] = None,
+    record_size: Annotated[str | None, typer.Option("--record-size", help="Record size, e.g. 1KiB, 64KiB.")] = None,
     duration: Annotated[str | None, typer.Option(help="Measured duration, e.g. 10s, 2m.")] = None,
     warmup: Annotated[str | None, typer.Option(help="Warmup before measuring, e.g. 5s; 0 to skip.")] = None,
     partitions: Annotated[int | None, typer.Option(help="Partitions per topic.")] = None,
     topics: Annotated[int | None, typer.Option(help="Number of topics.")] = None,
     producers: Annotated[int | None, typer.Option(help="Producer processes per topic.")] = None,
-    subscriptions: Annotated[
-        int | None, typer.Option(help="Subscriptions (consumer groups) per topic.")
-    ] = None,
+    subscriptions: Annotated[int | None, typer.Option(help="Subscriptions (consumer groups) per topic.")] = None,
     consumers: Annotated[int | None, typer.Option(help="Consumer processes per subscription.")] = None,
     acks: Annotated[str | None, typer.Option(help="Producer acks: 0, 1 or all.")] = None,
     producer_config: Annotated[
@@ -100,23 +94,17 @@ def run(
     topic_config: Annotated[
         list[str] | None, typer.Option("--topic-config", "-T", help="Topic config KEY=VALUE (repeatable).")
     ] = None,
-    replication_factor: Annotated[
-        int | None, typer.Option(help="Replication factor of created topics.")
-    ] = None,
+    replication_factor: Annotated[int | None, typer.Option(help="Replication factor of created topics.")] = None,
     catch_up: Annotated[
         bool,
-        typer.Option(
-            "--catch-up", help=f"Catch-up read mode (backlog {DEFAULT_CATCH_UP_BACKLOG} by default)."
-        ),
+        typer.Option("--catch-up", help=f"Catch-up read mode (backlog {DEFAULT_CATCH_UP_BACKLOG} by default)."),
     ] = False,
     backlog: Annotated[
         str | None,
         typer.Option(help="Backlog to build in catch-up mode, e.g. 256MiB, 1GiB (implies --catch-up)."),
     ] = None,
     interval: Annotated[str, typer.Option(help="Reporting interval.")] = "1s",
-    keep_topics: Annotated[
-        bool, typer.Option("--keep-topics", help="Do not delete the topics at the end.")
-    ] = False,
+    keep_topics: Annotated[bool, typer.Option("--keep-topics", help="Do not delete the topics at the end.")] = False,
     topic_prefix: Annotated[str, typer.Option(help="Prefix of created topic and group names.")] = "amq-perf",
     json_out: Annotated[Path | None, typer.Option("--json-out", help="Write the JSON result here.")] = None,
     chart_out: Annotated[Path | None, typer.Option("--chart-out", help="Write a PNG chart here.")] = None,
@@ -130,11 +118,13 @@ def run(
     broker_pid: Annotated[
         list[int] | None, typer.Option("--broker-pid", help="Broker pid to sample CPU/RSS of (repeatable).")
     ] = None,
-    connect_timeout: Annotated[
-        str, typer.Option(help="Give up on an unreachable bootstrap after this.")
-    ] = "10s",
+    connect_timeout: Annotated[str, typer.Option(help="Give up on an unreachable bootstrap after this.")] = "10s",
     drain_timeout: Annotated[str, typer.Option(help="How long consumers may take to read the rest.")] = "30s",
     name: Annotated[str | None, typer.Option(help="Name recorded in the result.")] = None,
+    zones: Annotated[
+        str | None,
+        typer.Option("--zones", help="Spread clients over these zones (a,b,c); each names its zone (automq_az=)."),
+    ] = None,
 ) -> None:
     """Run a workload: producers and consumers in separate processes, live figures, a summary."""
     from rich.console import Console
@@ -214,6 +204,7 @@ def run(
             connect_timeout_s=connect_s,
             drain_timeout_s=drain_s,
             command="amq " + shlex.join(sys.argv[1:]),
+            zones=_zones(zones, target),
         )
         display = make_display(console)
         try:
@@ -239,9 +230,7 @@ def run(
     except Exception as exc:
         if os.environ.get("AMQ_PERF_DEBUG"):
             raise
-        raise _fail(
-            f"internal error: {type(exc).__name__}: {exc} (set AMQ_PERF_DEBUG=1 for the traceback)"
-        ) from None
+        raise _fail(f"internal error: {type(exc).__name__}: {exc} (set AMQ_PERF_DEBUG=1 for the traceback)") from None
 
 
 @app.command("workloads")
@@ -257,3 +246,16 @@ def workloads() -> None:
         first = next((ln[1:].strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
         table.add_row(path.stem, first)
     Console().print(table)
+
+
+def _zones(spec: str | None, target: Any) -> list[str]:
+    """--zones a,b,c: checked against the cluster's zones when the cluster is known."""
+    if spec is None:
+        return []
+    zones = [z.strip() for z in spec.split(",") if z.strip()]
+    if not zones:
+        raise PerfError("--zones: name at least one zone, like az1,az2,az3")
+    unknown = [z for z in zones if target.zones and z not in target.zones]
+    if unknown:
+        raise PerfError(f"--zones: the cluster has no zone {unknown[0]} (zones: {', '.join(target.zones)})")
+    return zones

@@ -183,9 +183,7 @@ def render_summary(result: dict[str, Any], console: Console) -> None:
             f"at {cu['read_mib_per_s']:.2f} MiB/s "
             f"({_num(cu['read_msg_per_s'])} msg/s){'' if cu['caught_up'] else ' (did NOT catch up)'}"
         )
-        cl = Table(
-            title="Publish latency around catch-up (ms)", title_justify="left", box=None, header_style="bold"
-        )
+        cl = Table(title="Publish latency around catch-up (ms)", title_justify="left", box=None, header_style="bold")
         cl.add_column("")
         for key in SUMMARY_KEYS:
             cl.add_column({"p999": "p99.9"}.get(key, key), justify="right")
@@ -212,7 +210,9 @@ def render_summary(result: dict[str, Any], console: Console) -> None:
             f"({human_bytes(s3['get_bytes'])}), LIST {s3['list']}, DELETE {s3['delete']}; "
             f"WAL written {human_bytes(cluster['wal_bytes_written'])}; "
             f"cross-zone {human_bytes(cluster['cross_zone_bytes'])}"
-        )
+            + (f" ({cluster['cross_zone_percent']:.1f} % of data bytes between known zones)"
+               if cluster.get("cross_zone_percent") is not None else "")
+        )  # fmt: skip
     else:
         console.print(f"cluster: {cluster.get('note', 'no metrics')}")
     per_broker = cluster.get("per_broker") or []
@@ -231,6 +231,4 @@ def render_summary(result: dict[str, Any], console: Console) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     for side in ("produce", "consume"):
         if result[side]["errors"] and result[side].get("last_error"):
-            console.print(
-                f"[red]{side} errors:[/red] {result[side]['errors']}, last: {result[side]['last_error']}"
-            )
+            console.print(f"[red]{side} errors:[/red] {result[side]['errors']}, last: {result[side]['last_error']}")

@@ -42,9 +42,7 @@ PER_BROKER_COUNTERS = (
     "s3_put_requests",
     "s3_put_bytes",
 )
-NO_SOURCE_NOTE = (
-    "no cluster metrics source (cluster.json lists no metrics URLs or broker pids); counters omitted"
-)
+NO_SOURCE_NOTE = "no cluster metrics source (cluster.json lists no metrics URLs or broker pids); counters omitted"
 
 
 def fetch_counters(url: str, timeout: float = 2.0) -> dict[str, Any]:
@@ -185,6 +183,18 @@ class ClusterMetrics:
                     entry[key] = int(entry.get(key, 0) + e - b)
         return sorted(entries.values(), key=lambda e: (e["id"] is None, e["id"] if e["id"] is not None else 0))
 
+    def _zone_traffic(self) -> list[dict[str, Any]]:
+        total: dict[tuple[str, str, str], int] = {}
+        for url in self.target.metrics_urls:
+            begin, end = self._start.get(url), self._end.get(url)
+            if begin is None or end is None:
+                continue
+            before = {(r["src"], r["dst"], r["kind"]): r["bytes"] for r in begin.get("zone_traffic") or []}
+            for r in end.get("zone_traffic") or []:
+                key = (r["src"], r["dst"], r["kind"])
+                total[key] = total.get(key, 0) + int(r["bytes"]) - int(before.get(key, 0))
+        return [{"src": s, "dst": d, "kind": k, "bytes": n} for (s, d, k), n in sorted(total.items()) if n]
+
     def result(self) -> dict[str, Any]:
         target = self.target
         if not self.available:
@@ -207,6 +217,7 @@ class ClusterMetrics:
                 elif isinstance(value, str):
                     static.setdefault(key, value)
         counters_seen = bool(self._start) and bool(self._end)
+        traffic = self._zone_traffic()
         per_broker = self._per_broker(wall)
         sampled = [b for b in per_broker if b.get("pid") is not None]
         zones = target.zones or sorted({str(z) for z in [static.get("zone")] if z})
@@ -234,6 +245,10 @@ class ClusterMetrics:
             }
             out["wal_bytes_written"] = count("wal_bytes_written")
             out["cross_zone_bytes"] = count("cross_zone_bytes")
+            # The brokers' zone ledger over the window (docs/zones.md): bytes by (from zone, to zone, kind).
+            out["zone_traffic"] = traffic
+            known = sum(r["bytes"] for r in traffic if r["kind"] == "client" and "unknown" not in (r["src"], r["dst"]))
+            out["cross_zone_percent"] = round(100 * count("cross_zone_bytes") / known, 2) if known else None
             # What the cluster publishes beyond the documented counters, kept for whoever needs it:
             # the change over the window (right for counters) and the value at its end (right for
             # gauges such as cache or WAL usage).
@@ -242,9 +257,7 @@ class ClusterMetrics:
         elif target.metrics_urls:
             out["note"] = "no metrics URL answered; S3/WAL/cross-zone counters omitted"
         else:
-            out["note"] = (
-                "no metrics URLs for this cluster (not an amq cluster?); S3/WAL/cross-zone counters omitted"
-            )
+            out["note"] = "no metrics URLs for this cluster (not an amq cluster?); S3/WAL/cross-zone counters omitted"
         if sampled:
             # cpu: sum over brokers (100 = one core busy); rss: the largest broker's peak,
             # because the memory goal is per broker; and the peak of all brokers together.

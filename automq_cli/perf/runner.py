@@ -64,6 +64,8 @@ class RunOptions:
     drain_timeout_s: float = 30.0
     catch_up_timeout_s: float = 600.0
     command: str = ""
+    #: Clients take these zones in turn and name theirs (client.id `automq_az=`, consumers' client.rack).
+    zones: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -160,12 +162,20 @@ class Runner:
     def _producer_config(self, worker: int) -> dict[str, str]:
         conf = {**self._common(), **PRODUCER_DEFAULTS, **self.w.producer_config}
         conf.setdefault("client.id", f"amq-perf-producer-{worker}")
+        return self._in_zone(conf, worker)
+
+    def _in_zone(self, conf: dict[str, str], worker: int) -> dict[str, str]:
+        if self.o.zones:
+            zone = self.o.zones[worker % len(self.o.zones)]
+            conf["client.id"] = f"{conf['client.id']}&automq_az={zone}"
+            if "group.id" in conf:
+                conf.setdefault("client.rack", zone)
         return conf
 
     def _consumer_config(self, worker: int, group: str) -> dict[str, str]:
         conf = {**self._common(), **CONSUMER_DEFAULTS, **self.w.consumer_config, "group.id": group}
         conf.setdefault("client.id", f"amq-perf-consumer-{worker}")
-        return conf
+        return self._in_zone(conf, worker)
 
     def _group(self, topic_index: int, sub: int) -> str:
         return f"{self.o.topic_prefix}-{self.run_id}-t{topic_index}-sub{sub}"
@@ -251,9 +261,7 @@ class Runner:
         try:
             # An aborted run may be aborted because the broker is gone: do not wait long for it.
             timeout = 10 if self.abort.is_set() else 30
-            futures = admin.delete_topics(
-                list(self.created_topics), operation_timeout=timeout, request_timeout=timeout
-            )
+            futures = admin.delete_topics(list(self.created_topics), operation_timeout=timeout, request_timeout=timeout)
             for name, fut in futures.items():
                 try:
                     fut.result()
@@ -311,9 +319,7 @@ class Runner:
                     worker += 1
 
     def _spawn(self, worker: int, role: str, fn: Any, args: tuple[Any, ...]) -> None:
-        proc = self.ctx.Process(
-            target=fn, args=(*args, os.getpid()), name=f"amq-perf-{role}-{worker}", daemon=True
-        )
+        proc = self.ctx.Process(target=fn, args=(*args, os.getpid()), name=f"amq-perf-{role}-{worker}", daemon=True)
         proc.start()
         self.procs[worker] = proc
         self.roles[worker] = role
@@ -467,8 +473,7 @@ class Runner:
             self._pump(time.monotonic() + 0.2)
             all_ready = len(self.ready) == len(self.procs)
             assigned = all(
-                set().union(*(self.assignments.get(w, set()) for w in ws))
-                == set(range(self.w.partitions_per_topic))
+                set().union(*(self.assignments.get(w, set()) for w in ws)) == set(range(self.w.partitions_per_topic))
                 and sum(1 for w in ws if self.assignments.get(w)) >= want
                 for ws in groups.values()
             )
@@ -478,9 +483,7 @@ class Runner:
                 self.display.status(f"waiting for {len(consumers)} consumer(s) to join their groups")
                 announced = True
             if time.monotonic() > deadline:
-                what = (
-                    "consumers got no partition assignment" if all_ready else "worker processes did not start"
-                )
+                what = "consumers got no partition assignment" if all_ready else "worker processes did not start"
                 raise PerfError(
                     f"{what} within {self.o.ready_timeout_s:g}s; if the broker's group coordinator is slow, "
                     "try consumerConfig session.timeout.ms / heartbeat.interval.ms"
@@ -525,9 +528,7 @@ class Runner:
         self.consume_paused.set()
         start = time.monotonic()
         base = self.total.produced_bytes + self.current.produced_bytes
-        self.display.status(
-            f"building a backlog of {w.consumer_backlog_size_bytes / MIB:.0f} MiB (consumers paused)"
-        )
+        self.display.status(f"building a backlog of {w.consumer_backlog_size_bytes / MIB:.0f} MiB (consumers paused)")
         while self.total.produced_bytes + self.current.produced_bytes - base < w.consumer_backlog_size_bytes:
             step()
             if time.monotonic() - start > o.catch_up_timeout_s:
@@ -542,9 +543,7 @@ class Runner:
         backlog_bytes = backlog_msgs * w.message_size
         self.phase = "catch-up"
         self.consume_paused.clear()
-        self.display.status(
-            f"backlog built ({backlog_msgs} records); consumers catch up from where they paused"
-        )
+        self.display.status(f"backlog built ({backlog_msgs} records); consumers catch up from where they paused")
         start = time.monotonic()
         caught_up = False
         while time.monotonic() - start < o.catch_up_timeout_s:

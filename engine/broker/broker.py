@@ -24,6 +24,7 @@ from engine.broker.errors import BrokerError
 from engine.broker.image import MetadataImage, TopicInfo
 from engine.broker.lifecycle import Lifecycle
 from engine.broker.partition import Partition
+from engine.broker.zones import ZoneLedger, ZoneResolver
 from engine.controller import api
 from engine.controller.api import BrokerRecord
 from engine.controller.configs import OFFSETS_TOPIC
@@ -67,6 +68,8 @@ class Broker:
         self.broker_epoch = -1
         self.dispatcher = Dispatcher()
         self.counters: Counter[str] = Counter()
+        self.zones = ZoneResolver(lambda: {b.zone for b in self.image.brokers.values()} | {self.zone})
+        self.ledger = ZoneLedger()
         self.started_at = time.time()
         self._store: ObjectStore | None = None
         self._partitions: dict[tuple[str, int], Partition] = {}
@@ -87,6 +90,14 @@ class Broker:
         self._rejoin_task: asyncio.Task[None] | None = None
         #: (leader, leader epoch) of each __consumer_offsets partition as last seen, to spot moves.
         self._offsets_leaders: list[tuple[int, int]] = []
+        #: Partitions being given up (reassignment): requests for them wait until the move is done.
+        self._releasing: dict[tuple[str, int], asyncio.Event] = {}
+        #: Moves into this broker whose opening is reported (or being reported) to the controller.
+        self._moves_in: set[int] = set()
+        self._move_tasks: set[asyncio.Task[None]] = set()
+        #: Byte counters of each open partition at the last load report, and when that was.
+        self._load_marks: dict[tuple[str, int], tuple[int, int, int, int]] = {}
+        self._load_at = time.monotonic()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -138,6 +149,7 @@ class Broker:
                 await self._refresh_image(wait_ms=100)
             self._draining = False
             self._handed_off.clear()
+            self._start_moves(set(self.image.topics))  # moves the controller started before we joined
 
     @property
     def handed_off(self) -> bool:
@@ -174,9 +186,9 @@ class Broker:
             except Exception:
                 log.exception("the group coordinator failed to stop cleanly")
         others = [t for t in (self._rejoin_task,) if t is not None]
-        for t in [*self._tasks, *self._takeovers.values(), *others]:
+        for t in [*self._tasks, *self._takeovers.values(), *others, *self._move_tasks]:
             t.cancel()
-        for t in [*self._tasks, *self._takeovers.values(), *others]:
+        for t in [*self._tasks, *self._takeovers.values(), *others, *self._move_tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self._close_storage(flush=flush)
@@ -201,8 +213,11 @@ class Broker:
             self._handed_off.set()
             return
         uploaded = time.monotonic()
+        snapshots = [p.snapshot() for p in self._partitions.values() if p.stream is not None and p.failed is None]
         try:
-            res = await self.controller.request(api.ControlledShutdown(self.node_id, self.broker_epoch), timeout=10)
+            res = await self.controller.request(
+                api.ControlledShutdown(self.node_id, self.broker_epoch, snapshots), timeout=10
+            )
         except RpcError as e:
             log.warning("controlled shutdown: the controller did not move our partitions (%s)", e)
             self._handed_off.set()
@@ -248,7 +263,8 @@ class Broker:
                 continue
             # Heartbeats go on while the broker (re)joins: recovering a WAL may outlast the session.
             try:
-                await self.controller.request(api.Heartbeat(self.node_id, self.broker_epoch), timeout=interval * 5)
+                hb = api.Heartbeat(self.node_id, self.broker_epoch, self._load_report())
+                await self.controller.request(hb, timeout=interval * 5)
             except ControllerUnavailable as e:
                 log.warning("heartbeat: %s", e)
             except RpcError as e:
@@ -259,6 +275,29 @@ class Broker:
                 # Fenced: survivors own our partitions and our WAL now. Start over as a new incarnation.
                 log.warning("heartbeat refused (%s): rejoining as a new incarnation", e)
                 self._rejoin_task = asyncio.get_running_loop().create_task(self._rejoin())
+
+    def _load_report(self) -> list[api.LoadReport] | None:
+        """Bytes/s in and out of each partition led here since the last report, when one is due."""
+        now = time.monotonic()
+        elapsed = now - self._load_at
+        if elapsed * 1000 < self.config.load_report_interval_ms:
+            return None
+        marks: dict[tuple[str, int], tuple[int, int, int, int]] = {}
+        out = []
+        for key, part in self._partitions.items():
+            marks[key] = (id(part), part.bytes_in, part.bytes_out, part.requests)
+            same, was_in, was_out, was_req = self._load_marks.get(key, (0, 0, 0, 0))
+            span = elapsed
+            if same != id(part):
+                # Opened since the last report: its counters started at 0 when it opened.
+                was_in = was_out = was_req = 0
+                span = max(1.0, min(elapsed, now - part.opened_at))
+            rates = [(now_ - was) / span for now_, was in
+                     ((part.bytes_in, was_in), (part.bytes_out, was_out), (part.requests, was_req))]  # fmt: skip
+            if any(rates):
+                out.append(api.LoadReport(key[0], key[1], *(round(r, 1) for r in rates)))
+        self._load_marks, self._load_at = marks, now
+        return out
 
     async def _rejoin(self) -> None:
         try:
@@ -386,6 +425,123 @@ class Broker:
                     self.groups.partition_moved(index)
         topic = self.image.topics.get(OFFSETS_TOPIC)
         self._offsets_leaders = [(p.leader, p.leader_epoch) for p in topic.partitions] if topic is not None else []
+        self._start_moves(names)
+
+    # --- moves (reassignment) ---------------------------------------------------------------------
+
+    def _start_moves(self, names: set[str]) -> None:
+        """Release partitions the controller moves away from here; open those moved here."""
+        if self.storage is None or self._stopping or self._draining:
+            return
+        release: list[tuple[str, int]] = []
+        for name in names:
+            topic = self.image.topics.get(name)
+            for info in topic.partitions if topic is not None else ():
+                key = (name, info.index)
+                if info.leader != self.node_id:
+                    continue
+                if info.target >= 0 and info.target != self.node_id and key not in self._releasing:
+                    self._releasing[key] = asyncio.Event()
+                    release.append(key)
+                elif info.target < 0 and info.move_id >= 0 and info.move_id not in self._moves_in:
+                    self._moves_in.add(info.move_id)
+                    self._spawn(self._open_moved(name, info.index, info.move_id, info.leader_epoch))
+        if release:
+            self._spawn(self._release(release))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._move_tasks.add(task)
+        task.add_done_callback(self._move_tasks.discard)
+
+    async def _release(self, keys: list[tuple[str, int]]) -> None:
+        """Give partitions up: no more appends, their WAL tails into S3, then tell the controller.
+
+        Requests for them wait meanwhile (see partition()) and are answered NOT_LEADER_OR_FOLLOWER
+        once every broker knows the new leader, so the client's metadata refresh finds it.
+        """
+        try:
+            for attempt in range(20):
+                try:
+                    await self._release_once(keys)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except RpcError as e:
+                    if e.code == "STALE_BROKER_EPOCH":
+                        return  # fenced: a survivor takes the WAL and the partitions
+                    log.warning("releasing %s: %s; retrying", keys, e)
+                except Exception as e:
+                    log.warning("releasing %s failed (%s); retrying", keys, e, exc_info=attempt == 0)
+                await asyncio.sleep(0.2)
+            # Given up (the move stays pending at the controller; `amq reassign --cancel` ends it):
+            # the partitions take appends again, reopened at the same epoch on the next request.
+            log.error("could not release %s; serving them again", keys)
+            for key in keys:
+                self._drop_partition(key, close=False)
+        finally:
+            for key in keys:
+                ev = self._releasing.pop(key, None)
+                if ev is not None:
+                    ev.set()
+
+    async def _release_once(self, keys: list[tuple[str, int]]) -> None:
+        storage = self.storage
+        if storage is None:
+            return
+        parts: list[Partition] = []
+        for key in keys:
+            opening = self._opening.get(key)
+            if opening is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(opening)
+            part = self._partitions.get(key)
+            if part is not None and part.stream is not None:
+                parts.append(part)
+        await asyncio.gather(*(p.drain() for p in parts))
+        drained_ms = int(time.time() * 1000)
+        uploaded = await storage.release_streams([p.stream_id for p in parts if p.failed is None])
+        released_ms = int(time.time() * 1000)
+        by_key = {(p.topic.name, p.index): p for p in parts}
+        released = []
+        for topic, index in keys:
+            t = self.image.topics.get(topic)
+            if t is None or index >= len(t.partitions):
+                continue
+            info = t.partitions[index]
+            part = by_key.get((topic, index))
+            ok = part is not None and part.failed is None and part.leader_epoch == info.leader_epoch
+            released.append(
+                api.Released(
+                    topic, index, info.leader_epoch, drained_ms, released_ms,
+                    uploaded.get(info.stream_id, 0), part.snapshot() if ok and part is not None else None,
+                )
+            )  # fmt: skip
+        res = await self.controller.request(
+            api.PartitionsReleased(self.node_id, self.broker_epoch, released), timeout=10
+        )
+        await self.wait_for_metadata(res.version, timeout=5.0)
+        log.info("released %d partitions (%d bytes uploaded) in %d ms", len(released), sum(uploaded.values()),
+                 released_ms - drained_ms)  # fmt: skip
+
+    async def _open_moved(self, topic: str, index: int, move_id: int, leader_epoch: int) -> None:
+        """Open a partition moved here at once (not on first request), and report when it was
+        opened and when its first produce was acknowledged (`amq reassign --timeline`)."""
+        try:
+            part = await self.partition(topic, index)
+            opened_ms = int(time.time() * 1000)
+            first = part.watch_first_append()
+            report = api.PartitionOpened(
+                self.node_id, move_id, topic, index, leader_epoch, opened_ms, 0, part.from_snapshot
+            )
+            await self.controller.request(report)
+            with contextlib.suppress(TimeoutError):
+                report.first_append_ms = await asyncio.wait_for(first, 30.0)
+                await self.controller.request(report)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.info("moved partition %s-%d not reported open: %s", topic, index, e)
 
     def _drop_partition(self, key: tuple[str, int], close: bool = True) -> None:
         part = self._partitions.pop(key, None)
@@ -406,6 +562,11 @@ class Broker:
     async def partition(self, topic_name: str, index: int) -> Partition:
         """The open partition, or BrokerError with the Kafka code that explains why not."""
         key = (topic_name, index)
+        releasing = self._releasing.get(key)
+        if releasing is not None:
+            # Answered after the move, with the new leader known everywhere (see _release).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(releasing.wait(), 10.0)
         if self._draining or self.storage is None:
             # Held until the controller has moved the partition: answered earlier, the client would
             # refresh metadata, still see this broker as leader and back off before it tries again.
@@ -427,7 +588,8 @@ class Broker:
             self._opening[key] = opening
             part = Partition(topic, index, info.stream_id, info.leader_epoch)
             try:
-                await part.open(self.storage)  # type: ignore[arg-type]
+                snapshot = await self._snapshot_for(topic_name, index, info.snapshot_end)
+                await part.open(self.storage, snapshot)  # type: ignore[arg-type]
             except BaseException as e:
                 opening.set_exception(e)
                 opening.exception()  # retrieved: waiters re-raise it, nobody else must log it
@@ -442,6 +604,17 @@ class Broker:
             opening.set_result(part)
             return part
         return await asyncio.shield(opening)
+
+    async def _snapshot_for(self, topic: str, index: int, snapshot_end: int) -> api.PartitionSnapshot | None:
+        """The previous leader's snapshot, if the controller keeps one: saves scanning the stream."""
+        if snapshot_end < 0:
+            return None
+        try:
+            res = await self.controller.request(api.GetSnapshot(topic, index), timeout=2.0)
+        except (ControllerUnavailable, RpcError) as e:
+            log.info("no snapshot for %s-%d (%s): scanning its stream", topic, index, e)
+            return None
+        return res.snapshot
 
     @property
     def open_partitions(self) -> list[Partition]:
@@ -548,11 +721,31 @@ class Broker:
 
     # --- metrics ---------------------------------------------------------------------------------
 
+    def count_client_bytes(self, client_id: str | None, rack: str | None, n: int, to_broker: bool) -> None:
+        """Kafka data between a client and this broker, for the zone ledger."""
+        client = self.zones.client_zone(client_id, rack)
+        if to_broker:
+            self.ledger.add(client, self.zone, "client", n)
+        else:
+            self.ledger.add(self.zone, client, "client", n)
+
+    def zone_traffic(self) -> list[dict[str, object]]:
+        """The ledger's rows, with this broker's WAL and S3 traffic as `storage` rows."""
+        rows = self.ledger.rows()
+        if self.storage is not None:
+            m = self.storage.metrics()
+            wal = self.config.storage.wal.kind
+            storage = [(self.zone, "s3", m["s3_put_bytes"]), ("s3", self.zone, m["s3_get_bytes"])]
+            if wal == "nfs":  # a shared file system; a `file` WAL is this broker's own disk, no network
+                storage.append((self.zone, "nfs", m["wal_bytes_written"]))
+            rows += [{"src": s, "dst": d, "kind": "storage", "bytes": n} for s, d, n in storage if n]
+        return rows
+
     def metrics(self) -> dict[str, int | str]:
         out: dict[str, int | str] = {}
         if self.storage is not None:
             out.update(self.storage.metrics())
-        out["cross_zone_bytes"] = 0
+        out["cross_zone_bytes"] = self.ledger.cross_zone_bytes()
         out.update(sorted(self.counters.items()))
         out["partitions_open"] = len(self._partitions)
         out["connections_active"] = self._server.active_connections if self._server else 0

@@ -60,6 +60,8 @@ class BrokerConfig:
     message_max_bytes: int = 1048588
     socket_request_max_bytes: int = 100 * 1024 * 1024
     heartbeat_interval_ms: int = 1000
+    #: How often a heartbeat carries the per-partition traffic the auto-balancer plans with.
+    load_report_interval_ms: int = 5000
     #: After a controlled shutdown moved its partitions, the listener stays up this long for metadata requests.
     shutdown_grace_ms: int = 300
     #: Producer ids are taken from the controller in blocks of this size.

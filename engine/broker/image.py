@@ -18,6 +18,12 @@ class PartitionInfo:
     leader: int
     leader_epoch: int
     stream_id: int
+    #: Being moved to this broker (the leader releases it first); -1 when not moving.
+    target: int = -1
+    #: A move that the new leader has not yet reported open.
+    move_id: int = -1
+    #: The controller keeps a leader snapshot up to this offset (-1: none): load it instead of scanning.
+    snapshot_end: int = -1
 
 
 @dataclass(slots=True)
@@ -43,7 +49,15 @@ class TopicInfo:
             replication_factor=int(d.get("replication_factor", 1)),
             configs=dict(d.get("configs") or {}),
             partitions=[
-                PartitionInfo(int(p["index"]), int(p["leader"]), int(p["leader_epoch"]), int(p["stream_id"]))
+                PartitionInfo(
+                    int(p["index"]),
+                    int(p["leader"]),
+                    int(p["leader_epoch"]),
+                    int(p["stream_id"]),
+                    int(p.get("target", -1)),
+                    int(p.get("move_id", -1)),
+                    int(p.get("snapshot_end", -1)),
+                )
                 for p in d.get("partitions") or []
             ],
         )
@@ -86,6 +100,8 @@ class MetadataImage:
                 self._broker(rec)
             elif kind == "topic":
                 touched.add(self._topic(rec))
+            elif kind == "broker_removed":
+                self.brokers.pop(int(rec["id"]), None)
             elif kind == "wal_takeover":
                 self._takeover(rec)
             elif kind == "wal_takeover_done":

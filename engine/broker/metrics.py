@@ -1,4 +1,5 @@
-"""GET /metrics: the broker's counters as one flat JSON object (docs/perf.md)."""
+"""GET /metrics: the broker's counters as one JSON object (docs/perf.md), or in Prometheus' text
+format for a scraper (it asks for text/plain or OpenMetrics) and at /metrics/prometheus."""
 
 from __future__ import annotations
 
@@ -7,28 +8,41 @@ import contextlib
 import json
 from typing import TYPE_CHECKING
 
+from engine.broker.zones import prometheus
+
 if TYPE_CHECKING:
     from engine.broker.broker import Broker
 
 _PATHS = ("/metrics", "/metrics.json")
+_PROMETHEUS = "/metrics/prometheus"
 
 
 async def start_metrics_server(broker: Broker, host: str, port: int) -> tuple[asyncio.Server, int]:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        kind = "application/json"
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass  # headers are not needed
+            accept = ""
+            while (header := await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                name, _, value = header.decode("latin-1").partition(":")
+                if name.strip().lower() == "accept":
+                    accept = value.lower()
             parts = line.decode("latin-1").split()
             path = parts[1].split("?")[0] if len(parts) >= 2 else ""
             if len(parts) < 2 or parts[0] != "GET":
                 status, body = "405 Method Not Allowed", b'{"error": "GET only"}'
-            elif path not in _PATHS:
+            elif path not in (*_PATHS, _PROMETHEUS):
                 status, body = "404 Not Found", b'{"error": "try /metrics"}'
+            elif path == _PROMETHEUS or (path == "/metrics" and ("openmetrics" in accept or "text/plain" in accept)):
+                kind = "text/plain; version=0.0.4"
+                status, body = "200 OK", prometheus(broker.zone_traffic(), broker.metrics()).encode()
             else:
-                status, body = "200 OK", json.dumps(broker.metrics()).encode()
+                status, body = (
+                    "200 OK",
+                    json.dumps({**broker.metrics(), "zone_traffic": broker.zone_traffic()}).encode(),
+                )
             writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body
             )

@@ -2,9 +2,14 @@
 
 Beside the stream, a partition keeps in memory what a Kafka log keeps in its index
 files: producer state (idempotence), a time index (ListOffsets by timestamp) and the
-leader-epoch cache (OffsetForLeaderEpoch). None of it is persisted: opening a
-partition rebuilds it by scanning the batch headers of the stream, so a broker holds
-nothing that the WAL, S3 and the controller cannot give back.
+leader-epoch cache (OffsetForLeaderEpoch). None of it is persisted by the broker:
+opening a partition rebuilds it by scanning the batch headers of the stream, so a
+broker holds nothing that the WAL, S3 and the controller cannot give back.
+
+A leader that gives a partition up (reassignment, controlled shutdown) hands the
+controller a snapshot of its producer state and epoch cache; the next leader loads it
+and scans only what came after it, so a move costs the same for any partition size.
+The time index below the snapshot is rebuilt on the first ListOffsets by time.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import time
 from array import array
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from engine.broker.errors import BrokerError
+from engine.controller.api import PartitionSnapshot, ProducerSnapshot
 from engine.protocol.errors import CorruptRecords, ErrorCode
 from engine.protocol.records import (
     NO_PRODUCER_ID,
@@ -87,40 +95,126 @@ class Partition:
         # Leader-epoch cache: (epoch, first offset written in that epoch), epochs increasing.
         self.epochs: list[tuple[int, int]] = []
         self.failed: BaseException | None = None
+        #: Set while the partition is being given up: no more appends.
+        self.draining = False
+        self._last_done: asyncio.Future[int] | None = None
+        #: Offsets below this are missing from the time index (opened from a snapshot); -1: none.
+        self._ts_gap_end = -1
+        self._ts_lock = asyncio.Lock()
+        self.from_snapshot = False
+        self._first_append: asyncio.Future[int] | None = None
+        #: Bytes produced to and fetched from this partition here (the balancer's load reports).
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.requests = 0
+        self.opened_at = time.monotonic()
 
     def __repr__(self) -> str:
         return f"Partition({self.topic.name}-{self.index}, stream {self.stream_id}, epoch {self.leader_epoch})"
 
     # --- opening -------------------------------------------------------------------------------
 
-    async def open(self, storage: StorageEngine) -> None:
+    async def open(self, storage: StorageEngine, snapshot: PartitionSnapshot | None = None) -> None:
         self.stream = await storage.open_stream(self.stream_id, self.leader_epoch)
-        await self._scan()
+        start = self.stream.start_offset
+        if (
+            snapshot is not None
+            and snapshot.stream_id == self.stream_id
+            and snapshot.end_offset <= self.stream.end_offset
+        ):
+            self._load(snapshot)
+            start = max(start, snapshot.end_offset)
+            self._ts_gap_end = start
+            self.from_snapshot = True
+        await self._scan(start)
         if not self.epochs or self.epochs[-1][0] < self.leader_epoch:
             self.epochs.append((self.leader_epoch, self.stream.end_offset))
 
-    async def _scan(self) -> None:
+    def _load(self, snap: PartitionSnapshot) -> None:
+        for p in snap.producers:
+            entry = ProducerEntry(p.epoch)
+            for first, last, base, append_time in p.batches:
+                entry.batches.append(BatchMeta(first, last, base, None, append_time))
+            self.producers[p.producer_id] = entry
+        self.epochs = [(e, o) for e, o in snap.epochs]
+
+    def snapshot(self) -> PartitionSnapshot:
+        """Producer state and epoch cache up to the stream's end (call once no appends are in flight)."""
+        stream = self.ready
+        producers = [
+            ProducerSnapshot(pid, e.epoch, [(b.first_seq, b.last_seq, b.base_offset, b.log_append_time)
+                                            for b in e.batches])
+            for pid, e in self.producers.items()
+        ]  # fmt: skip
+        return PartitionSnapshot(
+            self.topic.name, self.index, self.stream_id, self.leader_epoch, stream.end_offset, producers,
+            list(self.epochs),
+        )  # fmt: skip
+
+    def watch_first_append(self) -> asyncio.Future[int]:
+        """Resolves to the wall-clock ms at which the next append became durable."""
+        if self._first_append is None:
+            self._first_append = asyncio.get_running_loop().create_future()
+        return self._first_append
+
+    def _first_durable(self, fut: asyncio.Future[int]) -> None:
+        w = self._first_append
+        if w is not None and not w.done() and not fut.cancelled() and fut.exception() is None:
+            w.set_result(int(time.time() * 1000))
+
+    async def drain(self) -> None:
+        """Take no more appends and wait until those in flight are durable (or failed)."""
+        self.draining = True
+        last = self._last_done
+        if last is not None and not last.done():
+            await asyncio.wait([last])
+
+    async def _scan(self, start: int | None = None) -> None:
         """Rebuild producer state, time index and epoch cache from the stream's batch headers."""
         stream = self.stream
         assert stream is not None
-        offset = stream.start_offset
-        end = stream.end_offset
         scanned = 0
+        async for rb, size in self._batches(stream.start_offset if start is None else start, stream.end_offset):
+            self._index(rb, None)
+            scanned += size
+        if scanned:
+            log.info("%r: scanned %d bytes, %d producers", self, scanned, len(self.producers))
+
+    async def _batches(self, offset: int, end: int) -> AsyncIterator[tuple[RecordBatch, int]]:
+        """The batch headers in [offset, end), each with its share of the bytes read."""
+        stream = self.ready
         while offset < end:
             chunk = await stream.read(offset, SCAN_CHUNK)
             if not chunk:
                 break
             for b in chunk:
+                if b.base_offset >= end:
+                    return
                 try:
                     batches = read_batches(b.payload, verify_crc=False)
                 except CorruptRecords:
                     continue  # not Kafka batches (an internal stream's own format): nothing to index
                 for rb in batches:
-                    self._index(rb, None)
-                scanned += len(b.payload)
+                    yield rb, len(b.payload) // len(batches)
             offset = chunk[-1].end_offset
-        if scanned:
-            log.info("%r: scanned %d bytes, %d producers", self, scanned, len(self.producers))
+
+    async def _fill_time_index(self) -> None:
+        """The time index below a loaded snapshot, built on first use."""
+        async with self._ts_lock:
+            if self._ts_gap_end < 0:
+                return
+            stream = self.ready
+            ts, offsets = array("q"), array("q")
+            async for rb, _ in self._batches(stream.start_offset, self._ts_gap_end):
+                if not ts or rb.max_timestamp > ts[-1]:
+                    ts.append(rb.max_timestamp)
+                    offsets.append(rb.base_offset)
+            for t, o in zip(self._ts, self._ts_offsets, strict=True):
+                if not ts or t > ts[-1]:
+                    ts.append(t)
+                    offsets.append(o)
+            self._ts, self._ts_offsets = ts, offsets
+            self._ts_gap_end = -1
 
     def _index(self, rb: RecordBatch, done: asyncio.Future[int] | None) -> None:
         if not self._ts or rb.max_timestamp > self._ts[-1]:
@@ -181,6 +275,8 @@ class Partition:
     async def offset_for_timestamp(self, target: int) -> tuple[int, int]:
         """(timestamp, offset) of the first record at or after `target` ms, or (-1, -1)."""
         stream = self.ready
+        if self._ts_gap_end >= 0:
+            await self._fill_time_index()
         i = bisect.bisect_left(self._ts, target)
         if i >= len(self._ts):
             return -1, -1
@@ -217,6 +313,8 @@ class Partition:
         stream = self.ready
         if self.failed is not None:
             raise BrokerError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"{self!r} failed: {self.failed}")
+        if self.draining:
+            raise BrokerError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"{self!r} is moving to another broker")
         dup = self._check_producer(batches)
         if dup is not None:
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -234,8 +332,13 @@ class Partition:
             log_append_time_ms=now_ms if log_append else None,
             partition_leader_epoch=self.leader_epoch,
         )
+        self.bytes_in += len(records)
+        self.requests += 1
         done = stream.append(bytes(records), end - first)
         done.add_done_callback(self._append_done)
+        self._last_done = done
+        if self._first_append is not None and not self._first_append.done():
+            done.add_done_callback(self._first_durable)
         for rb in batches:
             self._index(rb, done)
             if log_append and rb.producer_id != NO_PRODUCER_ID:

@@ -94,6 +94,10 @@ class HandlerBroker(Protocol):
 
     async def next_producer_id(self) -> int: ...
 
+    def count_client_bytes(self, client_id: str | None, rack: str | None, n: int, to_broker: bool) -> None:
+        """Count Kafka data between a client and this broker in the zone ledger."""
+        ...
+
     async def controller_call(self, method: str, **params: Any) -> Any:
         """A controller RPC whose metadata change is visible here when it returns; BrokerError if unreachable."""
         ...

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 
+from engine.controller.autobalance import BalancerSettings
 from engine.controller.server import ControllerServer
 
 
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         "--lost-grace-ms", type=int, default=1500,
         help="a broker whose connection closed and that is silent this long is fenced (at most the session timeout)",
     )
+    parser.add_argument("--no-auto-balance", action="store_true", help="do not move partitions to even the load")
+    parser.add_argument("--balance-interval-ms", type=int, default=5000, help="how often the balancer plans")
+    parser.add_argument("--balance-cooldown-s", type=float, default=60.0, help="a moved partition stays this long")
+    parser.add_argument("--balance-max-moves", type=int, default=32, help="moves per balancer round at most")
     parser.add_argument("--port-file", help="write the bound port here once listening")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -35,7 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         pass
 
     async def run() -> None:
-        server = ControllerServer(args.dir, args.host, args.port, args.session_timeout_ms, args.lost_grace_ms)
+        balancer = BalancerSettings(
+            enabled=not args.no_auto_balance,
+            interval_s=max(0.05, args.balance_interval_ms / 1000),
+            cooldown_s=args.balance_cooldown_s,
+            max_moves=max(1, args.balance_max_moves),
+        )
+        server = ControllerServer(
+            args.dir, args.host, args.port, args.session_timeout_ms, args.lost_grace_ms, balancer=balancer
+        )
         await server.start()
         if args.port_file:
             with open(args.port_file, "w") as f:

@@ -65,6 +65,62 @@ class WalTakeover(msgspec.Struct):
     streams: dict[int, int] = {}
 
 
+class ProducerSnapshot(msgspec.Struct, array_like=True):
+    """A producer's last batches in a partition: what idempotence checks against."""
+
+    producer_id: int
+    epoch: int
+    #: (first sequence, last sequence, base offset, log append time) of each remembered batch.
+    batches: list[tuple[int, int, int, int]]
+
+
+class PartitionSnapshot(msgspec.Struct):
+    """What a leader knows beside its stream, handed to the next leader so that it does not
+    scan the stream to rebuild it: the move then costs the same for any partition size."""
+
+    topic: str
+    partition: int
+    stream_id: int
+    #: The leader epoch of the leader that wrote it, and the stream end it covers.
+    leader_epoch: int
+    end_offset: int
+    producers: list[ProducerSnapshot] = []
+    #: Leader-epoch cache: (epoch, first offset written in it).
+    epochs: list[tuple[int, int]] = []
+
+
+MovePhase = Literal["releasing", "opening", "done", "cancelled", "failed"]
+
+
+class MoveRecord(msgspec.Struct):
+    """One partition move and when each step of it happened (wall-clock ms, per process).
+
+    requested (controller) -> drained (old leader takes no appends) -> released (its WAL tail
+    for the stream is in S3) -> moved (controller: new leader, epoch + 1) -> opened (new
+    leader opened the stream) -> first_append (new leader acknowledged its first produce).
+    """
+
+    id: int
+    topic: str
+    partition: int
+    source: int
+    target: int
+    state: MovePhase = "releasing"
+    reason: str = ""
+    #: Who asked: "reassign" (a user or admin client), "balancer", "scale-in".
+    cause: str = "reassign"
+    requested_ms: int = 0
+    drained_ms: int = 0
+    released_ms: int = 0
+    moved_ms: int = 0
+    opened_ms: int = 0
+    first_append_ms: int = 0
+    #: Bytes the old leader uploaded to make the stream's WAL tail visible (never the partition's size).
+    uploaded_bytes: int = 0
+    #: Whether the new leader opened from the old leader's snapshot (no scan of the stream).
+    from_snapshot: bool = False
+
+
 R = TypeVar("R")
 
 
@@ -134,6 +190,10 @@ class BrokerStatus(msgspec.Struct):
     state: str
     partitions_led: int
     wal: WalSpec
+    bytes_in_per_s: float = 0.0
+    bytes_out_per_s: float = 0.0
+    draining: bool = False
+    requests_per_s: float = 0.0
 
 
 class StatusResult(msgspec.Struct):
@@ -146,6 +206,10 @@ class StatusResult(msgspec.Struct):
     partitions: int
     offline_partitions: int
     wal_takeovers: list[WalTakeover]
+    auto_balance: bool = False
+    #: The balancer's recent decisions, newest last.
+    balancer: list[str] = []
+    moves_in_progress: int = 0
 
 
 class Ping(Request[PingResult]):
@@ -173,12 +237,26 @@ class BrokerReady(Request[VersionResult]):
     broker_epoch: int
 
 
+class LoadReport(msgspec.Struct, array_like=True):
+    """A partition's traffic at its leader since the previous report, per second."""
+
+    topic: str
+    partition: int
+    bytes_in: float
+    bytes_out: float
+    #: Produce and fetch requests that touched it (reported and shown; the balancer weighs bytes only).
+    requests: float = 0.0
+
+
 class Heartbeat(Request[HeartbeatResult]):
     method = "heartbeat"
     response = HeartbeatResult
     session = True
     broker_id: int
     broker_epoch: int
+    #: Every few heartbeats: the partitions it leads that carried traffic; None between reports
+    #: (the last report stands).
+    loads: list[LoadReport] | None = None
 
 
 class ControlledShutdown(Request[ShutdownResult]):
@@ -188,6 +266,130 @@ class ControlledShutdown(Request[ShutdownResult]):
     response = ShutdownResult
     broker_id: int
     broker_epoch: int
+    #: Of the partitions it had open, so their next leaders need not scan the streams.
+    snapshots: list[PartitionSnapshot] = []
+
+
+class ReassignResult(msgspec.Struct):
+    """Per-partition outcome in request order: (topic, partition, error code name or "", message)."""
+
+    results: list[tuple[str, int, str, str]]
+    version: int
+    moves: list[int] = []
+
+
+class Reassign(Request[ReassignResult]):
+    """Move partitions to other brokers (target -1 cancels a move that has not released yet)."""
+
+    method = "reassign"
+    response = ReassignResult
+    #: (topic, partition, target broker)
+    moves: list[tuple[str, int, int]]
+    cause: str = "reassign"
+
+
+class Released(msgspec.Struct):
+    topic: str
+    partition: int
+    leader_epoch: int
+    drained_ms: int
+    released_ms: int
+    uploaded_bytes: int
+    snapshot: PartitionSnapshot | None = None
+
+
+class PartitionsReleased(Request[VersionResult]):
+    """The old leader stopped appending to these partitions and their WAL tails are in S3."""
+
+    method = "partitions_released"
+    response = VersionResult
+    broker_id: int
+    broker_epoch: int
+    released: list[Released]
+
+
+class PartitionOpened(Request[VersionResult]):
+    """A moved partition's new leader opened it (and maybe acknowledged its first produce)."""
+
+    method = "partition_opened"
+    response = VersionResult
+    broker_id: int
+    move_id: int
+    topic: str
+    partition: int
+    leader_epoch: int
+    opened_ms: int
+    first_append_ms: int = 0
+    from_snapshot: bool = False
+
+
+class SnapshotResult(msgspec.Struct):
+    snapshot: PartitionSnapshot | None = None
+
+
+class GetSnapshot(Request[SnapshotResult]):
+    method = "get_snapshot"
+    response = SnapshotResult
+    topic: str
+    partition: int
+
+
+class BalanceMove(msgspec.Struct, array_like=True):
+    topic: str
+    partition: int
+    source: int
+    target: int
+
+
+class BrokerLoad(msgspec.Struct, array_like=True):
+    broker: int
+    partitions: int
+    bytes_per_s: float
+
+
+class BalanceResult(msgspec.Struct):
+    """A balancer plan: the moves, the spread before and after, and whether it is within bounds."""
+
+    moves: list[BalanceMove]
+    before: list[BrokerLoad]
+    after: list[BrokerLoad]
+    max_over_mean_before: float
+    max_over_mean_after: float
+    balanced: bool
+    reason: str
+    plan_ms: float
+    started: list[int] = []
+    version: int = 0
+
+
+class Balance(Request[BalanceResult]):
+    """Plan a rebalance (and start it unless dry_run). `exclude`: brokers to drain (scale in)."""
+
+    method = "balance"
+    response = BalanceResult
+    dry_run: bool = True
+    exclude: list[int] = []
+    max_moves: int = 0
+
+
+class ForgetBroker(Request[VersionResult]):
+    """`amq scale in`: a broker that stopped and leads nothing leaves the cluster's records."""
+
+    method = "forget_broker"
+    response = VersionResult
+    broker_id: int
+
+
+class MovesResult(msgspec.Struct):
+    moves: list[MoveRecord]
+
+
+class ListMoves(Request[MovesResult]):
+    """Recent moves (all, or those with the given ids), oldest first."""
+
+    method = "list_moves"
+    response = MovesResult
+    ids: list[int] = []
 
 
 class ClusterShutdown(Request[VersionResult]):
@@ -264,5 +466,6 @@ REQUESTS: dict[str, type[Request[Any]]] = {
     for cls in (
         Ping, RegisterBroker, BrokerReady, Heartbeat, ControlledShutdown, ClusterShutdown, WalTakenOver, Metadata,
         CreateTopics, DeleteTopics, CreatePartitions, AlterConfigs, AllocProducerIds, Status,
+        Reassign, PartitionsReleased, PartitionOpened, GetSnapshot, ListMoves, Balance, ForgetBroker,
     )
 }  # fmt: skip

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from engine.controller import api
+from engine.controller.autobalance import AutoBalancer, BalancerSettings, result
 from engine.controller.rpc import Handler, RpcError, serve_connection
 from engine.controller.state import ControllerState
 
@@ -27,6 +28,7 @@ class ControllerServer:
         port: int = 0,
         session_timeout_ms: int = 3000,
         lost_grace_ms: int = 1500,
+        balancer: BalancerSettings | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.host = host
@@ -35,6 +37,8 @@ class ControllerServer:
         self.session_timeout_s = session_timeout_ms / 1000
         self.lost_grace_s = lost_grace_ms / 1000
         self.state = ControllerState(self.directory / "controller.db")
+        self.balancer = AutoBalancer(self.state, balancer or BalancerSettings())
+        self._balancing: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         #: The metadata version each broker has applied (the `since` of its latest metadata call).
         self._applied: dict[int, int] = {}
@@ -55,6 +59,13 @@ class ControllerServer:
             "alter_configs": self.alter_configs,
             "alloc_producer_ids": self.alloc_producer_ids,
             "status": self.status,
+            "reassign": self.reassign,
+            "partitions_released": self.partitions_released,
+            "partition_opened": self.partition_opened,
+            "get_snapshot": self.get_snapshot,
+            "list_moves": self.list_moves,
+            "balance": self.balance,
+            "forget_broker": self.forget_broker,
         }
 
     async def start(self) -> None:
@@ -64,13 +75,15 @@ class ControllerServer:
         self._server = await asyncio.start_server(connected, self.host, self.requested_port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._liveness = asyncio.get_running_loop().create_task(self._liveness_loop())
+        self._balancing = asyncio.get_running_loop().create_task(self._balance_loop())
         log.info("controller %s listening on %s:%d", self.state.cluster_id, self.host, self.port)
 
     async def stop(self) -> None:
-        if self._liveness is not None:
-            self._liveness.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._liveness
+        for task in (self._liveness, self._balancing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -103,6 +116,17 @@ class ControllerServer:
             if self.state.version != before:
                 await self._notify()
 
+    async def _balance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.balancer.settings.interval_s)
+            try:
+                moves = self.balancer.tick()
+                if moves:
+                    log.info(self.balancer.decisions[-1])
+                    await self._mutate(lambda m=moves: self.state.reassign(m, "balancer"))  # type: ignore[misc]
+            except Exception:
+                log.exception("balancer round failed")
+
     async def _mutate(self, fn: Callable[[], T]) -> T:
         before = self.state.version
         try:
@@ -130,11 +154,11 @@ class ControllerServer:
         return api.VersionResult(self.state.version)
 
     async def heartbeat(self, p: api.Heartbeat) -> api.HeartbeatResult:
-        b = await self._mutate(lambda: self.state.heartbeat(p.broker_id, p.broker_epoch))
+        b = await self._mutate(lambda: self.state.heartbeat(p.broker_id, p.broker_epoch, p.loads))
         return api.HeartbeatResult(self.state.version, b.state)
 
     async def controlled_shutdown(self, p: api.ControlledShutdown) -> api.ShutdownResult:
-        moved = await self._mutate(lambda: self.state.controlled_shutdown(p.broker_id, p.broker_epoch))
+        moved = await self._mutate(lambda: self.state.controlled_shutdown(p.broker_id, p.broker_epoch, p.snapshots))
         # The leaving broker sends its clients to the others next: they should know the new leaders by then.
         await self._followed(self.state.version, exclude=p.broker_id, timeout=1.0)
         log.info("broker %d shut down; %d partitions moved to other brokers", p.broker_id, moved)
@@ -152,6 +176,65 @@ class ControllerServer:
         log.info("broker %d uploaded takeover %d (%d WAL records); %d partitions reopen", p.broker_id,
                  p.takeover_id, p.records, moved)  # fmt: skip
         return api.VersionResult(self.state.version)
+
+    async def reassign(self, p: api.Reassign) -> api.ReassignResult:
+        results, started = await self._mutate(lambda: self.state.reassign(p.moves, p.cause))
+        for mid in started:
+            m = self.state.moves[mid]
+            log.info("move %d: %s-%d from broker %d to broker %d (%s)", m.id, m.topic, m.partition, m.source,
+                     m.target, m.cause)  # fmt: skip
+        return api.ReassignResult(results, self.state.version, started)
+
+    async def partitions_released(self, p: api.PartitionsReleased) -> api.VersionResult:
+        moved = await self._mutate(lambda: self.state.partitions_released(p.broker_id, p.broker_epoch, p.released))
+        if moved:
+            # The old leader answers its held requests next: the new leader should know by then.
+            await self._followed(self.state.version, exclude=p.broker_id, timeout=0.5)
+        return api.VersionResult(self.state.version)
+
+    async def partition_opened(self, p: api.PartitionOpened) -> api.VersionResult:
+        await self._mutate(
+            lambda: self.state.partition_opened(p.broker_id, p.move_id, p.topic, p.partition, p.leader_epoch,
+                                                p.opened_ms, p.first_append_ms, p.from_snapshot)
+        )  # fmt: skip
+        return api.VersionResult(self.state.version)
+
+    async def balance(self, p: api.Balance) -> api.BalanceResult:
+        exclude = set(p.exclude)
+        unknown = sorted(exclude - set(self.state.brokers))
+        if unknown:
+            raise RpcError("UNKNOWN_BROKER", f"no broker {unknown[0]} in this cluster")
+        why = self.balancer.settled()
+        if why is not None and not p.dry_run:
+            raise RpcError("NOT_SETTLED", f"not now: {why}")
+        # Asked for by a user: the cooldown (which keeps the automatic rounds from flapping) does not apply.
+        plan = self.balancer.plan(exclude, p.max_moves or None, cooldown=False)
+        out = result(plan)
+        if not p.dry_run:
+            self.balancer.draining |= exclude
+            if plan.moves:
+                moves = [(m.key[0], m.key[1], m.target) for m in plan.moves]
+                self.balancer.note(f"asked: {len(moves)} moves" + (f", draining {sorted(exclude)}" if exclude else ""))
+                _, out.started = await self._mutate(
+                    lambda: self.state.reassign(moves, "scale-in" if exclude else "balance")
+                )
+        out.version = self.state.version
+        return out
+
+    async def forget_broker(self, p: api.ForgetBroker) -> api.VersionResult:
+        await self._mutate(lambda: self.state.forget_broker(p.broker_id))
+        self.balancer.draining.discard(p.broker_id)
+        log.info("broker %d left the cluster", p.broker_id)
+        return api.VersionResult(self.state.version)
+
+    async def get_snapshot(self, p: api.GetSnapshot) -> api.SnapshotResult:
+        return api.SnapshotResult(self.state.snapshots.get((p.topic, p.partition)))
+
+    async def list_moves(self, p: api.ListMoves) -> api.MovesResult:
+        moves = self.state.moves
+        if p.ids:
+            return api.MovesResult([moves[i] for i in p.ids if i in moves])
+        return api.MovesResult(list(moves.values()))
 
     async def _followed(self, version: int, exclude: int, timeout: float) -> None:
         """Until every running broker but `exclude` has asked for metadata after `version`
@@ -198,12 +281,26 @@ class ControllerServer:
     async def status(self, p: api.Status) -> api.StatusResult:
         topics = list(self.state.topics.values())
         led = self.state.partitions_led()
+        loads = self.state.broker_loads()
         return api.StatusResult(
             cluster_id=self.state.cluster_id,
             version=self.state.version,
             session_timeout_ms=int(self.session_timeout_s * 1000),
             brokers=[
-                api.BrokerStatus(b.id, b.zone, b.host, b.port, b.epoch, b.alive, b.state, led[b.id], b.wal)
+                api.BrokerStatus(
+                    b.id,
+                    b.zone,
+                    b.host,
+                    b.port,
+                    b.epoch,
+                    b.alive,
+                    b.state,
+                    led[b.id],
+                    b.wal,
+                    *loads.get(b.id, (0.0, 0.0, 0.0))[:2],
+                    b.id in self.balancer.draining,
+                    loads.get(b.id, (0.0, 0.0, 0.0))[2],
+                )
                 for b in sorted(self.state.brokers.values(), key=lambda b: b.id)
             ],
             topics=len([t for t in topics if not t.internal]),
@@ -211,4 +308,7 @@ class ControllerServer:
             partitions=sum(len(t.partitions) for t in topics),
             offline_partitions=sum(1 for t in topics for p in t.partitions if not self.state.running(p.leader)),
             wal_takeovers=list(self.state.takeovers.values()),
+            auto_balance=self.balancer.settings.enabled,
+            balancer=list(self.balancer.decisions),
+            moves_in_progress=len(self.state.moves_in_progress()),
         )

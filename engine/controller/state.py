@@ -18,7 +18,15 @@ from typing import Any
 
 import msgspec
 
-from engine.controller.api import BrokerRecord, WalSpec, WalTakeover
+from engine.controller.api import (
+    BrokerRecord,
+    LoadReport,
+    MoveRecord,
+    PartitionSnapshot,
+    Released,
+    WalSpec,
+    WalTakeover,
+)
 from engine.controller.configs import (
     OFFSETS_TOPIC,
     ConfigError,
@@ -32,6 +40,8 @@ from engine.protocol.errors import ErrorCode
 RESERVED_INTERNAL = frozenset({OFFSETS_TOPIC, "__transaction_state"})
 MAX_PARTITIONS_PER_REQUEST = 10_000
 LOG_KEEP = 10_000
+#: Finished moves kept for `amq reassign --timeline` and ListPartitionReassignments.
+MOVES_KEEP = 2_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,9 +58,17 @@ CREATE TABLE IF NOT EXISTS partitions (
     leader_epoch INTEGER NOT NULL, stream_id INTEGER NOT NULL, PRIMARY KEY (topic, idx)
 );
 CREATE TABLE IF NOT EXISTS wal_takeovers (id INTEGER PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS partition_snapshots (
+    topic TEXT NOT NULL, idx INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (topic, idx)
+);
 """
 # Columns added after the first release; added to older files on open.
 _BROKER_COLUMNS = {"state": "TEXT NOT NULL DEFAULT 'running'", "wal": "TEXT NOT NULL DEFAULT '{}'"}
+_PARTITION_COLUMNS = {
+    "target": "INTEGER NOT NULL DEFAULT -1",
+    "move_id": "INTEGER NOT NULL DEFAULT -1",
+    "snapshot_end": "INTEGER NOT NULL DEFAULT -1",
+}
 
 
 def broker_dict(b: BrokerRecord) -> dict[str, Any]:
@@ -65,6 +83,12 @@ class PartitionRec:
     leader: int
     leader_epoch: int
     stream_id: int
+    #: Moving to this broker: the leader releases the partition (no appends, WAL tail uploaded) first.
+    target: int = -1
+    #: The move under way, kept until the new leader reports the partition open.
+    move_id: int = -1
+    #: End offset covered by the stored leader snapshot (-1: none): the next leader loads it instead of scanning.
+    snapshot_end: int = -1
 
 
 @dataclass
@@ -99,10 +123,11 @@ class ControllerState:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(brokers)")}
-        for column, decl in _BROKER_COLUMNS.items():
-            if column not in have:
-                self.db.execute(f"ALTER TABLE brokers ADD COLUMN {column} {decl}")
+        for table, columns in (("brokers", _BROKER_COLUMNS), ("partitions", _PARTITION_COLUMNS)):
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            for column, decl in columns.items():
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         self.brokers: dict[int, BrokerRecord] = {}
         #: When each broker was last heard from (monotonic); not persisted.
         self.last_seen: dict[int, float] = {}
@@ -112,6 +137,17 @@ class ControllerState:
         #: Set by `amq cluster down`: brokers that stop keep their partitions (they get them back on start).
         self.stopping = False
         self.topics: dict[str, TopicRec] = {}
+        self.snapshots: dict[tuple[str, int], PartitionSnapshot] = {}
+        #: Recent moves by id (memory only: a restarted controller restarts unfinished moves' bookkeeping).
+        self.moves: dict[int, MoveRecord] = {}
+        self.next_move_id = 1
+        #: (topic, partition) -> (bytes/s in, bytes/s out) as its leader last reported (memory only).
+        self.loads: dict[tuple[str, int], LoadReport] = {}
+        #: When each broker last sent a load report (monotonic).
+        self.report_at: dict[int, float] = {}
+        #: (topic, partition) -> when the balancer last moved it (monotonic): its cooldown. Moves for
+        #: other causes (failover, a user's reassignment) are not counted: the balancer may even them out.
+        self.last_moved: dict[tuple[str, int], float] = {}
         meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         self.cluster_id = meta.get("cluster_id") or uuid.uuid4().hex[:22]
         self.version = int(meta.get("version", 0))
@@ -129,8 +165,14 @@ class ControllerState:
             self.takeovers[tid_] = msgspec.json.decode(body, type=WalTakeover)
         for name, tid, internal, rf, configs in self.db.execute("SELECT * FROM topics"):
             self.topics[name] = TopicRec(name, tid, bool(internal), rf, json.loads(configs), [])
-        for topic, idx, leader, epoch, sid in self.db.execute("SELECT * FROM partitions ORDER BY topic, idx"):
-            self.topics[topic].partitions.append(PartitionRec(idx, leader, epoch, sid))
+        rows = self.db.execute(
+            "SELECT topic, idx, leader, leader_epoch, stream_id, target, move_id, snapshot_end "
+            "FROM partitions ORDER BY topic, idx"
+        )
+        for topic, *fields in rows:
+            self.topics[topic].partitions.append(PartitionRec(*fields))
+        for topic, idx, body in self.db.execute("SELECT topic, idx, body FROM partition_snapshots"):
+            self.snapshots[(topic, idx)] = msgspec.msgpack.decode(body, type=PartitionSnapshot)
         # Followers behind this version get a snapshot: the record log is not persisted.
         self.log_start = self.version
         self.log: deque[tuple[int, dict[str, Any]]] = deque(maxlen=LOG_KEEP)
@@ -166,9 +208,7 @@ class ControllerState:
         self._emit({"type": "broker", **broker_dict(b)})
 
     def _save_takeover(self, t: WalTakeover) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO wal_takeovers VALUES (?, ?)", (t.id, msgspec.json.encode(t).decode())
-        )
+        self.db.execute("INSERT OR REPLACE INTO wal_takeovers VALUES (?, ?)", (t.id, msgspec.json.encode(t).decode()))
         self._emit({"type": "wal_takeover", **msgspec.to_builtins(t)})
 
     def _drop_takeover(self, t: WalTakeover) -> None:
@@ -183,8 +223,12 @@ class ControllerState:
         )
         self.db.execute("DELETE FROM partitions WHERE topic=?", (t.name,))
         self.db.executemany(
-            "INSERT INTO partitions VALUES (?, ?, ?, ?, ?)",
-            [(t.name, p.index, p.leader, p.leader_epoch, p.stream_id) for p in t.partitions],
+            "INSERT INTO partitions (topic, idx, leader, leader_epoch, stream_id, target, move_id, snapshot_end) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (t.name, p.index, p.leader, p.leader_epoch, p.stream_id, p.target, p.move_id, p.snapshot_end)
+                for p in t.partitions
+            ],
         )
         self._emit({"type": "topic", **t.to_dict()})
 
@@ -289,11 +333,52 @@ class ControllerState:
             raise KeyError("STALE_BROKER_EPOCH")
         return b
 
-    def heartbeat(self, broker_id: int, epoch: int) -> BrokerRecord:
+    def heartbeat(
+        self, broker_id: int, epoch: int, loads: list[LoadReport] | None = None
+    ) -> BrokerRecord:
         b = self._current(broker_id, epoch)
         self.last_seen[broker_id] = time.monotonic()
         self.lost_at.pop(broker_id, None)
+        if loads is not None:
+            reported = {(r.topic, r.partition) for r in loads}
+            # A partition it leads and did not report was idle. One that moved away keeps its last
+            # load until its new leader reports: planning as if it carried nothing would undo the move.
+            for t, p in self._led_by(broker_id):
+                if (t.name, p.index) not in reported:
+                    self.loads.pop((t.name, p.index), None)
+            for r in loads:
+                self.loads[(r.topic, r.partition)] = r
+            self.report_at[broker_id] = time.monotonic()
         return b
+
+    def forget_broker(self, broker_id: int) -> None:
+        """Drop a broker that left for good (scale in): it must be stopped and lead nothing."""
+        b = self.brokers.get(broker_id)
+        if b is None:
+            raise KeyError("BROKER_ID_NOT_REGISTERED")
+        if b.state not in ("shutdown", "fenced") or self._led_by(broker_id):
+            raise KeyError("BROKER_STILL_IN_USE")
+        if any(t.from_broker == broker_id for t in self.takeovers.values()):
+            raise KeyError("BROKER_STILL_IN_USE")
+
+        def tx() -> None:
+            self.db.execute("DELETE FROM brokers WHERE id=?", (broker_id,))
+            del self.brokers[broker_id]
+            self.last_seen.pop(broker_id, None)
+            self._emit({"type": "broker_removed", "id": broker_id})
+
+        self._commit(tx)
+
+    def broker_loads(self) -> dict[int, tuple[float, float, float]]:
+        """Per broker: (bytes/s in, bytes/s out, requests/s) over the partitions it leads."""
+        out: dict[int, tuple[float, float, float]] = {}
+        for t in self.topics.values():
+            for p in t.partitions:
+                r = self.loads.get((t.name, p.index))
+                if r is not None:
+                    i, o, q = out.get(p.leader, (0.0, 0.0, 0.0))
+                    out[p.leader] = (i + r.bytes_in, o + r.bytes_out, q + r.requests)
+        return out
 
     def connection_lost(self, broker_ids: set[int]) -> None:
         now = time.monotonic()
@@ -396,7 +481,7 @@ class ControllerState:
         result: int = self._commit(tx)
         return result
 
-    def controlled_shutdown(self, broker_id: int, epoch: int) -> int:
+    def controlled_shutdown(self, broker_id: int, epoch: int, snapshots: list[PartitionSnapshot] | None = None) -> int:
         """The broker uploaded its WAL and takes no more appends: its partitions move to running
         brokers (unless the whole cluster is stopping). Returns how many moved."""
         b = self._current(broker_id, epoch)
@@ -404,6 +489,8 @@ class ControllerState:
         def tx() -> int:
             b.state, b.since = "shutdown", time.time()
             self._save_broker(b)
+            for snap in snapshots or ():
+                self._keep_snapshot(snap)
             if self.stopping:
                 return 0
             mine = self._led_by(broker_id)
@@ -420,13 +507,182 @@ class ControllerState:
             return 0
         leaders = self._place(len(parts), exclude)
         moved = 0
-        for (_, p), leader in zip(parts, leaders, strict=True):
+        for (t, p), leader in zip(parts, leaders, strict=True):
+            self._end_move(t, p, "failed", f"broker {p.leader} left; the partition went to broker {leader}")
             if leader < 0:
                 continue  # nobody to lead it: offline until a broker is ready
             p.leader = leader
             p.leader_epoch += 1
             moved += 1
         return moved
+
+    # --- moves (reassignment) ------------------------------------------------------------------
+
+    def _keep_snapshot(self, snap: PartitionSnapshot) -> None:
+        t = self.topics.get(snap.topic)
+        if t is None or not 0 <= snap.partition < len(t.partitions):
+            return
+        p = t.partitions[snap.partition]
+        if p.stream_id != snap.stream_id or snap.end_offset < p.snapshot_end:
+            return  # from an older life of the partition, or older than the one kept
+        key = (snap.topic, snap.partition)
+        self.snapshots[key] = snap
+        p.snapshot_end = snap.end_offset
+        self.db.execute(
+            "INSERT OR REPLACE INTO partition_snapshots VALUES (?, ?, ?)", (*key, msgspec.msgpack.encode(snap))
+        )
+
+    def _end_move(self, t: TopicRec, p: PartitionRec, state: str, reason: str = "") -> None:
+        """Forget the partition's move (if any) with its final state."""
+        if p.move_id >= 0:
+            m = self.moves.get(p.move_id)
+            if m is not None and m.state in ("releasing", "opening"):
+                m.state, m.reason = state, reason  # type: ignore[assignment]
+        p.target = -1
+        p.move_id = -1
+
+    def reassign(
+        self, moves: list[tuple[str, int, int]], cause: str = "reassign"
+    ) -> tuple[list[tuple[str, int, str, str]], list[int]]:
+        """Start moving partitions; target -1 cancels a move that has not been released yet.
+
+        Checks everything first: a request with any bad move starts none of its moves
+        (a user's plan is applied whole or not at all). Returns per-move (topic, partition,
+        error name or "", message) and the ids of the moves started.
+        """
+        results: list[tuple[str, int, str, str]] = []
+        ok: list[tuple[TopicRec, PartitionRec, int]] = []
+        seen: set[tuple[str, int]] = set()
+        for topic, index, target in moves:
+            err = self._check_move(topic, index, target, seen)
+            results.append((topic, index, *err) if err else (topic, index, "", ""))
+            if err is None:
+                t = self.topics[topic]
+                ok.append((t, t.partitions[index], target))
+            seen.add((topic, index))
+        if len(ok) != len(moves):
+            for i, r in enumerate(results):
+                if not r[2]:
+                    results[i] = (
+                        r[0],
+                        r[1],
+                        "REASSIGNMENT_ABORTED",
+                        "not started: another move in the request was refused",
+                    )
+            return results, []
+        started: list[int] = []
+        now = int(time.time() * 1000)
+
+        def tx() -> None:
+            touched = []
+            for t, p, target in ok:
+                if target < 0:
+                    self._end_move(t, p, "cancelled", "cancelled before the old leader released it")
+                elif target == p.leader and p.target < 0:
+                    continue  # already there
+                elif target == p.leader:
+                    self._end_move(t, p, "cancelled", f"moved back to broker {target} before release")
+                else:
+                    if p.move_id >= 0 and p.target >= 0:
+                        self._end_move(t, p, "cancelled", f"replaced by a move to broker {target}")
+                    m = MoveRecord(self.next_move_id, t.name, p.index, p.leader, target, cause=cause, requested_ms=now)
+                    self.next_move_id += 1
+                    self.moves[m.id] = m
+                    p.target, p.move_id = target, m.id
+                    started.append(m.id)
+                touched.append((t, p))
+            self._save_topics_of(touched)
+            while len(self.moves) > MOVES_KEEP:
+                del self.moves[next(iter(self.moves))]
+
+        self._commit(tx)
+        return results, started
+
+    def _check_move(self, topic: str, index: int, target: int, seen: set[tuple[str, int]]) -> tuple[str, str] | None:
+        t = self.topics.get(topic)
+        if t is None:
+            return "UNKNOWN_TOPIC_OR_PARTITION", f"topic {topic!r} does not exist"
+        if not 0 <= index < len(t.partitions):
+            return "UNKNOWN_TOPIC_OR_PARTITION", f"topic {topic} has no partition {index} (it has {len(t.partitions)})"
+        if (topic, index) in seen:
+            return "INVALID_REQUEST", f"{topic}-{index} appears twice in the request"
+        p = t.partitions[index]
+        if target < 0:
+            if p.target < 0:
+                return "NO_REASSIGNMENT_IN_PROGRESS", f"{topic}-{index} is not being moved"
+            return None
+        b = self.brokers.get(target)
+        if b is None:
+            return "INVALID_REPLICA_ASSIGNMENT", f"broker {target} does not exist"
+        if not b.alive:
+            return "INVALID_REPLICA_ASSIGNMENT", f"broker {target} is not running (it is {b.state})"
+        if not self.running(p.leader):
+            state = self.brokers[p.leader].state if p.leader in self.brokers else "gone"
+            return (
+                "LEADER_NOT_AVAILABLE",
+                f"{topic}-{index}'s leader, broker {p.leader}, is not running (it is {state}): "
+                "it cannot release the partition; it moves once its WAL has been taken over",
+            )
+        return None
+
+    def partitions_released(self, broker_id: int, epoch: int, released: list[Released]) -> int:
+        """The old leader takes no appends for these partitions and their WAL tails are in S3:
+        each opens on its target at the next leader epoch. Returns how many moved."""
+        self._current(broker_id, epoch)
+        now = int(time.time() * 1000)
+
+        def tx() -> int:
+            touched = []
+            for r in released:
+                t = self.topics.get(r.topic)
+                if t is None or not 0 <= r.partition < len(t.partitions):
+                    continue
+                p = t.partitions[r.partition]
+                if p.leader != broker_id or p.leader_epoch != r.leader_epoch or p.target < 0:
+                    continue  # moved or cancelled meanwhile: the broker reopens it if it still leads it
+                if r.snapshot is not None:
+                    self._keep_snapshot(r.snapshot)
+                # A target that stopped meanwhile: the partition stays, reopened by its leader at a new epoch.
+                p.leader = p.target if self.running(p.target) else broker_id
+                p.leader_epoch += 1
+                p.target = -1
+                m = self.moves.get(p.move_id)
+                if m is not None and m.cause in ("balancer", "balance"):
+                    self.last_moved[(r.topic, r.partition)] = time.monotonic()
+                if m is not None:
+                    m.drained_ms, m.released_ms, m.moved_ms = r.drained_ms, r.released_ms, now
+                    m.uploaded_bytes = r.uploaded_bytes
+                    m.state = "opening"
+                    if p.leader != m.target:
+                        m.reason = f"broker {m.target} stopped during the move; broker {p.leader} keeps the partition"
+                touched.append((t, p))
+            self._save_topics_of(touched)
+            return len(touched)
+
+        result: int = self._commit(tx)
+        return result
+
+    def partition_opened(
+        self, broker_id: int, move_id: int, topic: str, index: int, leader_epoch: int, opened_ms: int,
+        first_append_ms: int, from_snapshot: bool,
+    ) -> None:  # fmt: skip
+        """The new leader opened a moved partition (first_append_ms: and acknowledged a produce)."""
+        m = self.moves.get(move_id)
+        if m is not None and m.target == broker_id:
+            m.opened_ms, m.from_snapshot = opened_ms, from_snapshot
+            m.first_append_ms = first_append_ms or m.first_append_ms
+            if m.state == "opening":
+                m.state = "done"
+        t = self.topics.get(topic)
+        if t is None or not 0 <= index < len(t.partitions):
+            return
+        p = t.partitions[index]
+        if p.leader == broker_id and p.leader_epoch == leader_epoch and p.move_id == move_id and p.target < 0:
+            p.move_id = -1
+            self._commit(lambda: self._save_topic(t))
+
+    def moves_in_progress(self) -> list[tuple[TopicRec, PartitionRec]]:
+        return [(t, p) for t in self.topics.values() for p in t.partitions if p.target >= 0]
 
     # --- topics ------------------------------------------------------------------------------
 
@@ -579,6 +835,9 @@ class ControllerState:
             for t in doomed:
                 self.db.execute("DELETE FROM topics WHERE name=?", (t.name,))
                 self.db.execute("DELETE FROM partitions WHERE topic=?", (t.name,))
+                self.db.execute("DELETE FROM partition_snapshots WHERE topic=?", (t.name,))
+                for p in t.partitions:
+                    self.snapshots.pop((t.name, p.index), None)
                 del self.topics[t.name]
                 self._emit({"type": "topic_deleted", "name": t.name, "id": t.id})
 

@@ -144,7 +144,9 @@ class AmqAssumptions:
     - file_wal_volume_gib: the `file` kind's block volume per broker.
     - zone_routing: clients name their zone and are served by a broker there,
       so no client byte crosses a zone. Off: 2 in 3 produce and fetch requests
-      reach a broker in another zone, as with Kafka.
+      reach a broker in another zone, as with Kafka. amq's zone router is not
+      built yet (docs/zones.md): with it on, this line prices the design, and says
+      so; `--no-zone-routing` or `--from-run` (the ledger's counts) price today.
     """
 
     upload_object_mib: float = 32.0
@@ -507,8 +509,9 @@ def estimate_amq(workload: Workload, opts: AmqOptions, prices: PriceTable,
     elif workload.zones == 1:
         lines.append(_cross_zone_line(0.0, "one zone", prices))
     elif a.zone_routing:
-        lines.append(_cross_zone_line(0.0, "clients served in their own zone, data shared through storage",
-                                      prices))
+        lines.append(_cross_zone_line(0.0, "assumed: clients served in their own zone (the zone router is not "
+                                           "built yet; --no-zone-routing or --from-run price today's traffic)",
+                                      prices))  # fmt: skip
     else:
         share = (workload.zones - 1) / workload.zones
         produce = share * month_gib_written

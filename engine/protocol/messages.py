@@ -21,6 +21,8 @@ from engine.protocol._wire import ZERO_UUID, Records
 __all__ = [
     "AlterConfigsRequest",
     "AlterConfigsResponse",
+    "AlterPartitionReassignmentsRequest",
+    "AlterPartitionReassignmentsResponse",
     "AnyRequest",
     "AnyResponse",
     "ApiVersionsRequest",
@@ -59,6 +61,8 @@ __all__ = [
     "ListGroupsResponse",
     "ListOffsetsRequest",
     "ListOffsetsResponse",
+    "ListPartitionReassignmentsRequest",
+    "ListPartitionReassignmentsResponse",
     "MetadataRequest",
     "MetadataResponse",
     "OffsetCommitRequest",
@@ -1151,6 +1155,96 @@ class IncrementalAlterConfigsResponse:
 
 
 @dataclass(slots=True)
+class AlterPartitionReassignmentsRequest:
+    """AlterPartitionReassignments request, versions 0-0 (api key 45)."""
+
+    API_KEY: ClassVar[int] = 45
+    MIN_VERSION: ClassVar[int] = 0
+    MAX_VERSION: ClassVar[int] = 0
+
+    @dataclass(slots=True)
+    class ReassignablePartition:
+        partition_index: int = 0
+        replicas: list[int] | None = None
+
+    @dataclass(slots=True)
+    class ReassignableTopic:
+        name: str = ""
+        partitions: list[AlterPartitionReassignmentsRequest.ReassignablePartition] = field(default_factory=list)
+
+    timeout_ms: int = 60000
+    topics: list[AlterPartitionReassignmentsRequest.ReassignableTopic] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class AlterPartitionReassignmentsResponse:
+    """AlterPartitionReassignments response, versions 0-0 (api key 45)."""
+
+    API_KEY: ClassVar[int] = 45
+    MIN_VERSION: ClassVar[int] = 0
+    MAX_VERSION: ClassVar[int] = 0
+
+    @dataclass(slots=True)
+    class ReassignablePartitionResponse:
+        partition_index: int = 0
+        error_code: int = 0
+        error_message: str | None = ""
+
+    @dataclass(slots=True)
+    class ReassignableTopicResponse:
+        name: str = ""
+        partitions: list[AlterPartitionReassignmentsResponse.ReassignablePartitionResponse] = field(default_factory=list)
+
+    throttle_time_ms: int = 0
+    error_code: int = 0
+    error_message: str | None = ""
+    responses: list[AlterPartitionReassignmentsResponse.ReassignableTopicResponse] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ListPartitionReassignmentsRequest:
+    """ListPartitionReassignments request, versions 0-0 (api key 46)."""
+
+    API_KEY: ClassVar[int] = 46
+    MIN_VERSION: ClassVar[int] = 0
+    MAX_VERSION: ClassVar[int] = 0
+
+    @dataclass(slots=True)
+    class ListPartitionReassignmentsTopics:
+        name: str = ""
+        partition_indexes: list[int] = field(default_factory=list)
+
+    timeout_ms: int = 60000
+    topics: list[ListPartitionReassignmentsRequest.ListPartitionReassignmentsTopics] | None = None
+
+
+@dataclass(slots=True)
+class ListPartitionReassignmentsResponse:
+    """ListPartitionReassignments response, versions 0-0 (api key 46)."""
+
+    API_KEY: ClassVar[int] = 46
+    MIN_VERSION: ClassVar[int] = 0
+    MAX_VERSION: ClassVar[int] = 0
+
+    @dataclass(slots=True)
+    class OngoingPartitionReassignment:
+        partition_index: int = 0
+        replicas: list[int] = field(default_factory=list)
+        adding_replicas: list[int] = field(default_factory=list)
+        removing_replicas: list[int] = field(default_factory=list)
+
+    @dataclass(slots=True)
+    class OngoingTopicReassignment:
+        name: str = ""
+        partitions: list[ListPartitionReassignmentsResponse.OngoingPartitionReassignment] = field(default_factory=list)
+
+    throttle_time_ms: int = 0
+    error_code: int = 0
+    error_message: str | None = ""
+    topics: list[ListPartitionReassignmentsResponse.OngoingTopicReassignment] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class DescribeClusterRequest:
     """DescribeCluster request, versions 0-1 (api key 60)."""
 
@@ -1213,6 +1307,8 @@ AnyRequest: TypeAlias = (
     | CreatePartitionsRequest
     | DeleteGroupsRequest
     | IncrementalAlterConfigsRequest
+    | AlterPartitionReassignmentsRequest
+    | ListPartitionReassignmentsRequest
     | DescribeClusterRequest
 )
 #: Any response body the codec encodes.
@@ -1241,5 +1337,7 @@ AnyResponse: TypeAlias = (
     | CreatePartitionsResponse
     | DeleteGroupsResponse
     | IncrementalAlterConfigsResponse
+    | AlterPartitionReassignmentsResponse
+    | ListPartitionReassignmentsResponse
     | DescribeClusterResponse
 )

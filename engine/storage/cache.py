@@ -23,7 +23,8 @@ class CacheEntry:
     batch: Batch
     wal_end: int = -1  # WAL position after this record, once durable
     uploaded: bool = False
-    dropped: bool = False  # its stream was fenced: never upload it
+    # Never upload it again: its stream was fenced, or release_streams uploaded it ahead of WAL order.
+    dropped: bool = False
 
 
 @dataclass
@@ -46,14 +47,18 @@ class StreamCache:
             self.head = 0
 
     def read(self, offset: int, max_bytes: int, visible_end: int) -> list[Batch]:
-        """Batches holding `offset` onwards below `visible_end`; at least one if any."""
+        """Batches holding `offset` onwards below `visible_end`; at least one if any.
+
+        Nothing when the cache starts after `offset`: a broker that leads a stream again
+        caches only what it appended since, and the offsets before that are in S3.
+        """
         bases = _BaseView(self.entries)
         i = max(self.head, bisect.bisect_right(bases, offset, lo=self.head) - 1)
         out: list[Batch] = []
         size = 0
         while i < len(self.entries):
             b = self.entries[i].batch
-            if b.end_offset > visible_end:
+            if b.end_offset > visible_end or (not out and b.base_offset > offset):
                 break
             if b.end_offset > offset:
                 if out and size + len(b.payload) > max_bytes:

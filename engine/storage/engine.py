@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 
 from engine.storage.cache import BlockCache, CacheEntry, LogCache, StreamCache
@@ -126,11 +127,17 @@ class StorageEngine:
         return stream
 
     async def close_stream(self, stream: Stream) -> None:
-        await self.flush()
+        if self.uploader.has_pending(stream.stream_id):
+            await self.flush()
         stream.mark_closed()
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
             self.log_cache.forget_stream(stream.stream_id)
+
+    async def release_streams(self, stream_ids: Collection[int]) -> dict[int, int]:
+        """Upload what the WAL holds for these streams now, ahead of the rest of the WAL, so that
+        another owner can open them (Uploader.release_streams); bytes uploaded per stream."""
+        return await self.uploader.release_streams(stream_ids)
 
     async def filter_stream(self, stream_id: int, keep: RecordFilter, min_dirty_ratio: float, now_ms: int) -> bool:
         """Compactor.filter_stream, and tail reads no longer served the data it filtered out."""

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -154,6 +154,10 @@ class Uploader:
         if self._durable_bytes >= self.config.upload_bytes:
             self._wake.set()
 
+    def has_pending(self, stream_id: int) -> bool:
+        """Whether the stream has appends not uploaded yet."""
+        return any(e.stream_id == stream_id and not e.dropped for e in self._pending)
+
     # --- uploads ---------------------------------------------------------------------------
 
     async def flush(self) -> None:
@@ -221,17 +225,7 @@ class Uploader:
             for e in taken:
                 if not e.dropped:
                     by_stream[e.stream_id].append(e)
-            commits = await self._put_objects(by_stream)
-            if previous is not None:
-                await previous  # commits go in WAL order
-            while True:
-                try:
-                    await self._commit(commits, by_stream)
-                    break
-                except ObjectGone:
-                    # Garbage collection gave the objects up (the PUTs outlasted its timeout): again.
-                    log.warning("an upload took longer than storage.prepared_timeout_s; uploading it again")
-                    commits = await self._put_objects({s: es for s, es in by_stream.items() if not es[0].dropped})
+            await self._put_and_commit(by_stream, previous)
             for e in taken:
                 e.uploaded = True
             for sid, entries in by_stream.items():
@@ -254,6 +248,58 @@ class Uploader:
         finally:
             if not done.done():
                 done.set_result(None)
+
+    async def release_streams(self, stream_ids: Collection[int]) -> dict[int, int]:
+        """Upload what the WAL holds for these streams now, ahead of the rest of the WAL, so that
+        another owner can open them; returns the bytes uploaded per stream (never its size).
+
+        Their appends must have finished. The entries stay in the WAL order for trimming: the
+        uploader skips their bytes later but trims the WAL past them only after this commit.
+        """
+        ids = set(stream_ids)
+        by_stream: dict[int, list[CacheEntry]] = defaultdict(list)
+        for e in self._pending:
+            if e.stream_id in ids and not e.dropped:
+                if e.wal_end < 0:
+                    raise StorageError(f"stream {e.stream_id} has appends in flight")
+                by_stream[e.stream_id].append(e)
+        previous = self._last_commit
+        if not by_stream:
+            if previous is not None:
+                await previous  # earlier uploads may hold these streams' data: committed first
+            return {}
+        for entries in by_stream.values():
+            for e in entries:
+                e.dropped = True
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last_commit = done
+        try:
+            await self._put_and_commit(by_stream, previous)
+            for sid, entries in by_stream.items():
+                stream = self.streams.get(sid)
+                if stream is not None:
+                    stream.committed_offset = max(stream.committed_offset, entries[-1].batch.end_offset)
+        finally:
+            done.set_result(None)
+        return {sid: sum(len(e.batch.payload) for e in entries) for sid, entries in by_stream.items()}
+
+    async def _put_and_commit(
+        self, by_stream: dict[int, list[CacheEntry]], previous: asyncio.Future[None] | None
+    ) -> None:
+        """PUT the objects, then commit them after the upload before (commits go in WAL order)."""
+        commits = await self._put_objects(by_stream)
+        if previous is not None:
+            await previous
+        while True:
+            try:
+                await self._commit(commits, by_stream)
+                return
+            except ObjectGone:
+                # Garbage collection gave the objects up (the PUTs outlasted its timeout): again.
+                log.warning("an upload took longer than storage.prepared_timeout_s; uploading it again")
+                # Fenced meanwhile (their entries dropped by _commit): not again.
+                by_stream = {s: es for s, es in by_stream.items() if s in self.streams and not self.streams[s].fenced}
+                commits = await self._put_objects(by_stream)
 
     async def _put_objects(self, by_stream: dict[int, list[CacheEntry]]) -> list[ObjectCommit]:
         """One stream-set object, plus a stream object per stream over the threshold, PUT in parallel."""

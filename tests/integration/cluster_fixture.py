@@ -11,8 +11,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +35,8 @@ from automq_cli.cluster import (
     stop_pid,
     write_state,
 )
+from automq_cli.cluster.processes import terminate_pids
+from automq_cli.cluster.state import find_state
 from engine.protocol import RequestHeader, decode_response, encode_request
 
 
@@ -160,8 +165,25 @@ class LocalCluster:
         start_broker(self.state, n)
         write_state(self.state, self.home)
 
+    def amq(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run the `amq` CLI against this cluster (found through its AMQ_HOME)."""
+        env = {**os.environ, "AMQ_HOME": str(self.home)}
+        cmd = [sys.executable, "-m", "automq_cli.main", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+    def reload(self) -> None:
+        """Read the state the CLI wrote (after `amq scale`, say)."""
+        fresh = find_state(self.home, self.state["dir"])
+        if fresh is not None:
+            self.state = fresh
+
     def stop(self) -> None:
+        known = {n: p for n, p in (self.state.get("pids") or {}).items() if isinstance(p, int)}
+        self.reload()
         stop_cluster(self.state, timeout=20)
+        # Processes the fresh state no longer names (a broker removed by `amq scale in`) too.
+        forgotten = {n: p for n, p in known.items() if n not in (self.state.get("pids") or {})}
+        terminate_pids(forgotten, timeout=10)
         remove_state(self.home)
 
 

@@ -76,6 +76,8 @@ async def _read(
                     pd.records = chosen  # type: ignore[assignment]
                     total += size
                     remaining -= size
+                    part.bytes_out += size
+                    part.requests += 1
                     offset = batches[len(chosen) - 1].end_offset
                 waits.append((part, offset))
             except (BrokerError, StorageError) as e:
@@ -95,6 +97,7 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
         left = deadline - loop.time()
         if total >= min_bytes or errors or left <= 0 or not waits:
             ctx.broker.counters["fetch_bytes"] += total
+            ctx.broker.count_client_bytes(ctx.client_id, request.rack_id or None, total, to_broker=False)
             return out
         # Long poll: one future that any waited-on partition resolves when it gets data, or
         # max_wait does; a task per partition would cost more than the fetch itself.

@@ -75,6 +75,7 @@ async def begin(ctx: RequestContext, request: ProduceRequest) -> Awaitable[Produ
                         )
                 result = part.append(records, batches, now_ms)
                 b.counters["produce_bytes"] += len(records)
+                b.count_client_bytes(ctx.client_id, None, len(records), to_broker=True)
                 b.counters["produce_batches"] += len(batches)
                 resp.log_start_offset = part.log_start_offset
                 resp.base_offset = result.base_offset
