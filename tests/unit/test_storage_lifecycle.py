@@ -176,3 +176,24 @@ def test_docs_list_exactly_the_configs_amq_does_not_act_on() -> None:
     assert names == set(unenforced())
     assert all("Accepted for compatibility" in TOPIC_CONFIGS[n].documentation for n in names)
     assert "Accepted" not in TOPIC_CONFIGS["retention.ms"].documentation
+
+
+def test_a_store_written_before_the_lifecycle_gains_its_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE objects (object_id INTEGER PRIMARY KEY, key TEXT NOT NULL, size INTEGER NOT NULL, "
+        "kind TEXT NOT NULL, state TEXT NOT NULL);"
+        "CREATE TABLE object_ranges (stream_id INTEGER NOT NULL, start_offset INTEGER NOT NULL, "
+        "end_offset INTEGER NOT NULL, object_id INTEGER NOT NULL, PRIMARY KEY (stream_id, start_offset));"
+        "INSERT INTO objects VALUES (1, 'objects/000000000001', 10, 'stream-set', 'committed');"
+    )
+    old.commit()
+    old.close()
+    stores = [SqliteMetadataStore(path), SqliteMetadataStore(path)]  # the second finds them added
+    [o] = asyncio.run(stores[0].list_objects())
+    assert (o.state, o.crc, o.created_ms) == (COMMITTED, 0, 0)
+    for s in stores:
+        asyncio.run(s.close())

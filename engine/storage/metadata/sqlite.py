@@ -46,13 +46,18 @@ CREATE TABLE IF NOT EXISTS objects (
     key TEXT NOT NULL,
     size INTEGER NOT NULL,
     kind TEXT NOT NULL,
-    state TEXT NOT NULL
+    state TEXT NOT NULL,
+    crc INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL DEFAULT 0,
+    unreferenced_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS object_ranges (
     stream_id INTEGER NOT NULL,
     start_offset INTEGER NOT NULL,
     end_offset INTEGER NOT NULL,
     object_id INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    data_ms INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (stream_id, start_offset)
 );
 CREATE TABLE IF NOT EXISTS wal_owners (
@@ -67,7 +72,8 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE INDEX IF NOT EXISTS object_ranges_by_object ON object_ranges (object_id);
 """
 
-# Columns added after the first release; a store written by an older version gains them on open.
+# Columns added after the first release (the schema above has them); a store written by an
+# older version gains them on open.
 _ADDED_COLUMNS = {
     "objects": {"crc": "INTEGER NOT NULL DEFAULT 0", "created_ms": "INTEGER NOT NULL DEFAULT 0",
                 "unreferenced_ms": "INTEGER NOT NULL DEFAULT 0"},
@@ -114,18 +120,22 @@ class SqliteMetadataStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = _connect(self.path, read_only)
         if not read_only:
-            with self._writer:
-                self._writer.executescript(_SCHEMA)
-                for table, columns in _ADDED_COLUMNS.items():
-                    have = {row[1] for row in self._writer.execute(f"PRAGMA table_info({table})")}
-                    for column, decl in columns.items():
-                        if column not in have:
-                            self._writer.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            self._writer.executescript(_SCHEMA)
+            # Brokers of a cluster open one file at once: the upgrade runs in one of them only.
+            self._tx(self._add_columns)
         self._reader = _connect(self.path, read_only)
         self._reader_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata")
         self._seen_version = -1
         self._epochs: dict[int, int] = {}
+
+    @staticmethod
+    def _add_columns(c: sqlite3.Connection) -> None:
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {row[1] for row in c.execute(f"PRAGMA table_info({table})")}
+            for column, decl in columns.items():
+                if column not in have:
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
