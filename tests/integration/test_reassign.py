@@ -10,6 +10,8 @@ snapshot, and the bytes uploaded per move were the stream's WAL tail, not its si
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -33,6 +35,14 @@ from tests.integration.cluster_load import (
 )
 
 OFFSETS = "__consumer_offsets"
+
+
+def _plan(tmp_path: Path, topic: str, partition: int, to: int) -> Path:
+    path = tmp_path / f"plan-{partition}.json"
+    path.write_text(
+        json.dumps({"version": 1, "partitions": [{"topic": topic, "partition": partition, "replicas": [to]}]})
+    )
+    return path
 
 
 def moves_of(cluster: LocalCluster) -> list[api.MoveRecord]:
@@ -141,6 +151,39 @@ def test_reassign_refuses_bad_input_and_a_dead_leader(tmp_path: Path) -> None:
         assert "no partition 6" in refused("--topic", topic, "--partition", "2-6", "--to", "1")
         assert leaders(cluster.bootstrap, topic) == before
         assert not moves_of(cluster)
+
+        # --generate proposes a round robin over the listed brokers; --cancel with nothing under way says so.
+        topics_file = tmp_path / "topics.json"
+        topics_file.write_text(json.dumps({"version": 1, "topics": [{"topic": topic}]}))
+        gen = cluster.amq("reassign", "--generate", "--topics-to-move-json-file", str(topics_file),
+                          "--broker-list", "1,2", "--json")  # fmt: skip
+        assert gen.returncode == 0, gen.stderr
+        proposed = json.loads(gen.stdout)["proposed"]["partitions"]
+        assert [e["replicas"] for e in proposed] == [[1], [2], [1], [2], [1], [2]]
+        plan = tmp_path / "cancel.json"
+        plan.write_text(json.dumps({"version": 1, "partitions": [{**entry, "partition": 1}]}))
+        out = cluster.amq("reassign", "--cancel", "--reassignment-json-file", str(plan))
+        assert out.returncode == 0 and "None of the plan's reassignments is in progress" in out.stdout, out
+
+        # A move whose old leader cannot release (paused) is under way until cancelled.
+        paused = before[2]
+        target = (paused + 1) % 3
+        os.kill(cluster.broker_pid(paused), signal.SIGSTOP)
+        try:
+            ctl = cluster.state["controller"]
+            res = request_sync(ctl, api.Reassign([(topic, 2, target)]))
+            assert res.results[0][2] == "" and res.moves
+            listed = cluster.amq(
+                "reassign", "--verify", "--reassignment-json-file", str(_plan(tmp_path, topic, 2, target))
+            )
+            assert listed.returncode == 1 and "still in progress" in listed.stdout, listed
+            res = request_sync(ctl, api.Reassign([(topic, 2, -1)]))
+            assert res.results[0][2] == ""
+        finally:
+            os.kill(cluster.broker_pid(paused), signal.SIGCONT)
+        (move,) = [m for m in moves_of(cluster) if m.partition == 2]
+        assert move.state == "cancelled", move
+        wait_until(lambda: leaders(cluster.bootstrap, topic)[2] == paused, 10, "the partition to stay")
 
         victim = before[0]
         cluster.kill_broker(victim)
