@@ -115,7 +115,8 @@ def test_reassign_under_load_loses_and_repeats_nothing(tmp_path: Path, wal: str)
         assert not reader.errors, reader.errors[:5]
         assert len(reader.seen) == len(set(reader.seen)), "the group re-read records after a move"
         check_exactly_once_in_order(load, read_back(cluster.bootstrap, topic))
-        moves = [m for m in moves_of(cluster) if m.topic == topic]
+        # The auto-balancer may even things out too (cause "balancer"); the test's own moves are "reassign".
+        moves = [m for m in moves_of(cluster) if m.topic == topic and m.cause == "reassign"]
         assert len(moves) == 3 * PARTITIONS + 20 and all(m.state == "done" for m in moves), moves
         # Partitions under load open from the old leader's snapshot; a move uploads the WAL tail only.
         assert all(m.from_snapshot for m in moves)
