@@ -167,9 +167,9 @@ def check_exactly_once_in_order(load: Load, got: dict[int, list[tuple[int, int]]
 
 
 @contextlib.contextmanager
-def three_zones(tmp_path: Path, wal: str, brokers: int = 3) -> Iterator[LocalCluster]:
+def three_zones(tmp_path: Path, wal: str, brokers: int = 3, **options: Any) -> Iterator[LocalCluster]:
     """A cluster of `brokers` in az1..az3 (broker i in zone i % 3), stopped by pid afterwards."""
-    cluster = start_local_cluster(tmp_path, brokers=brokers, zones=3, wal=wal, session_timeout=SESSION_S)
+    cluster = start_local_cluster(tmp_path, brokers=brokers, zones=3, wal=wal, session_timeout=SESSION_S, **options)
     try:
         yield cluster
     finally:
