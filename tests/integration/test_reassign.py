@@ -59,8 +59,8 @@ def test_reassign_under_load_loses_and_repeats_nothing(tmp_path: Path, wal: str)
     from kafka.admin import KafkaAdminClient
     from kafka.structs import TopicPartition
 
-    # The auto-balancer is off: every move here is the test's own, and leaders are where it put them.
-    with three_zones(tmp_path, wal, auto_balance=False) as cluster:
+    # three_zones leaves the auto-balancer off: every move here is the test's own.
+    with three_zones(tmp_path, wal) as cluster:
         topic, group = unique("ra"), unique("g")
         create_topic(cluster, topic, PARTITIONS)
         load = Load(cluster.bootstrap, topic).start()
