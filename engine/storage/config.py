@@ -45,6 +45,10 @@ class StorageConfig:
     # into one stream object per stream (so a stream is spread over at most that many of them).
     stream_set_max_age_s: float = 300.0
     max_stream_set_objects: int = 64
+    # Log compaction (cleanup.policy=compact) leaves data uploaded less than this long ago alone, as
+    # Kafka's cleaner leaves the active segment: the owner of a busy stream (a group coordinator on
+    # __consumer_offsets) is not rewritten under its feet.
+    compaction_min_lag_s: float = 30.0
     # A stream's small stream objects are merged once this many follow each other.
     compaction_min_ranges: int = 4
     # Compaction reads and writes at most this many bytes per second (S3 bandwidth it may take).

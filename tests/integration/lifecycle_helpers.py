@@ -14,7 +14,8 @@ import yaml
 from tests.integration.cluster_fixture import LocalCluster, start_local_cluster
 
 #: Short intervals so a test sees retention, compaction and garbage collection within seconds.
-QUICK = {"upload_interval_s": 0.5, "lifecycle_interval_s": 0.3, "gc_grace_s": 0.5, "prepared_timeout_s": 5.0}
+QUICK = {"upload_interval_s": 0.5, "lifecycle_interval_s": 0.3, "gc_grace_s": 0.5, "prepared_timeout_s": 5.0,
+         "compaction_min_lag_s": 0.0}  # fmt: skip
 
 
 def start_lifecycle_cluster(tmp: Path, **storage: Any) -> LocalCluster:

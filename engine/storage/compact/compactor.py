@@ -283,6 +283,11 @@ class Compactor:
             if meta is None:
                 return False
             ranges = [r for r in await self.metadata.stream_ranges(stream_id) if r.end_offset > meta.start_offset]
+            # Only the prefix older than the lag: the young tail is left as it is (see the config).
+            cutoff = now_ms - self.config.compaction_min_lag_s * 1000
+            ranges = ranges[: next((i for i, r in enumerate(ranges) if r.data_ms > cutoff), len(ranges))]
+            if not ranges:
+                return False
             dirty = [r for r in ranges if r.kind == STREAM_SET]
             total = sum(r.size for r in ranges)
             stale = any(r.data_ms < now_ms - self.config.stream_set_max_age_s * 1000 for r in dirty)
