@@ -2,19 +2,30 @@
 
 After compaction a consumer from the start sees the latest value of every live key once, no
 deleted key, offsets increasing (with gaps); the group coordinator's __consumer_offsets keeps
-working on its compacted streams.
+working on its compacted streams. Below the cluster, the storage engine answers a read at every
+offset of a compacted stream, gaps included, from the log cache and from objects.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import random
 import time
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from engine.broker.log_cleaner import KeyCleaner
+from engine.protocol.records import Record, build_batch, decode_records
+from engine.storage.engine import StorageEngine
+from engine.storage.objects.format import Batch
+from engine.storage.objects.store import ObjectStoreConfig
+from engine.storage.stream import Stream
 from tests.integration.cluster_fixture import LocalCluster
 from tests.integration.lifecycle_helpers import start_lifecycle_cluster, wait_for
+from tests.integration.storage_helpers import make_engine, stop_engine
 
 KEYS = 1000
 RECORDS = 100_000
@@ -92,3 +103,140 @@ def test_compacted_topic_keeps_the_latest_value_per_key(tmp_path: Path) -> None:
         assert tp.offset == 30
     finally:
         cluster.stop()
+
+
+# -- reads across the gaps log compaction leaves (the storage engine on the real S3 server) --------------
+
+Kv = tuple[bytes, bytes | None]
+
+
+def kafka_appends(seed: int, count: int) -> list[list[list[Kv]]]:
+    """`count` appends, each one or two Kafka batches of one to three records over 24 keys (a few
+    tombstones): most batches lose every record to a later one (a gap), some lose a few, and some
+    appends lose only their second Kafka batch (the stored batch then ends early)."""
+    rng = random.Random(seed)
+    return [
+        [[(b"k%d" % rng.randrange(24), None if rng.random() < 0.1 else b"v%d.%d" % (i, j))
+          for j in range(rng.randint(1, 3))] for _ in range(rng.choice((1, 1, 2)))]
+        for i in range(count)
+    ]  # fmt: skip
+
+
+async def append_kafka(stream: Stream, kbs: list[list[Kv]]) -> dict[int, Record]:
+    """One stream append of Kafka batches at their true offsets; its records by offset."""
+    base = stream.next_offset
+    payload = b""
+    records: dict[int, Record] = {}
+    for kb in kbs:
+        first = base + len(records)
+        payload += build_batch([Record(k, v) for k, v in kb], base_offset=first, now_ms=1000)
+        records.update({first + j: Record(k, v, offset=first + j) for j, (k, v) in enumerate(kb)})
+    await stream.append(payload, len(records))
+    return records
+
+
+async def stored_batches(stream: Stream, end: int) -> list[Batch]:
+    out: list[Batch] = []
+    offset = stream.start_offset
+    while offset < end:
+        got = await stream.read(offset, 1 << 20)
+        out.extend(got)
+        offset = got[-1].end_offset
+    return out
+
+
+def check_read(offset: int, got: list[Batch], written: dict[int, Record], kept: list[int], done: bool) -> None:
+    """A read at `offset` neither skips a kept record nor invents one; once compaction is done, what
+    it returns from `offset` on is exactly the kept records."""
+    assert got, f"read at {offset}: nothing, below the end"
+    assert got[0].end_offset > offset, f"read at {offset}: the first batch ends at {got[0].end_offset}"
+    assert all(b.base_offset >= a.end_offset for a, b in itertools.pairwise(got)), f"read at {offset}"
+    records = [r for b in got for r in decode_records(b.payload)]
+    offsets = [r.offset for r in records]
+    assert offsets == sorted(set(offsets)) and offsets[-1] >= offset
+    assert all((r.key, r.value) == (written[r.offset].key, written[r.offset].value) for r in records)
+    expected = [o for o in kept if offset <= o <= offsets[-1]]
+    returned = [o for o in offsets if o >= offset]
+    if done:
+        assert returned == expected, f"read at {offset}: {returned} instead of {expected}"
+    else:
+        assert not set(expected) - set(returned), f"read at {offset} skipped {set(expected) - set(returned)}"
+
+
+def cold(engine: StorageEngine) -> None:
+    engine.log_cache.max_bytes = 0
+    engine.log_cache.evict()
+    engine.block_cache.clear()
+
+
+def test_reads_from_every_offset_of_a_log_compacted_stream(data_dir: Path, s3_config: ObjectStoreConfig) -> None:
+    """Log compaction drops whole batches (gaps) and shortens others. A read at any offset, in a gap
+    or not, returns the next kept records (never nothing below the end, never an error): during
+    the compaction, from the log cache and from objects after it, cold, and after a restart."""
+
+    async def main() -> None:
+        # Small objects: the compacted stream spans several, with gaps at their edges too.
+        engine = await make_engine(data_dir, s3_config, "file", compaction_min_lag_s=0.0,
+                                   compaction_object_bytes=300, gc_grace_s=60.0)  # fmt: skip
+        stream = await engine.open_stream(1, 1)
+        written: dict[int, Record] = {}
+        appends: list[tuple[int, int]] = []
+        for kbs in kafka_appends(13, 120):
+            records = await append_kafka(stream, kbs)
+            written.update(records)
+            appends.append((min(records), max(records) + 1))
+        await engine.flush()
+        end = stream.end_offset
+        latest = {r.key: o for o, r in written.items()}
+        # The cleaner's rule: each key's last record, tombstones dropped (delete.retention.ms 0),
+        # and the stream's very last record stays whatever it is.
+        kept = sorted(o for o in latest.values() if written[o].value is not None or o == end - 1)
+
+        async def read_everywhere(done: bool) -> None:
+            for offset in range(stream.start_offset, end):
+                check_read(offset, list(await stream.read(offset, 2000)), written, kept, done)
+                await asyncio.sleep(0)
+
+        stop = asyncio.Event()
+
+        async def reader() -> int:
+            passes = 0
+            while not stop.is_set():
+                await read_everywhere(done=False)
+                passes += 1
+                await asyncio.sleep(0)  # reads served by the cache never yield: let the compaction run
+            return passes
+
+        during = asyncio.create_task(reader())
+        now = int(time.time() * 1000)
+        assert await engine.filter_stream(1, KeyCleaner(now, 0), 0.0, now)
+        stop.set()
+        assert await during >= 1
+        ranges = await engine.metadata.stream_ranges(1)
+        assert len(ranges) >= 3 and {r.kind for r in ranges} == {"stream"}
+        # What the test is about is there: gaps between batches, and batches that end before the
+        # append they came from ended.
+        stored = await stored_batches(stream, end)
+        assert any(b.base_offset > a.end_offset for a, b in itertools.pairwise(stored))
+        ends = {o: e for b, e in appends for o in range(b, e)}
+        assert any(b.end_offset < ends[b.base_offset] for b in stored)
+        await read_everywhere(done=True)
+        # A tail appended after the compaction is served by the log cache, the rest by objects.
+        for kbs in kafka_appends(14, 10):
+            tail = await append_kafka(stream, kbs)
+            written.update(tail)
+            kept.extend(tail)
+        end = stream.end_offset
+        assert engine.log_cache.streams[1].first_offset() is not None
+        await read_everywhere(done=True)
+        await engine.flush()
+        cold(engine)
+        await read_everywhere(done=True)
+        await stop_engine(engine)
+        engine = await make_engine(data_dir, s3_config, "file")
+        stream = await engine.open_stream(1, 2)
+        assert stream.end_offset == end
+        await read_everywhere(done=True)
+        await stop_engine(engine)
+
+    asyncio.run(main())
