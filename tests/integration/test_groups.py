@@ -8,6 +8,7 @@ Timeouts are short (session 6 s, heartbeat 300 ms) so a rebalance takes about a 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -300,6 +301,92 @@ def test_aiokafka_group_range_join_leave_and_commit(broker_cluster: LocalCluster
 # -- all three clients in one group ---------------------------------------------------------------
 
 
+class PolledConsumer:
+    """A synchronous consumer (confluent-kafka, kafka-python) polled from a thread of its own, as an
+    application polls it. One thread must not drive a synchronous client and aiokafka: aiokafka's
+    getmany() waits out its own rebalance whatever its timeout, and that rebalance waits for the
+    synchronous client to rejoin, which it does only from poll() (see
+    test_a_rebalance_waits_for_a_member_nobody_polls). Only this thread touches the consumer, its
+    assignment included: confluent-kafka's assignment() called from a second thread while poll()
+    serves a rebalance was seen to hang."""
+
+    def __init__(self, make: Callable[[], Any], poll: Callable[[Any], Any], parts: Callable[[Any], list[int]]) -> None:
+        self.parts: list[int] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+
+        def run() -> None:
+            try:
+                c = make()
+                try:
+                    while not self._stop.is_set():
+                        poll(c)
+                        self.parts = parts(c)
+                finally:
+                    c.close()
+            except BaseException as e:  # the test's thread reports it
+                self.error = e
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def check(self) -> list[int]:
+        if self.error is not None:
+            raise AssertionError(f"consumer thread failed: {self.error!r}") from self.error
+        return self.parts
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "consumer thread did not stop"
+
+
+def test_a_rebalance_waits_for_a_member_nobody_polls(broker_cluster: LocalCluster) -> None:
+    """The hang of the three-client test, reproduced. librdkafka joins from its own thread as soon
+    as it subscribes, so a confluent-kafka member can be stable alone before aiokafka joins. The
+    rebalance aiokafka's join starts waits for that member to rejoin (up to its rebalance timeout,
+    max.poll.interval.ms, 300 s, as Kafka's coordinator waits), librdkafka rejoins only from poll(),
+    and aiokafka's start() (like getmany(), whatever its timeout) waits for its assignment: one
+    thread driving both waits five minutes. Polled from a thread of its own, the member rejoins and
+    both get their share at once."""
+    aiokafka = pytest.importorskip("aiokafka")
+    from aiokafka.coordinator.assignors.range import RangePartitionAssignor as AioRange
+
+    bs, topic, group = broker_cluster.bootstrap, unique("t"), unique("g")
+    create_topic(bs, topic, 6)
+    member = ck_consumer(bs, group, topic, "range")
+    poll_until([lambda: member.poll(0.05)], lambda: ck_parts(member) == list(range(6)))
+    c1: PolledConsumer | None = None
+
+    async def main() -> None:
+        nonlocal c1
+        c3 = aiokafka.AIOKafkaConsumer(
+            topic, bootstrap_servers=bs, group_id=group, session_timeout_ms=SESSION_MS,
+            heartbeat_interval_ms=HEARTBEAT_MS, partition_assignment_strategy=(AioRange,),
+        )  # fmt: skip
+        starting = asyncio.ensure_future(c3.start())
+        try:
+            done, _ = await asyncio.wait([starting], timeout=5)
+            assert not done, "the group rebalanced without its stable member rejoining"
+            # From here on only the member's own thread touches it.
+            c1 = PolledConsumer(lambda: member, lambda c: c.poll(0.05), ck_parts)
+            await asyncio.wait_for(starting, 30)
+            deadline = time.monotonic() + 30
+            while not balanced([c1.check(), sorted(t.partition for t in c3.assignment())], 6):
+                assert time.monotonic() < deadline, "no balanced assignment with the member polled"
+                await asyncio.wait_for(c3.getmany(timeout_ms=30), 30)
+        finally:
+            await c3.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        if c1 is not None:
+            c1.close()
+        else:
+            member.close()
+
+
 def test_three_different_clients_share_one_group(broker_cluster: LocalCluster) -> None:
     kafka = pytest.importorskip("kafka")
     aiokafka = pytest.importorskip("aiokafka")
@@ -308,35 +395,57 @@ def test_three_different_clients_share_one_group(broker_cluster: LocalCluster) -
 
     bs, topic, group = broker_cluster.bootstrap, unique("t"), unique("g")
     create_topic(bs, topic, 6)
+    three_clients_share_one_group(bs, topic, group, kafka, aiokafka, RangePartitionAssignor, AioRange)
 
-    async def main() -> None:
-        c1 = ck_consumer(bs, group, topic, "range")
-        c2 = kafka.KafkaConsumer(
-            topic, bootstrap_servers=bs, group_id=group, session_timeout_ms=SESSION_MS,
-            heartbeat_interval_ms=HEARTBEAT_MS, partition_assignment_strategy=[RangePartitionAssignor],
-        )  # fmt: skip
-        c3 = aiokafka.AIOKafkaConsumer(
-            topic, bootstrap_servers=bs, group_id=group, session_timeout_ms=SESSION_MS,
-            heartbeat_interval_ms=HEARTBEAT_MS, partition_assignment_strategy=(AioRange,),
-        )  # fmt: skip
-        await c3.start()
 
-        def assignments() -> list[list[int]]:
-            return [ck_parts(c1), sorted(t.partition for t in c2.assignment()),
-                    sorted(t.partition for t in c3.assignment())]  # fmt: skip
+def three_clients_share_one_group(
+    bs: str, topic: str, group: str, kafka: Any, aiokafka: Any, kp_range: Any, aio_range: Any
+) -> None:
+    """confluent-kafka, kafka-python and aiokafka in one group of a 6-partition topic get two
+    partitions each. The order is the one that once hung: confluent-kafka stable alone first,
+    then aiokafka, then kafka-python (each synchronous client in a thread of its own)."""
+    c1 = PolledConsumer(lambda: ck_consumer(bs, group, topic, "range"), lambda c: c.poll(0.03), ck_parts)
+    c2: PolledConsumer | None = None
+    try:
+        deadline = time.monotonic() + 30
+        while c1.check() != list(range(6)):
+            assert time.monotonic() < deadline, "the first member got no assignment"
+            time.sleep(0.03)
 
-        deadline = time.monotonic() + 40
-        while not balanced(assignments(), 6):
-            assert time.monotonic() < deadline, f"no balanced assignment: {assignments()}"
-            c1.poll(0.03)
-            c2.poll(timeout_ms=30)
-            await c3.getmany(timeout_ms=30)
-        assert [len(a) for a in assignments()] == [2, 2, 2]
+        async def main() -> None:
+            nonlocal c2
+            c3 = aiokafka.AIOKafkaConsumer(
+                topic, bootstrap_servers=bs, group_id=group, session_timeout_ms=SESSION_MS,
+                heartbeat_interval_ms=HEARTBEAT_MS, partition_assignment_strategy=(aio_range,),
+            )  # fmt: skip
+            await c3.start()
+            try:
+                c2 = PolledConsumer(
+                    lambda: kafka.KafkaConsumer(
+                        topic, bootstrap_servers=bs, group_id=group, session_timeout_ms=SESSION_MS,
+                        heartbeat_interval_ms=HEARTBEAT_MS, partition_assignment_strategy=[kp_range],
+                    ),
+                    lambda c: c.poll(timeout_ms=30),
+                    lambda c: sorted(t.partition for t in c.assignment()),
+                )  # fmt: skip
+
+                def assignments() -> list[list[int]]:
+                    assert c2 is not None
+                    return [c1.check(), c2.check(), sorted(t.partition for t in c3.assignment())]
+
+                deadline = time.monotonic() + 40
+                while not balanced(assignments(), 6):
+                    assert time.monotonic() < deadline, f"no balanced assignment: {assignments()}"
+                    await asyncio.wait_for(c3.getmany(timeout_ms=30), 40)
+                assert [len(a) for a in assignments()] == [2, 2, 2]
+            finally:
+                await c3.stop()
+
+        asyncio.run(main())
+    finally:
         c1.close()
-        c2.close()
-        await c3.stop()
-
-    asyncio.run(main())
+        if c2 is not None:
+            c2.close()
 
 
 # -- durability (a cluster of its own, since the broker gets killed) ------------------------------------------------
