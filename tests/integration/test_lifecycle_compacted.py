@@ -17,6 +17,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from engine.broker.groups.coordinator import partition_for
 from engine.broker.log_cleaner import KeyCleaner
 from engine.protocol.records import Record, build_batch, decode_records
 from engine.storage.engine import StorageEngine
@@ -101,6 +102,74 @@ def test_compacted_topic_keeps_the_latest_value_per_key(tmp_path: Path) -> None:
         [tp] = c.committed([TopicPartition(topic, 0)], timeout=10)
         c.close()
         assert tp.offset == 30
+    finally:
+        cluster.stop()
+
+
+def test_groups_keep_their_offsets_while_their_partition_is_compacted(tmp_path: Path) -> None:
+    """The log cleaner (no lag) rewrites a group's __consumer_offsets partition while members join,
+    commit and leave; committed offsets read back, and again after kill -9 (the coordinator
+    replays the compacted partition, gaps and all), and consumption resumes from them."""
+    cluster = start_lifecycle_cluster(tmp_path)
+    try:
+        bs, topic, group = cluster.bootstrap, "orders", "readers"
+        admin = AdminClient({"bootstrap.servers": bs})
+        admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
+        p = Producer({"bootstrap.servers": bs, "linger.ms": 5})
+        for i in range(300):
+            p.produce(topic, key=b"%d" % i, value=b"v%d" % i, partition=i % 3)
+        assert p.flush(30) == 0
+        index = partition_for(group, 50)
+        log = cluster.broker_log
+
+        def cleaned() -> int:
+            return log.read_text().count(f"__consumer_offsets-{index}: compacted")
+
+        def member() -> Consumer:
+            c = Consumer({"bootstrap.servers": bs, "group.id": group, "auto.offset.reset": "earliest",
+                          "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 300,
+                          "partition.assignment.strategy": "range"})  # fmt: skip
+            c.subscribe([topic])
+            return c
+
+        members: list[Consumer] = []
+        consumed = 0
+        for _ in range(3):
+            members.append(member())
+            before = cleaned()
+            # Each round: a join (the group's record), then commits (offset records), repeatedly.
+            deadline = time.monotonic() + 30
+            while cleaned() <= before or sum(len(c.assignment()) for c in members) < 3:
+                assert time.monotonic() < deadline, "the cleaner did not compact the group's partition"
+                for c in members:
+                    m = c.poll(0.05)
+                    if m is not None and m.error() is None:
+                        consumed += 1
+                        c.commit(message=m, asynchronous=False)
+        parts = [TopicPartition(topic, n) for n in range(3)]
+        committed = members[0].committed(parts, timeout=10)
+        for c in members:
+            c.close()
+        offsets = [tp.offset for tp in committed]
+        assert sum(offsets) == consumed and consumed > 0
+        cluster.kill_broker()
+        cluster.restart_broker()
+        c = member()
+        try:
+            assert [tp.offset for tp in c.committed(parts, timeout=30)] == offsets
+            rest: list[bytes] = []
+            deadline = time.monotonic() + 30
+            while len(rest) < 300 - consumed:
+                assert time.monotonic() < deadline, f"{len(rest)} of {300 - consumed} records after the restart"
+                m = c.poll(0.1)
+                if m is not None and m.error() is None:
+                    rest.append(m.value())
+            for _ in range(5):
+                m = c.poll(0.1)
+                assert m is None or m.error() is not None, "a record consumed before the restart came again"
+            assert len(set(rest)) == len(rest)
+        finally:
+            c.close()
     finally:
         cluster.stop()
 
