@@ -84,7 +84,7 @@ class Lifecycle:
                         # Log compaction rewrites into stream objects too: no second compaction.
                         cleaner = KeyCleaner(now_ms, int(topic.config("delete.retention.ms")))
                         ratio = float(topic.config("min.cleanable.dirty.ratio"))
-                        if await storage.filter_stream(p.stream_id, cleaner, ratio, now_ms):
+                        if await storage.filter_stream(p.stream_id, cleaner, ratio, now_ms) is not None:
                             log.info("%s-%d: compacted, %d of %d records kept", topic.name, p.index,
                                      cleaner.records_out, cleaner.records_in)  # fmt: skip
                     else:
@@ -135,4 +135,3 @@ async def trim(storage: StorageEngine, stream_id: int, epoch: int, new_start: in
         await stream.trim(new_start)
     else:
         await storage.trim_stream(stream_id, epoch, new_start)
-

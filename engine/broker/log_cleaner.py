@@ -8,8 +8,8 @@ Tombstones (null values) are kept until their upload is older than delete.retent
 
 Offsets are preserved: a batch that lost records is rebuilt with its records' own offsets
 and its original last offset (so producer state read from it is unchanged); a batch that
-lost all of them is dropped, leaving a gap, as in Kafka, except the stream's very last one
-(its end is the stream's committed end). Control batches are kept as they are.
+lost all of them is dropped, leaving a gap, as in Kafka, except the last one rewritten (the
+rewritten ranges end where it ends). Control batches are kept as they are.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class KeyCleaner:
                 or (self.latest.get(_key_hash(r.key)) == r.offset and not (r.value is None and tombstones_expired))
             ]
             if last and rb is kafka[-1] and not kept:
-                # The stream's last batch stays: where it ends is where the stream's committed data ends.
+                # The last batch rewritten stays: where it ends is where the rewritten ranges end.
                 kept = records[-1:]
             self.records_out += len(kept)
             if len(kept) == len(records):

@@ -46,8 +46,9 @@ class StorageConfig:
     stream_set_max_age_s: float = 300.0
     max_stream_set_objects: int = 64
     # Log compaction (cleanup.policy=compact) leaves data uploaded less than this long ago alone, as
-    # Kafka's cleaner leaves the active segment: the owner of a busy stream (a group coordinator on
-    # __consumer_offsets) is not rewritten under its feet.
+    # Kafka's cleaner leaves the active segment: a consumer less than this far behind sees every
+    # update of a key, not only the latest (Kafka's min.compaction.lag.ms promise), and the tail
+    # stays in the log cache for it. Correctness does not depend on it (tests run with 0).
     compaction_min_lag_s: float = 30.0
     # A stream's small stream objects are merged once this many follow each other.
     compaction_min_ranges: int = 4

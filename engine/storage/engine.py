@@ -139,14 +139,15 @@ class StorageEngine:
         another owner can open them (Uploader.release_streams); bytes uploaded per stream."""
         return await self.uploader.release_streams(stream_ids)
 
-    async def filter_stream(self, stream_id: int, keep: RecordFilter, min_dirty_ratio: float, now_ms: int) -> bool:
-        """Compactor.filter_stream, and tail reads no longer served the data it filtered out."""
-        done = await self.compactor.filter_stream(stream_id, keep, min_dirty_ratio, now_ms)
-        if done:
-            meta = await self.metadata.get_stream(stream_id)
-            if meta is not None:
-                self.log_cache.forget_uploaded(stream_id, meta.end_offset)
-        return done
+    async def filter_stream(
+        self, stream_id: int, keep: RecordFilter, min_dirty_ratio: float, now_ms: int
+    ) -> int | None:
+        """Compactor.filter_stream, and the log cache no longer serves what it rewrote; the young
+        tail it left alone (compaction_min_lag_s) stays in the cache for tailing readers."""
+        end = await self.compactor.filter_stream(stream_id, keep, min_dirty_ratio, now_ms)
+        if end is not None:
+            self.log_cache.forget_uploaded(stream_id, end)
+        return end
 
     # --- what a Stream needs from its host (stream.StreamHost) --------------------------------
 

@@ -278,7 +278,7 @@ def test_reads_from_every_offset_of_a_log_compacted_stream(data_dir: Path, s3_co
 
         during = asyncio.create_task(reader())
         now = int(time.time() * 1000)
-        assert await engine.filter_stream(1, KeyCleaner(now, 0), 0.0, now)
+        assert await engine.filter_stream(1, KeyCleaner(now, 0), 0.0, now) == end
         stop.set()
         assert await during >= 1
         ranges = await engine.metadata.stream_ranges(1)
@@ -306,6 +306,39 @@ def test_reads_from_every_offset_of_a_log_compacted_stream(data_dir: Path, s3_co
         stream = await engine.open_stream(1, 2)
         assert stream.end_offset == end
         await read_everywhere(done=True)
+        await stop_engine(engine)
+
+    asyncio.run(main())
+
+
+def test_log_compaction_leaves_the_young_tail_in_the_log_cache(data_dir: Path, s3_config: ObjectStoreConfig) -> None:
+    """Data younger than compaction_min_lag_s is not rewritten, and tailing readers keep being
+    served it from memory: only the rewritten prefix leaves the log cache."""
+
+    async def main() -> None:
+        engine = await make_engine(data_dir, s3_config, "file", compaction_min_lag_s=30.0, gc_grace_s=60.0)
+        stream = await engine.open_stream(1, 1)
+        written: dict[int, Record] = {}
+        for seed in (21, 22, 23):
+            for kbs in kafka_appends(seed, 10):
+                written.update(await append_kafka(stream, kbs))
+            await engine.flush()
+            await asyncio.sleep(0.01)  # each upload a different millisecond
+        ranges = await engine.metadata.stream_ranges(1)
+        young = ranges[-1]
+        # A clock at which only the last upload is younger than the lag.
+        now = young.data_ms + 30_000 - 1
+        end = await engine.filter_stream(1, KeyCleaner(now, 0), 0.0, now)
+        assert end == young.start_offset
+        after = await engine.metadata.stream_ranges(1)
+        assert after[-1].object_id == young.object_id and after[-2].kind == "stream"
+        assert engine.log_cache.streams[1].first_offset() == young.start_offset
+        gets = engine.store.stats.snapshot()["get"]
+        got = await stream.read(young.start_offset, 1 << 20)
+        assert [r.offset for b in got for r in decode_records(b.payload)] == list(
+            range(young.start_offset, stream.end_offset)
+        )
+        assert engine.store.stats.snapshot()["get"] == gets, "the young tail was read from S3"
         await stop_engine(engine)
 
     asyncio.run(main())

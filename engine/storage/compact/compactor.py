@@ -272,27 +272,31 @@ class Compactor:
         self.stats.seconds += time.monotonic() - started
         return ok
 
-    async def filter_stream(self, stream_id: int, keep: RecordFilter, min_dirty_ratio: float, now_ms: int) -> bool:
-        """Rewrite the whole stream through `keep` (log compaction of a Kafka topic, say), once
-        the bytes not yet rewritten (in stream-set objects) are at least min_dirty_ratio of it,
-        or have sat there for stream_set_max_age_s. Two passes over the data (`keep` first sees
-        every batch, then decides), so memory holds one output object, not the stream.
+    async def filter_stream(
+        self, stream_id: int, keep: RecordFilter, min_dirty_ratio: float, now_ms: int
+    ) -> int | None:
+        """Rewrite the stream through `keep` (log compaction of a Kafka topic, say), once the bytes
+        not yet rewritten (in stream-set objects) are at least min_dirty_ratio of it, or have sat
+        there for stream_set_max_age_s; data younger than compaction_min_lag_s is left as it is.
+        Two passes over the data (`keep` first sees every batch, then decides), so memory holds
+        one output object, not the stream. Returns the end of the prefix it rewrote, or None when
+        it rewrote nothing (nothing due, or the ranges changed meanwhile).
         """
         async with self._lock:
             meta = await self.metadata.get_stream(stream_id)
             if meta is None:
-                return False
+                return None
             ranges = [r for r in await self.metadata.stream_ranges(stream_id) if r.end_offset > meta.start_offset]
             # Only the prefix older than the lag: the young tail is left as it is (see the config).
             cutoff = now_ms - self.config.compaction_min_lag_s * 1000
             ranges = ranges[: next((i for i, r in enumerate(ranges) if r.data_ms > cutoff), len(ranges))]
             if not ranges:
-                return False
+                return None
             dirty = [r for r in ranges if r.kind == STREAM_SET]
             total = sum(r.size for r in ranges)
             stale = any(r.data_ms < now_ms - self.config.stream_set_max_age_s * 1000 for r in dirty)
             if not dirty or not (stale or sum(r.size for r in dirty) >= min_dirty_ratio * total):
-                return False
+                return None
             started = time.monotonic()
             async for b, _ in self._read(stream_id, ranges):
                 keep.observe(b)
@@ -319,7 +323,7 @@ class Compactor:
             commits = _cover(commits, ranges[0].start_offset, last_end)
             ok = await self._swap(stream_id, ranges, commits)
             self.stats.seconds += time.monotonic() - started
-            return ok
+            return last_end if ok else None
 
     async def close(self) -> None:
         await self._reader.close()
@@ -334,8 +338,9 @@ class RecordFilter(Protocol):
 
     def rewrite(self, batch: Batch, data_ms: int, last: bool) -> Batch | None:
         """Second pass: the batch to keep instead (same offsets or fewer records), or None to drop it.
-        `data_ms`: when it was uploaded. `last`: the stream's last committed batch, which must
-        be kept (a stream's committed end is where its last object's last batch ends)."""
+        `data_ms`: when it was uploaded. `last`: the last batch being rewritten (the stream's last
+        committed batch, unless the lag left a young tail), which must be kept: the rewritten
+        ranges end where it ends."""
         ...
 
 
