@@ -8,16 +8,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import boto3
+import pytest
 
 from engine.storage.compact.retention import retention_point
 from engine.storage.engine import StorageEngine
-from engine.storage.metadata.interface import UNREFERENCED
-from engine.storage.objects.store import ObjectStoreConfig
+from engine.storage.errors import OffsetOutOfRange
+from engine.storage.metadata.interface import UNREFERENCED, ObjectRange
+from engine.storage.metadata.sqlite import SqliteMetadataStore
+from engine.storage.objects.store import ObjectStoreConfig, make_object_store
 from engine.storage.stream import Stream
-from tests.integration.storage_helpers import make_engine, payload, stop_engine
+from tests.integration.storage_helpers import make_engine, payload, stop_engine, storage_config
 
 
 def s3_keys(s3: ObjectStoreConfig) -> dict[str, int]:
@@ -194,6 +198,92 @@ def test_deleted_stream_and_crash_leftovers_are_collected(data_dir: Path, s3_con
         assert sorted(left) == sorted(r.key for r in await engine.metadata.stream_ranges(2))
         cold(engine)
         assert await digest(b) == kept
+        await stop_engine(engine)
+
+    asyncio.run(main())
+
+
+class RacingMetadata(SqliteMetadataStore):
+    """The real metadata store; `race` runs once, right after a find_objects for `race_at` (stream,
+    offset) resolved its ranges: what compaction, retention and garbage collection can do between
+    a read's resolving and its GETs. (Keyed by offset: readahead resolves other offsets meanwhile.)"""
+
+    race: Callable[[], Awaitable[None]] | None = None
+    race_at: tuple[int, int] = (-1, -1)
+    race_first = False  # run it before resolving instead
+
+    async def find_objects(self, stream_id: int, offset: int, limit: int = 16) -> list[ObjectRange]:
+        race = self.race if (stream_id, offset) == self.race_at else None
+        if race is not None and self.race_first:
+            self.race = None
+            await race()
+        found = await super().find_objects(stream_id, offset, limit)
+        if race is not None and not self.race_first:
+            self.race = None
+            await race()
+        return found
+
+
+async def racing_engine(data_dir: Path, s3: ObjectStoreConfig, **overrides: object) -> StorageEngine:
+    metadata = RacingMetadata(data_dir / "metadata.db")
+    engine = StorageEngine(storage_config(data_dir, "file", **overrides), make_object_store(s3), metadata)
+    await engine.start()
+    return engine
+
+
+def test_a_read_whose_objects_are_deleted_under_it_resolves_again(data_dir: Path, s3_config: ObjectStoreConfig) -> None:
+    """No grace period at all: the objects a read resolved are compacted away and deleted before
+    its first GET. The read resolves again and returns the same bytes from the new objects;
+    after retention moved the start past it, it gets OffsetOutOfRange, as a later read would."""
+
+    async def main() -> None:
+        engine = await racing_engine(data_dir, s3_config, gc_grace_s=0.0, max_stream_set_objects=0)
+        metadata = engine.metadata
+        assert isinstance(metadata, RacingMetadata)
+        streams = [await engine.open_stream(sid, 1) for sid in (1, 2)]
+        before = await fill(engine, streams, rounds=4)
+        old = {r.key for r in await metadata.stream_ranges(1)}
+
+        async def compact_and_collect() -> None:
+            while await engine.compactor.compact_stream_sets():
+                pass
+            await engine.gc.run_once()
+
+        cold(engine)
+        metadata.race, metadata.race_at = compact_and_collect, (1, 0)
+        assert await digest(streams[0]) == before[1]
+        assert metadata.race is None, "the race did not run"
+        assert not old & set(s3_keys(s3_config)), "the objects the read resolved first are still there"
+        # Retention: the start moves past the read's offset and the objects go before its GET.
+        stream = streams[1]
+        await fill(engine, [stream], rounds=2)
+        ranges = await metadata.stream_ranges(2)
+        assert ranges[0].kind == "stream" and len(ranges) == 3
+
+        async def retain_and_collect() -> None:
+            await stream.trim(ranges[-1].start_offset)
+            await engine.gc.run_once()
+
+        cold(engine)
+        metadata.race, metadata.race_at = retain_and_collect, (2, 0)
+        with pytest.raises(OffsetOutOfRange):
+            await stream.read(0, 1 << 20)
+        assert metadata.race is None
+        assert await digest(stream) == await digest(stream, ranges[-1].start_offset)
+        # Retention moves the start after the stream checked the offset, before the read resolves
+        # it: no range holds the offset any more, and the read says so rather than skip ahead.
+        await fill(engine, [stream], rounds=1)
+        ranges = await metadata.stream_ranges(2)
+
+        async def retain() -> None:
+            await stream.trim(ranges[-1].start_offset)
+
+        cold(engine)
+        offset = stream.start_offset
+        metadata.race, metadata.race_at, metadata.race_first = retain, (2, offset), True
+        with pytest.raises(OffsetOutOfRange):
+            await stream.read(offset, 1 << 20)
+        assert metadata.race is None
         await stop_engine(engine)
 
     asyncio.run(main())

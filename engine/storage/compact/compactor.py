@@ -34,11 +34,11 @@ from typing import Protocol
 from engine.storage.cache import BlockCache
 from engine.storage.config import StorageConfig
 from engine.storage.crash import crash_point
-from engine.storage.errors import StorageError
+from engine.storage.errors import OffsetOutOfRange, StorageError
 from engine.storage.metadata.interface import COMMITTED, MetadataStore, ObjectCommit, ObjectRecord, RangeInfo
 from engine.storage.objects.format import Batch, parse_block, parse_footer, parse_index
 from engine.storage.objects.reader import ObjectReader
-from engine.storage.objects.store import ObjectStore
+from engine.storage.objects.store import NoSuchKey, ObjectStore
 from engine.storage.uploader import UploadStats, put_object
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,14 @@ class Compactor:
             started = time.monotonic()
             ranges = [r for r in await self.metadata.object_ranges(group) if r.stream_id not in skip]
             keys = {r.object_id: r.key for r in ranges}
-            bodies = dict(zip(keys, await asyncio.gather(*(self._get_whole(k) for k in keys.values())), strict=True))
+            try:
+                got = await asyncio.gather(*(self._get_whole(k) for k in keys.values()))
+                bodies = dict(zip(keys, got, strict=True))
+            except NoSuchKey:
+                # Retention or a deleted topic took an object of the group since it was planned
+                # (and its grace period ran out): the next pass plans again.
+                self.stats.conflicts += 1
+                return 0
             epochs = {s.stream_id: s.epoch for s in await self.metadata.list_streams()}
             by_stream: dict[int, list[RangeInfo]] = {}
             for r in ranges:
@@ -265,7 +272,11 @@ class Compactor:
 
     async def _rewrite(self, stream_id: int, epoch: int, run: list[RangeInfo]) -> bool:
         started = time.monotonic()
-        batches = [b async for b, _ in self._read(stream_id, run)]
+        try:
+            batches = [b async for b, _ in self._read(stream_id, run)]
+        except OffsetOutOfRange:
+            self.stats.conflicts += 1  # retention moved the start past the run meanwhile
+            return False
         crash_point("compact.before_upload")
         commit = await self._put(stream_id, epoch, batches, max(r.data_ms for r in run))
         ok = await self._swap(stream_id, run, [commit])
@@ -298,8 +309,12 @@ class Compactor:
             if not dirty or not (stale or sum(r.size for r in dirty) >= min_dirty_ratio * total):
                 return None
             started = time.monotonic()
-            async for b, _ in self._read(stream_id, ranges):
-                keep.observe(b)
+            try:
+                async for b, _ in self._read(stream_id, ranges):
+                    keep.observe(b)
+            except OffsetOutOfRange:
+                self.stats.conflicts += 1  # retention moved the start past these ranges meanwhile
+                return None
             crash_point("compact.before_upload")
             commits: list[ObjectCommit] = []
             out: list[Batch] = []

@@ -15,12 +15,14 @@ import contextlib
 from collections import OrderedDict
 
 from engine.storage.cache import BlockCache
-from engine.storage.errors import StorageError
+from engine.storage.errors import OffsetOutOfRange, StorageError
 from engine.storage.metadata.interface import MetadataStore, ObjectRange
 from engine.storage.objects.format import INDEX_ENTRY, Batch, IndexEntry, parse_block, parse_footer, parse_index
-from engine.storage.objects.store import ObjectStore
+from engine.storage.objects.store import NoSuchKey, ObjectStore
 
 _TAIL_GUESS = 64 << 10
+# An object deleted under a read while the range stays (nothing replaced it) is not a race: give up.
+_RESOLVE_AGAIN = 3
 
 
 class ObjectReader:
@@ -42,30 +44,56 @@ class ObjectReader:
         self._background: set[asyncio.Task[object]] = set()
 
     async def read(self, stream_id: int, offset: int, max_bytes: int, end: int) -> list[Batch]:
-        """Batches of the stream from `offset` (the batch holding it first) up to committed `end`."""
+        """Batches of the stream from `offset` (the batch holding it first) up to committed `end`.
+
+        Ranges resolved from the metadata may name an object that garbage collection deletes
+        before its GET: compaction replaced it, or retention or a topic deletion dropped it, and
+        its grace period ran out while the read was in flight. The read then resolves again from
+        where it is, and finds the replacement, or that the offset is gone (OffsetOutOfRange, as
+        a read arriving a moment later would). Reads in flight are safe whatever the grace period.
+        """
         out: list[Batch] = []
         size = 0
         pos = offset
+        gone = 0
         while pos < end and (not out or size < max_bytes):
             ranges = await self.metadata.find_objects(stream_id, pos, limit=4)
             if not ranges:
                 break
+            if ranges[0].start_offset > pos and not out:
+                # No range holds pos: log compaction's gaps belong to the range after them, so
+                # retention moved the start past pos after the caller checked it.
+                meta = await self.metadata.get_stream(stream_id)
+                if meta is None or meta.start_offset > pos:
+                    raise OffsetOutOfRange(stream_id, pos, -1 if meta is None else meta.start_offset, end)
             before = pos
-            for rng in ranges:
-                while pos < rng.end_offset:
-                    block_start = pos
-                    for batch in await self._read_object(rng, stream_id, pos):
-                        if batch.end_offset <= pos:
-                            continue
-                        if out and size + len(batch.payload) > max_bytes:
+            try:
+                for rng in ranges:
+                    while pos < rng.end_offset:
+                        block_start = pos
+                        for batch in await self._read_object(rng, stream_id, pos):
+                            if batch.end_offset <= pos:
+                                continue
+                            if out and size + len(batch.payload) > max_bytes:
+                                return out
+                            out.append(batch)
+                            size += len(batch.payload)
+                            pos = batch.end_offset
+                        if size >= max_bytes:
                             return out
-                        out.append(batch)
-                        size += len(batch.payload)
-                        pos = batch.end_offset
-                    if size >= max_bytes:
-                        return out
-                    if pos == block_start:
-                        break
+                        if pos == block_start:
+                            break
+            except NoSuchKey:
+                gone += 1
+                if out:
+                    return out
+                meta = await self.metadata.get_stream(stream_id)
+                if meta is None or meta.start_offset > pos:
+                    start = -1 if meta is None else meta.start_offset
+                    raise OffsetOutOfRange(stream_id, pos, start, end) from None
+                if gone > _RESOLVE_AGAIN:
+                    raise
+                continue
             if pos == before:
                 raise StorageError(f"stream {stream_id}: objects claim offset {pos} but hold no batch for it")
         return out
