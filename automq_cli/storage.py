@@ -135,6 +135,17 @@ async def _gather(cluster: Cluster) -> Snapshot:
     return Snapshot(objects, streams, ranges, names)
 
 
+async def _committed_keys(cluster: Cluster) -> set[str]:
+    from engine.storage.metadata.interface import COMMITTED
+    from engine.storage.metadata.sqlite import SqliteMetadataStore
+
+    md = SqliteMetadataStore(cluster.metadata_path, read_only=True)
+    try:
+        return {o.key for o in await md.list_objects([COMMITTED])}
+    finally:
+        await md.close()
+
+
 def _name(snap: Snapshot, sid: int) -> str:
     found = snap.names.get(sid)
     return f"{found[0]}-{found[1]}" if found else f"stream {sid}"
@@ -278,9 +289,9 @@ def usage(directory: DirOpt = None, as_json: JsonOpt = False) -> None:
 async def _verify(cluster: Cluster) -> tuple[list[str], dict[str, int]]:
     import crc32c
 
-    from engine.storage.metadata.interface import COMMITTED
+    from engine.storage.metadata.interface import COMMITTED, ObjectRecord
     from engine.storage.objects.format import OBJECT_PREFIX
-    from engine.storage.objects.store import ObjectStoreConfig, make_object_store
+    from engine.storage.objects.store import NoSuchKey, ObjectStoreConfig, make_object_store
 
     snap = await _gather(cluster)
     s3 = cluster.s3
@@ -293,17 +304,29 @@ async def _verify(cluster: Cluster) -> tuple[list[str], dict[str, int]]:
     try:
         listed = {i.key: i.size for i in await store.list(OBJECT_PREFIX)}
         committed = [o for o in snap.objects if o.state == COMMITTED]
+        missing: list[ObjectRecord] = []
         for o in committed:
             if o.key not in listed:
-                problems.append(f"{o.key}: referenced ({', '.join(_name(snap, s) for s in o.streams)}) but not in S3")
+                missing.append(o)
                 continue
             if listed[o.key] != o.size:
                 problems.append(f"{o.key}: {listed[o.key]} bytes in S3, the metadata says {o.size}")
                 continue
             if o.crc:
-                body = await store.get(o.key)
+                try:
+                    body = await store.get(o.key)
+                except NoSuchKey:
+                    missing.append(o)
+                    continue
                 if crc32c.crc32c(body) != o.crc:
                     problems.append(f"{o.key}: CRC32C mismatch")
+        # On a running cluster compaction or retention may have replaced an object, and garbage
+        # collection deleted it, since the metadata was read: missing is what it still references.
+        if missing:
+            still = await _committed_keys(cluster)
+            for o in (o for o in missing if o.key in still):
+                names = ", ".join(_name(snap, s) for s in o.streams)
+                problems.append(f"{o.key}: referenced ({names}) but not in S3")
         for sid, ranges in snap.ranges.items():
             meta = snap.streams[sid]
             live = [r for r in ranges if r.end_offset > meta.start_offset]

@@ -6,9 +6,9 @@ Every storage.lifecycle_interval_s, for each partition this broker leads (open o
   - log compaction (cleanup.policy has compact, log_cleaner.py), which also moves the data
     into stream objects; otherwise the merging of the stream's small stream objects.
 One broker (the live broker with the lowest id) also sweeps: streams of deleted topics are
-forgotten, due stream-set objects are split into stream objects, and garbage collection
-deletes unreferenced objects after the grace period. Two brokers that both think they sweep
-only repeat work that is idempotent or compare-and-swap.
+forgotten, due stream-set objects are split into stream objects, and (in a loop of its own)
+garbage collection deletes unreferenced objects when their grace period ends. Two brokers that
+both think they sweep only repeat work that is idempotent or compare-and-swap.
 
 Nothing here is state: every decision is made again from the controller's metadata and the
 storage metadata on each pass.
@@ -40,9 +40,10 @@ class Lifecycle:
         self.broker = broker
 
     async def run(self) -> None:
-        """Two loops: this broker's partitions, and (on the sweeping broker) the cluster-wide work,
-        so splitting stream-set objects and collecting garbage never wait for a long partition pass."""
-        await asyncio.gather(self._loop(self.run_partitions), self._loop(self.run_sweep))
+        """Three loops: this broker's partitions and, on the sweeping broker, the cluster-wide
+        compaction and garbage collection, so none waits for another's long pass: an unreferenced
+        object is deleted when its grace period ends, not after a compaction pass."""
+        await asyncio.gather(self._loop(self.run_partitions), self._loop(self.run_sweep), self._gc_loop())
 
     async def _loop(self, step: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -56,6 +57,28 @@ class Lifecycle:
             except Exception:
                 log.exception("object lifecycle pass failed; the next pass tries again")
 
+    async def _gc_loop(self) -> None:
+        """Garbage collection every lifecycle_interval_s, and sooner when the last pass saw an
+        object whose grace period ends before that (the bucket is listed for leftovers at most
+        every lifecycle_interval_s)."""
+        while True:
+            storage = self.broker.storage
+            interval = storage.config.lifecycle_interval_s if storage is not None else 1.0
+            due = storage.gc.next_due if storage is not None else None
+            await asyncio.sleep(interval if due is None else min(interval, max(0.05, due - time.time())))
+            try:
+                await self.run_gc()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("garbage collection pass failed; the next pass tries again")
+
+    async def run_gc(self) -> None:
+        storage = self.broker.storage
+        if storage is None or self.broker.handed_off or not self._sweeps():
+            return
+        await storage.gc.run_once(strays=False)
+
     async def run_sweep(self) -> None:
         storage = self.broker.storage
         if storage is None or self.broker.handed_off or not self._sweeps():
@@ -65,7 +88,6 @@ class Lifecycle:
         cleaned = {p.stream_id for t in self.broker.image.topics.values()
                    if "compact" in t.config("cleanup.policy") for p in t.partitions}  # fmt: skip
         await storage.compactor.compact_stream_sets(cleaned, int(time.time() * 1000))
-        await storage.gc.run_once()
 
     async def run_partitions(self) -> None:
         storage = self.broker.storage

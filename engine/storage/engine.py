@@ -300,6 +300,7 @@ class StorageEngine:
             "block_cache_bytes": self.block_cache.size,
             "block_cache_hits": self.block_cache.hits,
             "block_cache_misses": self.block_cache.misses,
+            "reads_resolved_again": self.reader.resolved_again,
             "uploads": self.upload_stats.uploads,
             "objects_uploaded": self.upload_stats.objects,
             "stream_objects_uploaded": self.upload_stats.stream_objects,

@@ -9,8 +9,11 @@ Three sources, in one pass:
      between a DELETE and forgetting the row, or by an older version) and are older than
      the grace period are deleted.
 
-The metadata change that stops referencing an object always commits before the DELETE, and
-the grace period lets reads that resolved the old ranges just before finish their GETs.
+The metadata change that stops referencing an object always commits before the DELETE. The
+grace period lets most reads that resolved the old ranges just before finish their GETs; one
+that does not gets a 404 and resolves again (objects/reader.py), so no read depends on it.
+Listing the bucket for 3 is the expensive part (a LIST per 1,000 keys): it runs at most every
+lifecycle_interval_s, while deletions that fall due run as soon as a pass comes.
 """
 
 from __future__ import annotations
@@ -45,19 +48,29 @@ class GarbageCollector:
         self.store = store
         self.metadata = metadata
         self.stats = GcStats()
+        #: When the next unreferenced object the last pass saw falls due (time.time()), if any.
+        self.next_due: float | None = None
+        self._listed_at = float("-inf")
 
-    async def run_once(self, now: float | None = None) -> int:
-        """One pass; returns the number of objects deleted from S3."""
+    async def run_once(self, now: float | None = None, strays: bool = True) -> int:
+        """One pass; returns the number of objects deleted from S3. strays=False leaves out the
+        bucket listing (source 3) unless lifecycle_interval_s has passed since the last one."""
         now = time.time() if now is None else now
         grace_ms = int(self.config.gc_grace_s * 1000)
         now_ms = int(now * 1000)
         self.stats.passes += 1
         self.stats.given_up += await self.metadata.give_up_prepared(now_ms - int(self.config.prepared_timeout_s * 1000))
+        list_strays = strays or now - self._listed_at >= self.config.lifecycle_interval_s
         # Listed before the metadata is read: a key created after the listing is not in it, and
         # every key's row exists before its PUT, so an unknown listed key is never a live upload.
-        listed = await self.store.list(OBJECT_PREFIX)
+        listed = await self.store.list(OBJECT_PREFIX) if list_strays else []
+        if list_strays:
+            self._listed_at = now
         records = await self.metadata.list_objects()
+        waiting = [o.unreferenced_ms for o in records if o.state == UNREFERENCED]
         due = [o for o in records if o.state == UNREFERENCED and o.unreferenced_ms <= now_ms - grace_ms]
+        later = [ms for ms in waiting if ms > now_ms - grace_ms]
+        self.next_due = (min(later) + grace_ms) / 1000 if later else None
         deleted = 0
         for i in range(0, len(due), _DELETE_CHUNK):
             chunk = due[i : i + _DELETE_CHUNK]
@@ -69,11 +82,11 @@ class GarbageCollector:
         known = {o.key for o in records}
         # S3 reports LastModified in whole seconds (rounded down): one more second keeps the grace.
         stray_before = now - self.config.gc_grace_s - 1.0
-        strays = [i.key for i in listed if i.key not in known and i.modified <= stray_before]
-        if strays:
-            log.info("deleting %d objects the metadata does not know (left by a crash)", len(strays))
-            await self.store.delete(strays)
-            self.stats.leftovers += len(strays)
-            deleted += len(strays)
+        unknown = [i.key for i in listed if i.key not in known and i.modified <= stray_before]
+        if unknown:
+            log.info("deleting %d objects the metadata does not know (left by a crash)", len(unknown))
+            await self.store.delete(unknown)
+            self.stats.leftovers += len(unknown)
+            deleted += len(unknown)
         self.stats.deleted += deleted
         return deleted

@@ -42,6 +42,8 @@ class ObjectReader:
         self._max_indexes = max_indexes
         self._inflight: dict[tuple[str, int], asyncio.Future[list[Batch]]] = {}
         self._background: set[asyncio.Task[object]] = set()
+        #: Reads that found an object deleted under them and resolved again (the grace period ran out).
+        self.resolved_again = 0
 
     async def read(self, stream_id: int, offset: int, max_bytes: int, end: int) -> list[Batch]:
         """Batches of the stream from `offset` (the batch holding it first) up to committed `end`.
@@ -85,6 +87,7 @@ class ObjectReader:
                             break
             except NoSuchKey:
                 gone += 1
+                self.resolved_again += 1
                 if out:
                     return out
                 meta = await self.metadata.get_stream(stream_id)
