@@ -3,8 +3,8 @@
 
 One local cluster (one broker, file WAL, SeaweedFS) per phase, 100 partitions, a steady
 librdkafka producer (acks=all). Time is accelerated 20x: uploads every 0.1 s instead of 2 s,
-stream-set data compacted after 15 s instead of 300 s, garbage collection grace 3 s instead
-of 60 s, so `--seconds 180` is an hour of uploads at the default settings (1,800 uploads).
+stream-set data compacted after 15 s instead of 300 s, garbage collection grace 0.5 s instead
+of 10 s, so `--seconds 180` is an hour of uploads at the default settings (1,800 uploads).
 retention.ms keeps each partition's data to the last 60 s (20 minutes, accelerated), so
 live data is bounded and what stays in the bucket can be compared with it.
 
@@ -45,9 +45,25 @@ from benchmarks.report import provenance, write_section
 
 PARTITIONS = 100
 BEGIN, END = "<!-- lifecycle:begin -->", "<!-- lifecycle:end -->"
-ACCELERATED = {"upload_interval_s": 0.1, "stream_set_max_age_s": 15.0, "gc_grace_s": 3.0, "lifecycle_interval_s": 1.0}
+ACCELERATED = {"upload_interval_s": 0.1, "stream_set_max_age_s": 15.0, "gc_grace_s": 0.5, "lifecycle_interval_s": 1.0}
 RETENTION_MS = 90_000
 MiB = 1 << 20
+
+
+@dataclass
+class Sample:
+    """Bytes at one moment: in the bucket (boto3), and by state in the storage metadata."""
+
+    at: float
+    stored: int  # objects/ in the bucket
+    live: int  # payload of the ranges at or above each stream's start offset
+    committed: int  # objects referenced by ranges (payload + object format)
+    unreferenced: int  # replaced or expired, waiting for garbage collection
+    prepared: int  # ids taken by uploads and compactions not committed yet
+
+    @property
+    def ratio(self) -> float:
+        return self.stored / max(1, self.live)
 
 
 @dataclass
@@ -57,8 +73,13 @@ class Phase:
     errors: int = 0
     produced: int = 0
     max_objects_per_stream: int = 0
-    max_stored_over_live: float = 0.0
+    samples: list[Sample] = field(default_factory=list)
     end: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def worst(self) -> Sample | None:
+        """The sample with the highest stored / live after warm-up."""
+        return max(self.samples, key=lambda x: x.ratio, default=None)
 
 
 def s3_client(cfg: dict[str, Any]) -> Any:
@@ -95,7 +116,9 @@ def object_bytes(metadata: Path) -> dict[str, int]:
     """Bytes of objects by state, from the metadata (what the bucket should hold)."""
     db = sqlite3.connect(f"{metadata.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
     try:
-        return {f"{state}_bytes": int(n) for state, n in db.execute("SELECT state, SUM(size) FROM objects GROUP BY state")}
+        return {
+            f"{state}_bytes": int(n) for state, n in db.execute("SELECT state, SUM(size) FROM objects GROUP BY state")
+        }
     finally:
         db.close()
 
@@ -165,12 +188,17 @@ def run_phase(name: str, root: Path, seconds: float, rate: int, size: int, compa
 
 def sample(phase: Phase, client: Any, cfg: dict[str, Any], metadata: Path, stop: threading.Event) -> None:
     warm = time.monotonic() + RETENTION_MS / 1000 + 10  # ratios mean little before retention starts
+    started = time.monotonic()
     while not stop.wait(3.0):
         most, live_bytes = live(metadata)
         phase.max_objects_per_stream = max(phase.max_objects_per_stream, most)
         if time.monotonic() > warm and live_bytes:
+            states = object_bytes(metadata)
             _, stored = bucket_bytes(client, cfg)
-            phase.max_stored_over_live = max(phase.max_stored_over_live, stored / live_bytes)
+            phase.samples.append(Sample(
+                time.monotonic() - started, stored, live_bytes, states.get("committed_bytes", 0),
+                states.get("unreferenced_bytes", 0), states.get("prepared_bytes", 0),
+            ))  # fmt: skip
 
 
 def produce(phase: Phase, bootstrap: str, seconds: float, rate: int, size: int) -> None:
@@ -210,15 +238,34 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=2000, help="records/s offered")
     ap.add_argument("--size", type=int, default=1024, help="record value bytes")
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
+    ap.add_argument("--only-on", action="store_true", help="skip the compaction-off phase (implies --no-write)")
+    ap.add_argument("--samples", type=Path, help="write every stored/live sample here (JSON)")
     args = ap.parse_args()
+    names = ("on",) if args.only_on else ("on", "off")
     with tempfile.TemporaryDirectory(prefix="amq-lifecycle-") as tmp:
         phases = [run_phase(name, Path(tmp), args.seconds, args.rate, args.size, compaction=name == "on")
-                  for name in ("on", "off")]  # fmt: skip
-    rows = report(phases)
+                  for name in names]  # fmt: skip
+    if args.samples is not None:
+        args.samples.write_text(json.dumps({p.name: [vars(x) for x in p.samples] for p in phases}, indent=1))
+    rows = report(phases if len(phases) == 2 else [*phases, phases[0]])
     print("\n".join(rows))
-    if not args.no_write:
+    if not args.no_write and not args.only_on:
         write_report(args, rows)
     return 0 if all(p.errors == 0 for p in phases) else 1
+
+
+def worst(p: Phase, part: str) -> str:
+    """The highest stored / live sample, or one of its parts as a fraction of live bytes."""
+    w = p.worst
+    if w is None:
+        return "-"
+    share = {
+        "ratio": w.ratio,
+        "unreferenced": w.unreferenced / w.live,
+        "format": (w.committed - w.live) / w.live,
+        "rest": (w.stored - w.committed - w.unreferenced) / w.live,
+    }[part]
+    return f"{share:.3f}" if part == "ratio" else f"{share:+.3f}"
 
 
 def report(phases: list[Phase]) -> list[str]:
@@ -234,7 +281,12 @@ def report(phases: list[Phase]) -> list[str]:
     row("objects in the bucket (end)", lambda p: f"{p.end['objects']:,}")
     row("S3 bytes stored / live bytes (end)", lambda p: f"{p.end['stored'] / max(1, p.end['live']):.3f}")
     row("S3 bytes written / bytes produced", lambda p: f"{p.end['s3_put_bytes'] / max(1, p.end['produce_bytes']):.2f}")
-    row("S3 bytes stored / live bytes (max of samples after warm-up)", lambda p: f"{p.max_stored_over_live:.3f}")
+    row("S3 bytes stored / live bytes during load (max of samples after warm-up)", lambda p: worst(p, "ratio"))
+    row("S3 bytes stored / live bytes during load (mean of samples)",
+        lambda p: f"{sum(x.ratio for x in p.samples) / max(1, len(p.samples)):.3f}")  # fmt: skip
+    row("at the max: unreferenced, waiting for GC / live", lambda p: worst(p, "unreferenced"))
+    row("at the max: committed objects beyond live payload / live", lambda p: worst(p, "format"))
+    row("at the max: prepared, and bucket bytes the metadata does not count / live", lambda p: worst(p, "rest"))
     row("uploads", lambda p: f"{p.end['uploads']:,}")
     row("compaction runs / ranges in", lambda p: f"{p.end['compaction_runs']:,} / {p.end['compaction_ranges_in']:,}")
     row("compaction read (MiB)", lambda p: f"{p.end['compaction_bytes_read'] / MiB:.1f}")
