@@ -59,13 +59,15 @@ class Lifecycle:
 
     async def _gc_loop(self) -> None:
         """Garbage collection every lifecycle_interval_s, and sooner when the last pass saw an
-        object whose grace period ends before that (the bucket is listed for leftovers at most
-        every lifecycle_interval_s)."""
+        object whose grace period ends before that, though not more often than four times per
+        grace period (the bucket is listed for leftovers at most every lifecycle_interval_s)."""
         while True:
             storage = self.broker.storage
             interval = storage.config.lifecycle_interval_s if storage is not None else 1.0
             due = storage.gc.next_due if storage is not None else None
-            await asyncio.sleep(interval if due is None else min(interval, max(0.05, due - time.time())))
+            if due is not None and storage is not None:
+                interval = min(interval, max(storage.config.gc_grace_s / 4, due - time.time()))
+            await asyncio.sleep(interval)
             try:
                 await self.run_gc()
             except asyncio.CancelledError:

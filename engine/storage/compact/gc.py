@@ -66,7 +66,8 @@ class GarbageCollector:
         listed = await self.store.list(OBJECT_PREFIX) if list_strays else []
         if list_strays:
             self._listed_at = now
-        records = await self.metadata.list_objects()
+        # Leftovers need every key the metadata knows; deletions only the unreferenced objects.
+        records = await self.metadata.list_objects(() if list_strays else (UNREFERENCED,))
         waiting = [o.unreferenced_ms for o in records if o.state == UNREFERENCED]
         due = [o for o in records if o.state == UNREFERENCED and o.unreferenced_ms <= now_ms - grace_ms]
         later = [ms for ms in waiting if ms > now_ms - grace_ms]

@@ -298,14 +298,20 @@ class SqliteMetadataStore:
 
     async def list_objects(self, states: Sequence[str] = ()) -> list[ObjectRecord]:
         def tx(c: sqlite3.Connection) -> list[ObjectRecord]:
-            where = f" WHERE state IN ({','.join('?' * len(states))})" if states else ""
+            marks = ",".join("?" * len(states))
+            where = f" WHERE state IN ({marks})" if states else ""
             rows = c.execute(
                 "SELECT object_id, key, size, kind, state, crc, created_ms, unreferenced_ms FROM objects"
                 f"{where} ORDER BY object_id",
                 tuple(states),
             ).fetchall()
+            # Only the selected objects' ranges: garbage collection asks for the few unreferenced
+            # ones many times a minute, and every range of the store is a lot to scan for that.
+            ranges = "SELECT DISTINCT r.object_id, r.stream_id FROM object_ranges r"
+            if states:
+                ranges += f" JOIN objects o ON o.object_id = r.object_id WHERE o.state IN ({marks})"
             streams: dict[int, list[int]] = {}
-            for oid, sid in c.execute("SELECT DISTINCT object_id, stream_id FROM object_ranges ORDER BY stream_id"):
+            for oid, sid in c.execute(f"{ranges} ORDER BY r.stream_id", tuple(states)):
                 streams.setdefault(oid, []).append(sid)
             return [ObjectRecord(*row, streams=tuple(streams.get(row[0], ()))) for row in rows]
 
