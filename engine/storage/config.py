@@ -60,7 +60,7 @@ class StorageConfig:
     # (one that finds its object gone resolves the offsets again, objects/reader.py); it spares most
     # reads in flight that extra lookup, as a fetch's GETs take well under a second. Replaced and
     # expired bytes stay in the bucket for about this long: at 60 s and a 30-minute retention that
-    # was 7 % more than the live bytes under steady load (BENCHMARKS.md).
+    # was up to 20 % more than the live bytes under steady load (BENCHMARKS.md).
     gc_grace_s: float = 10.0
     # An object id taken for an upload that has not committed after this long is given up.
     prepared_timeout_s: float = 600.0
