@@ -90,6 +90,7 @@ class StorageEngine:
         self.shared = SharedReader(config.wal.kind, store, config.wal.path if config.wal.kind == "nfs" else None)
         #: Set by the broker: redoes a leader's changes to relayed bytes when a WAL is recovered.
         self.materialize: Materialize | None = None
+        self.refs_recovered = 0
         self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -246,6 +247,7 @@ class StorageEngine:
         except RelayUnavailable as e:
             # The relay horizon keeps a relay object until every WAL that refers to it is recovered.
             raise WalCorrupt(f"stream {r.stream_id} offset {r.base_offset}: relayed bytes missing: {e}") from e
+        self.refs_recovered += 1
         return self.materialize(raw, r.base_offset, rec)
 
     async def _upload_recovered(self, batches: dict[int, tuple[int, list[Batch]]]) -> None:
@@ -348,4 +350,7 @@ class StorageEngine:
             "gc_objects_deleted": self.gc.stats.deleted,
             "gc_bytes_deleted": self.gc.stats.deleted_bytes,
             "gc_leftovers_deleted": self.gc.stats.leftovers,
+            "wal_refs_recovered": self.refs_recovered,
+            "shared_reads": self.shared.reads,
+            "shared_read_bytes": self.shared.bytes_read,
         }

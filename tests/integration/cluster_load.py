@@ -45,6 +45,7 @@ class Load:
     thread: threading.Thread | None = None
     #: Spaces after each record's sequence number, to make the load heavier in bytes.
     pad: int = 0
+    client_id: str = "rdkafka"
 
     def start(self) -> Load:
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -53,7 +54,7 @@ class Load:
 
     def _run(self) -> None:
         p = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "acks": "all",
-                      "linger.ms": 5, "message.timeout.ms": 120_000})  # fmt: skip
+                      "linger.ms": 5, "message.timeout.ms": 120_000, "client.id": self.client_id})  # fmt: skip
 
         def on_delivery(err: Any, msg: Any) -> None:
             if err is not None:
@@ -101,6 +102,7 @@ class GroupReader:
     errors: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    client_id: str = "rdkafka"
 
     def start(self) -> GroupReader:
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -109,7 +111,8 @@ class GroupReader:
 
     def _run(self) -> None:
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group, "auto.offset.reset": "earliest",
-                      "enable.auto.commit": False, "session.timeout.ms": 10_000})  # fmt: skip
+                      "enable.auto.commit": False, "session.timeout.ms": 10_000,
+                      "client.id": self.client_id})  # fmt: skip
         c.subscribe([self.topic])
         try:
             while not self.stop.is_set():

@@ -17,9 +17,20 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from tests.integration.cluster_fixture import unique
-from tests.integration.cluster_load import PARTITIONS, create_topic, leaders, three_zones, wait_until
+from tests.integration.cluster_load import (
+    PARTITIONS,
+    GroupReader,
+    Load,
+    check_exactly_once_in_order,
+    create_topic,
+    leaders,
+    read_back,
+    three_zones,
+    wait_until,
+)
 
 RECORDS = 300
 VALUE = 1000
@@ -87,3 +98,41 @@ def test_clients_stay_in_their_zone_and_every_record_arrives_once_in_order(tmp_p
         wal_bytes = sum(m["wal_bytes_written"] + m.get("relay_bytes_written", 0) for m in metrics)
         print("wal", wal_bytes, produced, relayed)
         assert produced <= wal_bytes < produced * 1.25, (wal_bytes, produced)
+
+
+def _shown_leaders(bootstrap: str, topic: str, zone: str) -> set[int]:
+    admin = AdminClient({"bootstrap.servers": bootstrap, "client.id": f"check&automq_az={zone}"})
+    return {p.leader for p in admin.list_topics(topic, timeout=10).topics[topic].partitions.values()}
+
+
+def test_kill_9_of_a_zone_proxy_moves_its_clients_to_the_other_broker_of_the_zone(tmp_path: Path) -> None:
+    with three_zones(tmp_path, "nfs", brokers=6) as cluster:
+        az1 = [b for b in cluster.broker_ids if cluster.broker_zone(b) == "az1"]
+        assert len(az1) == 2
+        topic, group = unique("zk"), unique("g")
+        create_topic(cluster, topic, PARTITIONS)
+        assert _shown_leaders(cluster.bootstrap, topic, "az1") == set(az1), "az1's clients see both az1 brokers"
+        load = Load(cluster.bootstrap, topic, client_id="load&automq_az=az1").start()
+        reader = GroupReader(cluster.bootstrap, topic, group, client_id="reader&automq_az=az1").start()
+        wait_until(lambda: reader.committed and load.total > 2000, 60, "the group to consume and commit")
+        victim = az1[1]
+        killed_at = time.monotonic()
+        cluster.kill_broker(victim)
+        wait_until(lambda: _shown_leaders(cluster.bootstrap, topic, "az1") == {az1[0]}, 30,
+                   "az1's clients to be sent to the surviving az1 broker")  # fmt: skip
+        wait_until(lambda: all(load.ack_times.get(p, [0])[-1] > killed_at + 0.5 for p in range(PARTITIONS)), 60,
+                   "every partition to take writes again")  # fmt: skip
+        # A leader in another zone: its WAL holds references to az1's relay objects, which the
+        # survivor that takes the WAL over must resolve.
+        leader = next(b for b in leaders(cluster.bootstrap, topic).values() if cluster.broker_zone(b) == "az2")
+        killed_at = time.monotonic()
+        cluster.kill_broker(leader)
+        wait_until(lambda: all(load.ack_times.get(p, [0])[-1] > killed_at + 0.5 for p in range(PARTITIONS)), 60,
+                   "every partition to take writes again")  # fmt: skip
+        load.finish()
+        wait_until(lambda: set(reader.seen) >= {s for v in load.acked.values() for _, s in v}, 60,
+                   "the group to catch up")  # fmt: skip
+        reader.finish()
+        assert not load.errors, load.errors[:5]
+        assert not reader.errors, reader.errors[:5]
+        check_exactly_once_in_order(load, read_back(cluster.bootstrap, topic))
