@@ -120,8 +120,9 @@ def trial(router: bool, wal: str, rate: int, seconds: float) -> dict[str, Any]:
             bootstrap = state["bootstrap"]
             zone_of = {b["id"]: b["zone"] for b in state["brokers"]}
             topic = f"zones-{int(time.time())}"
-            AdminClient({"bootstrap.servers": bootstrap}).create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
+            # The handle must outlive the call's result.
             admin = AdminClient({"bootstrap.servers": bootstrap, "client.id": "bench&automq_route=leader"})
+            admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
             parts = admin.list_topics(topic, timeout=10).topics[topic].partitions
             leader_zone = {p: zone_of[parts[p].leader] for p in parts}
             before = metrics(state["metrics"])
