@@ -32,7 +32,7 @@ from engine.controller.rpc import ControllerClient, ControllerUnavailable, RpcEr
 from engine.protocol.errors import ErrorCode
 from engine.storage.config import WalConfig
 from engine.storage.engine import StorageEngine
-from engine.storage.metadata.sqlite import SqliteMetadataStore
+from engine.storage.metadata import open_metadata_store
 from engine.storage.objects.store import ObjectStore, make_object_store
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ class Broker:
                 await self._refresh_image(wait_ms=500)
             cfg = self.config
             assert self._store is not None
-            storage = StorageEngine(cfg.storage, self._store, SqliteMetadataStore(cfg.metadata_path))
+            storage = StorageEngine(cfg.storage, self._store, open_metadata_store(cfg.metadata_path))
             await storage.start()
             self.storage = storage
             ready = await self.controller.request(api.BrokerReady(self.node_id, self.broker_epoch))

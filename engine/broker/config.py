@@ -52,6 +52,7 @@ class BrokerConfig:
     metrics_port: int = 0
     #: Directory for this broker's files (WAL, storage metadata unless storage_metadata_path is set).
     data_dir: str = ""
+    #: Storage metadata: an SQLite file (default: data_dir/metadata.db) or a postgresql:// URL.
     storage_metadata_path: str = ""
     auto_create_topics_enable: bool = True
     num_partitions: int = 1
@@ -77,10 +78,11 @@ class BrokerConfig:
         return self.advertised_host or self.host
 
     @property
-    def metadata_path(self) -> Path:
+    def metadata_path(self) -> str:
+        """The storage metadata's SQLite file or PostgreSQL URL."""
         if self.storage_metadata_path:
-            return Path(self.storage_metadata_path)
-        return Path(self.data_dir or ".") / "metadata.db"
+            return self.storage_metadata_path
+        return str(Path(self.data_dir or ".") / "metadata.db")
 
     # --- loading -------------------------------------------------------------------------------
 
