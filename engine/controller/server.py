@@ -29,14 +29,17 @@ class ControllerServer:
         session_timeout_ms: int = 3000,
         lost_grace_ms: int = 1500,
         balancer: BalancerSettings | None = None,
+        metadata: str = "",
     ) -> None:
+        """metadata: a postgresql:// URL for the cluster's state; empty: controller.db in `directory`."""
         self.directory = Path(directory)
+        self.metadata = metadata
         self.host = host
         self.requested_port = port
         self.port = port
         self.session_timeout_s = session_timeout_ms / 1000
         self.lost_grace_s = lost_grace_ms / 1000
-        self.state = ControllerState(self.directory / "controller.db")
+        self.state = ControllerState(metadata or self.directory / "controller.db")
         self.balancer = AutoBalancer(self.state, balancer or BalancerSettings())
         self._balancing: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,12 @@ from engine.protocol import ErrorCode
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> ControllerState:
-    s = ControllerState(tmp_path / "controller.db")
+def state(metadata_spec: str) -> Iterator[ControllerState]:
+    """On each backend: an SQLite file, then a PostgreSQL database (tests/conftest.py)."""
+    s = ControllerState(metadata_spec)
     join(s, 0, "az1")
-    return s
+    yield s
+    s.close()
 
 
 def join(s: ControllerState, broker_id: int, zone: str, kind: str = "nfs") -> int:
@@ -119,8 +122,8 @@ def test_partitions_configs_delete(state: ControllerState) -> None:
     assert "t" not in state.topics
 
 
-def test_registration_bumps_leader_epochs_and_state_persists(tmp_path: Path) -> None:
-    s = ControllerState(tmp_path / "c.db")
+def test_registration_bumps_leader_epochs_and_state_persists(metadata_spec: str) -> None:
+    s = ControllerState(metadata_spec)
     assert join(s, 0, "az1") == 1
     s.create_topics([{"name": "t", "num_partitions": 2, "replication_factor": 1}], False, False)
     assert [p.leader_epoch for p in s.topics["t"].partitions] == [0, 0]
@@ -129,7 +132,7 @@ def test_registration_bumps_leader_epochs_and_state_persists(tmp_path: Path) -> 
     pid = s.alloc_producer_ids(10)
     version = s.version
     s.close()
-    again = ControllerState(tmp_path / "c.db")
+    again = ControllerState(metadata_spec)
     assert again.version == version
     assert [p.leader_epoch for p in again.topics["t"].partitions] == [1, 1]
     assert again.alloc_producer_ids(10) == pid + 10
@@ -211,8 +214,8 @@ def test_rpc_round_trip_and_long_poll(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def test_placement_alternates_zones_and_spreads_brokers(tmp_path: Path) -> None:
-    s = ControllerState(tmp_path / "c.db")
+def test_placement_alternates_zones_and_spreads_brokers(metadata_spec: str) -> None:
+    s = ControllerState(metadata_spec)
     for i, zone in enumerate(["az1", "az2", "az3", "az1", "az2", "az3"]):
         join(s, i, zone)
     s.create_topics([{"name": "t", "num_partitions": 12, "replication_factor": 1}], False, False)
@@ -226,8 +229,8 @@ def test_placement_alternates_zones_and_spreads_brokers(tmp_path: Path) -> None:
     assert max(led.values()) - min(led.values()) <= 1
 
 
-def test_failover_fences_then_takeover_reopens_spread(tmp_path: Path) -> None:
-    s = ControllerState(tmp_path / "c.db")
+def test_failover_fences_then_takeover_reopens_spread(metadata_spec: str) -> None:
+    s = ControllerState(metadata_spec)
     epochs = {i: join(s, i, f"az{i + 1}", kind="file") for i in range(3)}
     join(s, 3, "az2", kind="file")
     s.create_topics([{"name": "t", "num_partitions": 12, "replication_factor": 1}], False, False)
@@ -259,8 +262,8 @@ def test_failover_fences_then_takeover_reopens_spread(tmp_path: Path) -> None:
     assert s.partitions_led()[1] == 0 and s.brokers[1].alive
 
 
-def test_file_wal_without_a_same_zone_survivor_waits(tmp_path: Path) -> None:
-    s = ControllerState(tmp_path / "c.db")
+def test_file_wal_without_a_same_zone_survivor_waits(metadata_spec: str) -> None:
+    s = ControllerState(metadata_spec)
     for i in range(3):
         join(s, i, f"az{i + 1}", kind="file")
     s.create_topics([{"name": "t", "num_partitions": 6, "replication_factor": 1}], False, False)
@@ -277,8 +280,8 @@ def test_file_wal_without_a_same_zone_survivor_waits(tmp_path: Path) -> None:
     assert s.partitions_led()[2] == 2
 
 
-def test_controlled_shutdown_moves_partitions_unless_the_cluster_stops(tmp_path: Path) -> None:
-    s = ControllerState(tmp_path / "c.db")
+def test_controlled_shutdown_moves_partitions_unless_the_cluster_stops(metadata_spec: str) -> None:
+    s = ControllerState(metadata_spec)
     for i in range(3):
         join(s, i, f"az{i + 1}")
     s.create_topics([{"name": "t", "num_partitions": 6, "replication_factor": 1}], False, False)
@@ -292,8 +295,8 @@ def test_controlled_shutdown_moves_partitions_unless_the_cluster_stops(tmp_path:
     assert s.partitions_led()[1] > 0
 
 
-def test_a_closed_session_connection_fences_before_the_session_timeout(tmp_path: Path) -> None:
-    s = ControllerState(tmp_path / "c.db")
+def test_a_closed_session_connection_fences_before_the_session_timeout(metadata_spec: str) -> None:
+    s = ControllerState(metadata_spec)
     for i in range(2):
         join(s, i, f"az{i + 1}")
     s.connection_lost({0, 1})
