@@ -264,7 +264,7 @@ class Broker:
             # Heartbeats go on while the broker (re)joins: recovering a WAL may outlast the session.
             try:
                 hb = api.Heartbeat(self.node_id, self.broker_epoch, self._load_report())
-                await self.controller.request(hb, timeout=interval * 5)
+                await self.controller.request(hb, timeout=interval * 3)
             except ControllerUnavailable as e:
                 log.warning("heartbeat: %s", e)
             except RpcError as e:

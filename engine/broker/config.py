@@ -46,7 +46,7 @@ class BrokerConfig:
     host: str = "127.0.0.1"
     port: int = 9092  # 0 = any free port
     advertised_host: str = ""
-    #: host:port of the controller's RPC.
+    #: host:port of the controller's RPC; `h1:p1,h2:p2` for controllers that fail over (PostgreSQL).
     controller: str = "127.0.0.1:9093"
     #: Port of the HTTP metrics endpoint (GET /metrics); 0 = any free port, -1 = off.
     metrics_port: int = 0
@@ -130,8 +130,12 @@ class BrokerConfig:
             raise BrokerConfigError("offsets_topic_num_partitions must be at least 1")
         if not 0 <= self.port <= 65535:
             raise BrokerConfigError(f"port {self.port} is not a TCP port")
-        if ":" not in self.controller:
-            raise BrokerConfigError(f"controller must be host:port, got {self.controller!r}")
+        from engine.controller.rpc import parse_addresses
+
+        try:
+            parse_addresses(self.controller)
+        except ValueError as e:
+            raise BrokerConfigError(f"controller: {e} (expected host:port[,host:port...])") from None
 
     # --- as Kafka names them (DescribeConfigs on the broker resource) ---------------------------
 

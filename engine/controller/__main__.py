@@ -39,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--balance-cooldown-s", type=float, default=60.0, help="a moved partition stays this long")
     parser.add_argument("--balance-max-moves", type=int, default=32, help="moves per balancer round at most")
     parser.add_argument("--port-file", help="write the bound port here once listening")
+    parser.add_argument(
+        "--lease-ttl-ms",
+        type=int,
+        default=3000,
+        help="with PostgreSQL: a leader silent this long loses the lease to a standby",
+    )
+    parser.add_argument("--advertise", default="", help="host:port brokers reach this controller at")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -57,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         server = ControllerServer(
             args.dir, args.host, args.port, args.session_timeout_ms, args.lost_grace_ms, balancer=balancer,
-            metadata=args.metadata,
+            metadata=args.metadata, lease_ttl_ms=args.lease_ttl_ms, advertise=args.advertise,
         )  # fmt: skip
         await server.start()
         if args.port_file:

@@ -90,8 +90,15 @@ def _result(name: str, code: ErrorCode = ErrorCode.NONE, message: str | None = N
 
 
 class ControllerState:
-    def __init__(self, store: ControllerStore | str | Path) -> None:
-        """store: a ControllerStore, or where one is: an SQLite file's path or a postgresql:// URL."""
+    def __init__(
+        self, store: ControllerStore | str | Path, new_term: bool = False, session_grace_s: float = 0.0
+    ) -> None:
+        """store: a ControllerStore, or where one is: an SQLite file's path or a postgresql:// URL.
+
+        new_term: this controller just took the lease from another one. A leader that lost its
+        lease may have shown brokers versions it never committed; jumping the version past any
+        such makes every broker take a snapshot of the committed state. session_grace_s: extra
+        time for brokers to find the new leader before their sessions count."""
         self.store = store if not isinstance(store, str | Path) else open_controller_store(store)
         self.brokers: dict[int, BrokerRecord] = {}
         #: When each broker was last heard from (monotonic); not persisted.
@@ -120,7 +127,7 @@ class ControllerState:
         self.next_stream_id = int(meta.get("next_stream_id", 1))
         self.next_producer_id = int(meta.get("next_producer_id", 1000))
         self.next_takeover_id = int(meta.get("next_takeover_id", 1))
-        now = time.monotonic()
+        now = time.monotonic() + session_grace_s
         for bid, zone, host, port, epoch, state, wal in loaded.brokers:
             spec = msgspec.convert(json.loads(wal or "{}"), WalSpec)
             self.brokers[bid] = BrokerRecord(bid, zone, host, port, epoch, state, spec)
@@ -134,6 +141,8 @@ class ControllerState:
             self.topics[topic].partitions.append(PartitionRec(*fields))
         for topic, idx, body in loaded.snapshots:
             self.snapshots[(topic, idx)] = msgspec.msgpack.decode(body, type=PartitionSnapshot)
+        if new_term:
+            self.version += LOG_KEEP
         # Followers behind this version get a snapshot: the record log is not persisted.
         self.log_start = self.version
         self.log: deque[tuple[int, dict[str, Any]]] = deque(maxlen=LOG_KEEP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -304,3 +305,33 @@ def test_a_closed_session_connection_fences_before_the_session_timeout(metadata_
     s.lost_at[0] -= 2.0  # broker 0 has been silent for 2 s since its connection closed
     assert s.expire(session_timeout_s=30.0, lost_grace_s=1.5) == [0]
     assert s.brokers[0].state == "fenced" and s.brokers[1].alive
+
+
+def test_a_controller_whose_lease_moved_writes_nothing(pg_url: str) -> None:
+    """A leader paused past its lease: the standby takes it (a new epoch), and the old leader's
+    next write is refused in the database, whatever its memory says."""
+    from engine.controller.lease import Lease
+    from engine.controller.store import NotLeader, PostgresControllerStore
+
+    a, b = Lease(pg_url, "a", "127.0.0.1:1", ttl_s=0.3), Lease(pg_url, "b", "127.0.0.1:2", ttl_s=5)
+    first = a.try_acquire()
+    assert first is not None and b.try_acquire() is None
+    old = ControllerState(PostgresControllerStore(pg_url, lease_epoch=first))
+    join(old, 0, "az1")
+    assert codes(old.create_topics([{"name": "before"}], validate_only=False, internal=False)) == [ErrorCode.NONE]
+    wait = time.monotonic() + 5
+    while (second := b.try_acquire()) is None:
+        assert time.monotonic() < wait, "the lease never expired"
+        time.sleep(0.05)
+    assert second == first + 1 and b.current().address == "127.0.0.1:2"
+    with pytest.raises(NotLeader):
+        old.create_topics([{"name": "after"}], validate_only=False, internal=False)
+    assert not a.renew(first)
+    new = ControllerState(PostgresControllerStore(pg_url, lease_epoch=second), new_term=True)
+    assert set(new.topics) == {"before"}
+    # Brokers that saw anything the old leader showed but never committed take a snapshot.
+    assert new.version > old.version and new.changes_since(old.version).get("snapshot") is not None
+    for x in (old, new):
+        x.close()
+    a.close()
+    b.close()
