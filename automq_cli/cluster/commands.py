@@ -73,6 +73,14 @@ def up(
         bool | None,
         typer.Option("--auto-balance/--no-auto-balance", help="Move partitions to even brokers' load. Default: on."),
     ] = None,
+    zone_router: Annotated[
+        bool | None,
+        typer.Option(
+            "--zone-router/--no-zone-router",
+            help="Clients talk only to brokers of their own zone; data reaches leaders through shared storage "
+            "(nfs and s3 WALs). Default: on.",
+        ),
+    ] = None,
     autoscale: Annotated[
         str | None, typer.Option("--autoscale", help="MIN:MAX: add and remove brokers with the load (e.g. 1:4).")
     ] = None,
@@ -103,7 +111,8 @@ def up(
     given = {"wal": wal, "port": port, "s3_endpoint": s3_endpoint, "s3_bucket": s3_bucket, "access_key": access_key,
              "secret_key": secret_key, "region": region, "num_partitions": num_partitions,
              "session_timeout": session_timeout, "brokers": brokers, "auto_balance": auto_balance,
-             "autoscale": autoscale, "target_mibps": target_mibps, "metadata": metadata, "controllers": controllers,
+             "zone_router": zone_router, "autoscale": autoscale, "target_mibps": target_mibps,
+             "metadata": metadata, "controllers": controllers,
              "broker_config": str(Path(config).resolve()) if config else None}  # fmt: skip
     for k, v in given.items():
         if v is not None:
@@ -131,6 +140,15 @@ def up(
     if state.get("metadata"):
         ctl = state["controller"].split(",")
         _out.print(f"  metadata: {state['metadata']}; controllers: {', '.join(ctl)}")
+    if z > 1:
+        if state["wal_kind"] == "file":
+            _out.print("  zone router: off: the file WAL is each broker's own disk, nothing is shared to relay "
+                       "through, so clients reach leaders in other zones (use --wal nfs or s3)")  # fmt: skip
+        elif opts.zone_router:
+            _out.print("  zone router: on: clients that name their zone (client.id automq_az=<zone>) talk only "
+                       "to brokers of it")  # fmt: skip
+        else:
+            _out.print("  zone router: off (--no-zone-router)")
     _out.print(f"  data and logs: {state['dir']} (logs in {state['logs']})")
     _out.print(f"  metrics: {', '.join(state.get('metrics', []))}")
     stop_hint = "amq cluster down" + (f" --dir {state['dir']}" if dir else "")

@@ -83,6 +83,9 @@ class ClusterOptions:
     auto_balance: bool = True
     #: Seconds between the auto-balancer's rounds.
     balance_interval_s: float = 5.0
+    #: The zone router (docs/zones.md): clients talk to brokers of their own zone. Acted on with
+    #: the nfs and s3 WALs; the file WAL has nothing shared to relay through.
+    zone_router: bool = True
     #: "MIN:MAX": run the local autoscaler (automq_cli/autoscaler.py) between these broker counts.
     autoscale: str = ""
     #: The autoscaler's target: MiB/s (in + out) per broker.
@@ -458,6 +461,7 @@ def broker_config(
         base.setdefault("zone", opts.zone)
     if opts.num_partitions is not None:
         base["num_partitions"] = opts.num_partitions
+    base["zone_router"] = opts.zone_router
     base.update(opts.extra_broker)
     return BrokerConfig.from_dict(base)
 

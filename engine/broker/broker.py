@@ -24,6 +24,7 @@ from engine.broker.errors import BrokerError
 from engine.broker.image import MetadataImage, TopicInfo
 from engine.broker.lifecycle import Lifecycle
 from engine.broker.partition import Partition
+from engine.broker.router import Router, materialize
 from engine.broker.zones import ZoneLedger, ZoneResolver
 from engine.controller import api
 from engine.controller.api import BrokerRecord
@@ -70,6 +71,7 @@ class Broker:
         self.counters: Counter[str] = Counter()
         self.zones = ZoneResolver(lambda: {b.zone for b in self.image.brokers.values()} | {self.zone})
         self.ledger = ZoneLedger()
+        self.router = Router(self)
         self.started_at = time.time()
         self._store: ObjectStore | None = None
         self._partitions: dict[tuple[str, int], Partition] = {}
@@ -110,6 +112,7 @@ class Broker:
         self._server = KafkaServer(self)
         # Bound before registering, so the controller learns the real port even when configured as 0.
         self.port = await self._server.bind(cfg.host, cfg.port)
+        await self.router.start()
         loop = asyncio.get_running_loop()
         # Heartbeats run from the registration on: recovering a large WAL may outlast the session.
         self._tasks = [loop.create_task(self._heartbeat_loop())]
@@ -142,6 +145,7 @@ class Broker:
             cfg = self.config
             assert self._store is not None
             storage = StorageEngine(cfg.storage, self._store, open_metadata_store(cfg.metadata_path))
+            storage.materialize = materialize  # our WAL may hold relayed batches (zone router)
             await storage.start()
             self.storage = storage
             ready = await self.controller.request(api.BrokerReady(self.node_id, self.broker_epoch))
@@ -191,6 +195,7 @@ class Broker:
         for t in [*self._tasks, *self._takeovers.values(), *others, *self._move_tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self.router.close()
         await self._close_storage(flush=flush)
         if self._store is not None:
             await self._store.close()
@@ -263,8 +268,13 @@ class Broker:
                 continue
             # Heartbeats go on while the broker (re)joins: recovering a WAL may outlast the session.
             try:
-                hb = api.Heartbeat(self.node_id, self.broker_epoch, self._load_report())
-                await self.controller.request(hb, timeout=interval * 3)
+                floor = self.router.relay_floor_ms() if not self._joining.locked() else -1
+                hb = api.Heartbeat(self.node_id, self.broker_epoch, self._load_report(), floor)
+                # Shorter than a session: a controller that stopped answering (paused) is left for
+                # the next one of the list before the new leader counts this broker's session.
+                res = await self.controller.request(hb, timeout=interval * 3)
+                if res.relay_horizon_ms > 0:
+                    await self.router.horizon(res.relay_horizon_ms)
             except ControllerUnavailable as e:
                 log.warning("heartbeat: %s", e)
             except RpcError as e:
@@ -737,7 +747,9 @@ class Broker:
             wal = self.config.storage.wal.kind
             storage = [(self.zone, "s3", m["s3_put_bytes"]), ("s3", self.zone, m["s3_get_bytes"])]
             if wal == "nfs":  # a shared file system; a `file` WAL is this broker's own disk, no network
-                storage.append((self.zone, "nfs", m["wal_bytes_written"]))
+                relay = self.router.relay.bytes_written if self.router.relay is not None else 0
+                storage.append((self.zone, "nfs", m["wal_bytes_written"] + relay))
+                storage.append(("nfs", self.zone, self.storage.shared.bytes_read))
             rows += [{"src": s, "dst": d, "kind": "storage", "bytes": n} for s, d, n in storage if n]
         return rows
 
@@ -746,6 +758,12 @@ class Broker:
         if self.storage is not None:
             out.update(self.storage.metrics())
         out["cross_zone_bytes"] = self.ledger.cross_zone_bytes()
+        out["zone_router"] = int(self.router.enabled)
+        if self.router.relay is not None:
+            out["relay_objects_written"] = self.router.relay.objects_written
+            out["relay_bytes_written"] = self.router.relay.bytes_written
+            out["relay_objects_kept"] = self.router.relay.objects_kept
+        out["relay_horizon_ms"] = self.router.horizon_ms
         out.update(sorted(self.counters.items()))
         out["partitions_open"] = len(self._partitions)
         out["connections_active"] = self._server.active_connections if self._server else 0

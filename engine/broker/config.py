@@ -70,6 +70,9 @@ class BrokerConfig:
     #: Retention of topics that do not set retention.ms / retention.bytes (Kafka's log.retention.*).
     log_retention_ms: int = 604800000
     log_retention_bytes: int = -1
+    #: Clients talk to brokers of their own zone; data reaches leaders in other zones through
+    #: shared storage (docs/zones.md). Acted on with the `nfs` and `s3` WALs only.
+    zone_router: bool = True
     s3: S3Settings = field(default_factory=S3Settings)
     storage: StorageConfig = field(default_factory=StorageConfig)
 

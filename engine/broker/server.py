@@ -18,6 +18,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from engine.broker.context import RequestContext
+from engine.broker.router import ROUTER_API_KEY
 from engine.protocol import (
     ApiKey,
     CorruptRequest,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_ROUTER_HI, _ROUTER_LO = ROUTER_API_KEY.to_bytes(2, "big")
 MAX_QUEUED = 64
 RESUME_AT = 16
 #: Bytes of received requests a connection may hold (queued, or pipelined and awaiting the WAL):
@@ -118,6 +120,18 @@ class KafkaServer:
         """Handle one frame: its answer, or (pipelined APIs) a future of it once the ordered part is done."""
         broker = self.broker
         counters = broker.counters
+        if len(data) >= 2 and data[0] == _ROUTER_HI and data[1] == _ROUTER_LO and broker.router is not None:
+            # Another broker's zone-router request (a private API key no Kafka client sends). Its
+            # answers may leave out of order (a long-polling Tail must not hold AppendRefs up).
+            counters["router_requests"] += 1
+            try:
+                ok = await broker.router.process(data, conn.send_now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: router request failed; closing the connection", conn.peer)
+                return CLOSE
+            return None if ok else CLOSE
         try:
             request = decode_request(data)
         except UnsupportedVersion as e:
@@ -313,6 +327,11 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.can_write.set()
+
+    def send_now(self, parts: list[Buffer]) -> None:
+        """Write an answer outside request order (router frames carry their correlation id)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(parts)
 
     def abort(self) -> None:
         self.queue.clear()

@@ -27,6 +27,14 @@ _MARKER = re.compile(r"(?:^|[&;,\s?])(?:automq_az|diskless_az)=([^&;,\s]+)", re.
 _CACHE_MAX = 4096
 
 
+_REAL_LEADERS = re.compile(r"(?:^|[&;,\s?])automq_route=leader(?:$|[&;,\s])", re.IGNORECASE)
+
+
+def wants_real_leaders(client_id: str | None) -> bool:
+    """`automq_route=leader` in client.id: Metadata names real leaders, not zone proxies (tools)."""
+    return bool(client_id) and _REAL_LEADERS.search(client_id or "") is not None
+
+
 def zone_marker(client_id: str | None) -> str | None:
     """The zone a client.id names (`automq_az=` or `diskless_az=`), else None."""
     if not client_id:

@@ -353,8 +353,10 @@ class ControllerServer:
         return api.VersionResult(self.state.version)
 
     async def heartbeat(self, p: api.Heartbeat) -> api.HeartbeatResult:
-        b = await self._mutate(lambda: self.state.heartbeat(p.broker_id, p.broker_epoch, p.loads))
-        return api.HeartbeatResult(self.state.version, b.state)
+        b = await self._mutate(
+            lambda: self.state.heartbeat(p.broker_id, p.broker_epoch, p.loads, p.relay_floor_ms)
+        )
+        return api.HeartbeatResult(self.state.version, b.state, self.state.relay_horizon())
 
     async def controlled_shutdown(self, p: api.ControlledShutdown) -> api.ShutdownResult:
         moved = await self._mutate(lambda: self.state.controlled_shutdown(p.broker_id, p.broker_epoch, p.snapshots))

@@ -106,6 +106,8 @@ class ControllerState:
         #: When a broker's session connection closed, if it has not been heard from since.
         self.lost_at: dict[int, float] = {}
         self.takeovers: dict[int, WalTakeover] = {}
+        #: broker id -> (broker epoch, relay floor ms) from its last heartbeat (relay_horizon).
+        self.relay_floors: dict[int, tuple[int, int]] = {}
         #: Set by `amq cluster down`: brokers that stop keep their partitions (they get them back on start).
         self.stopping = False
         self.topics: dict[str, TopicRec] = {}
@@ -297,9 +299,12 @@ class ControllerState:
             raise KeyError("STALE_BROKER_EPOCH")
         return b
 
-    def heartbeat(self, broker_id: int, epoch: int, loads: list[LoadReport] | None = None) -> BrokerRecord:
+    def heartbeat(
+        self, broker_id: int, epoch: int, loads: list[LoadReport] | None = None, relay_floor_ms: int = -1
+    ) -> BrokerRecord:
         b = self._current(broker_id, epoch)
         self.last_seen[broker_id] = time.monotonic()
+        self.relay_floors[broker_id] = (epoch, relay_floor_ms)
         self.lost_at.pop(broker_id, None)
         if loads is not None:
             reported = {(r.topic, r.partition) for r in loads}
@@ -312,6 +317,24 @@ class ControllerState:
                 self.loads[(r.topic, r.partition)] = r
             self.report_at[broker_id] = time.monotonic()
         return b
+
+    def relay_horizon(self) -> int:
+        """Relay objects older than this are needed by no WAL (docs/zones.md); -1 while unknown.
+
+        Each live broker's floor only grows, so a stale one is only more careful. A dead broker's
+        WAL may refer to any relay object until a survivor has taken it over.
+        """
+        if self.takeovers:
+            return -1
+        floors = []
+        for b in self.brokers.values():
+            if not b.alive:
+                continue
+            epoch, floor = self.relay_floors.get(b.id, (-1, -1))
+            if epoch != b.epoch or floor < 0:
+                return -1
+            floors.append(floor)
+        return min(floors, default=-1)
 
     def forget_broker(self, broker_id: int) -> None:
         """Drop a broker that left for good (scale in): it must be stopped and lead nothing."""

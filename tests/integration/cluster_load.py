@@ -196,7 +196,8 @@ def create_topic(cluster: LocalCluster, topic: str, partitions: int) -> None:
 
 
 def leaders(bootstrap: str, topic: str) -> dict[int, int]:
-    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10).topics[topic].partitions
+    admin = AdminClient({"bootstrap.servers": bootstrap, "client.id": "tests&automq_route=leader"})
+    md = admin.list_topics(topic, timeout=10).topics[topic].partitions
     return {p: md[p].leader for p in md}
 
 
