@@ -49,7 +49,10 @@ class KafkaWire:
         assert self._sock is not None
         self._correlation += 1
         key = body.API_KEY
-        header = RequestHeader(key, version, self._correlation, "amq-cli", request_header_version(key, version))
+        # Real leaders in Metadata, not this zone's proxies (docs/zones.md): `amq reassign` waits for them.
+        header = RequestHeader(
+            key, version, self._correlation, "amq-cli&automq_route=leader", request_header_version(key, version)
+        )
         try:
             self._sock.sendall(encode_request(header, body))
             (size,) = struct.unpack(">i", self._recv(4))

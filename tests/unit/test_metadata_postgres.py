@@ -62,16 +62,22 @@ def test_a_fenced_owner_cannot_commit_and_sees_the_fence(two: tuple[MetadataStor
 
 def test_two_owners_acquiring_one_wal_get_distinct_epochs(two: tuple[MetadataStore, MetadataStore]) -> None:
     a, b = two
-    epochs: dict[str, int] = {}
-    threads = [threading.Thread(target=lambda s=s, n=n: epochs.__setitem__(n, run(s.acquire_wal("w", n))))
-               for s, n in ((a, "a"), (b, "b")) for _ in range(5)]  # fmt: skip
+    got: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def acquire(store: MetadataStore, name: str) -> None:
+        epoch = run(store.acquire_wal("w", name))
+        with lock:
+            got.append((name, epoch))
+
+    threads = [threading.Thread(target=acquire, args=(s, n)) for s, n in ((a, "a"), (b, "b")) for _ in range(5)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert sorted(e for _, e in got) == list(range(1, 11))
     owner = run(a.wal_owner("w"))
-    assert owner is not None and owner.epoch == 10
-    assert epochs[owner.owner] == 10
+    assert owner is not None and (owner.owner, owner.epoch) in got and owner.epoch == 10
 
 
 def _while_row_locked(url: str, actions: list[Callable[[], Any]]) -> list[Any]:
