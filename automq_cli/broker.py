@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from automq_cli.cluster.launch import NOT_RUNNING, ClusterError, start_broker
-from automq_cli.cluster.processes import kill_pid, pid_alive, port_free, terminate_pid
+from automq_cli.cluster.processes import controller_alive, kill_pid, pid_alive, port_free, terminate_pid
 from automq_cli.cluster.state import amq_home, broker_entry, broker_ids, find_state, write_state
 
 app = typer.Typer(
@@ -95,8 +95,7 @@ def start(
     home, state, entry, pid, alive = _broker(node_id, dir)
     if alive:
         raise _fail(f"broker {node_id} is already running (pid {pid}, 127.0.0.1:{entry.get('port')})")
-    ctl_pid = (state.get("pids") or {}).get("controller")
-    if not (isinstance(ctl_pid, int) and pid_alive(ctl_pid, "controller")):
+    if not controller_alive(state.get("pids") or {}):
         raise _fail(f"the cluster's controller is not running; start the cluster with `amq cluster up{_where(dir)}`")
     port = entry.get("port")
     if isinstance(port, int) and port and not port_free(port):

@@ -38,6 +38,9 @@ def _register() -> None:
     from automq_cli import storage
 
     app.add_typer(storage.app, name="storage")
+    from automq_cli import metadata
+
+    app.add_typer(metadata.app, name="metadata")
 
 
 def main() -> None:

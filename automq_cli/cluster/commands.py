@@ -87,6 +87,18 @@ def up(
     target_mibps: Annotated[
         float | None, typer.Option("--target-mibps", help="With --autoscale: MiB/s (in + out) per broker to aim at.")
     ] = None,
+    metadata: Annotated[
+        str | None,
+        typer.Option(
+            "--metadata",
+            help="Cluster metadata: `postgres` (a private PostgreSQL server in the cluster directory) or a "
+            "postgresql:// URL of an existing server. Default: SQLite files.",
+        ),
+    ] = None,
+    controllers: Annotated[
+        int | None,
+        typer.Option("--controllers", help="Controller processes (more than 1 needs --metadata). Default: 1."),
+    ] = None,
 ) -> None:
     """Start SeaweedFS, the controller and the brokers in the background; return once clients can connect."""
     home = amq_home()
@@ -100,6 +112,7 @@ def up(
              "secret_key": secret_key, "region": region, "num_partitions": num_partitions,
              "session_timeout": session_timeout, "brokers": brokers, "auto_balance": auto_balance,
              "zone_router": zone_router, "autoscale": autoscale, "target_mibps": target_mibps,
+             "metadata": metadata, "controllers": controllers,
              "broker_config": str(Path(config).resolve()) if config else None}  # fmt: skip
     for k, v in given.items():
         if v is not None:
@@ -124,6 +137,9 @@ def up(
     z = len(state["zones"])
     _out.print(f"  {n} broker{'s' if n != 1 else ''} in {z} zone{'s' if z != 1 else ''} ({', '.join(state['zones'])}); "
                f"WAL: {state['wal_kind']}; S3: {state['s3_endpoint']}")  # fmt: skip
+    if state.get("metadata"):
+        ctl = state["controller"].split(",")
+        _out.print(f"  metadata: {state['metadata']}; controllers: {', '.join(ctl)}")
     if z > 1:
         if state["wal_kind"] == "file":
             _out.print("  zone router: off: the file WAL is each broker's own disk, nothing is shared to relay "

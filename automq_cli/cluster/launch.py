@@ -1,4 +1,4 @@
-"""Start and stop a local cluster: SeaweedFS, one controller and N brokers in Z zones.
+"""Start and stop a local cluster: SeaweedFS, controllers (and PostgreSQL) and N brokers in Z zones.
 
 Every component is a background process of its own (new session, log file in the cluster
 directory), so `up` returns once clients can connect and the cluster lives on. The state
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,11 +24,13 @@ from typing import Any
 
 from automq_cli.cluster.processes import (
     api_versions_ok,
+    controller_alive,
     free_ports_from,
     pid_alive,
     port_free,
     spawn,
     stop_pid,
+    stop_postgres,
     tail,
     terminate_pids,
 )
@@ -98,6 +102,13 @@ class ClusterOptions:
     wal_capacity: int = 256 << 20
     upload_interval_s: float = 2.0
     extra_broker: dict[str, Any] = field(default_factory=dict)
+    #: Cluster metadata: "" (SQLite files in the cluster directory), "postgres" (a private
+    #: PostgreSQL server in it) or a postgresql:// URL of an existing server.
+    metadata: str = ""
+    #: Controller processes; more than one needs PostgreSQL (one leads, the others stand by).
+    controllers: int = 1
+    #: The controllers' leader lease (PostgreSQL): a standby takes over this long after a leader died.
+    lease_ttl_s: float = 3.0
 
 
 @dataclass
@@ -262,7 +273,16 @@ def start_cluster(
 ) -> dict[str, Any]:
     """Start SeaweedFS (unless external S3), the controller and the brokers; write the state files."""
     from engine.broker.config import S3Settings
+    from engine.devtools.pgserver import PgServerError, PostgresServer
     from engine.devtools.s3server import EmbeddedS3, S3ServerError
+    from engine.postgres import PgError, migrate, redact
+
+    if opts.controllers < 1:
+        raise ClusterError("--controllers must be at least 1")
+    if opts.controllers > 1 and not opts.metadata:
+        raise ClusterError("several controllers share their state in PostgreSQL: add --metadata postgres")
+    if opts.metadata and opts.metadata != "postgres" and not opts.metadata.startswith(("postgresql://", "postgres://")):
+        raise ClusterError(f"--metadata takes `postgres` or a postgresql:// URL, not {redact(opts.metadata)!r}")
 
     say = progress or (lambda _m: None)
     home = home or amq_home()
@@ -289,8 +309,10 @@ def start_cluster(
 
     def fail(message: str) -> ClusterError:
         terminate_pids({n: p for n, p in pids.items() if n.startswith("broker")}, timeout=10)
-        for name in ("controller", "s3"):
-            if name in pids:
+        for name in sorted(pids, key=lambda n: (not n.startswith("controller"), n)):
+            if name == "postgres":
+                stop_postgres(pids[name], timeout=10)
+            elif not name.startswith("broker"):
                 stop_pid(pids[name], name, timeout=10)
         return ClusterError(message)
 
@@ -310,29 +332,58 @@ def start_cluster(
         s3 = S3Settings(ep.url, ep.bucket, ep.access_key, ep.secret_key, ep.region, opts.s3_prefix)
     state["s3_endpoint"] = s3.endpoint
 
-    # controller
-    say("starting the controller")
-    port_file = directory / "controller" / "port"
-    port_file.parent.mkdir(exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        port_file.unlink()
-    ctl = spawn(
-        [sys.executable, "-m", "engine.controller", "--dir", str(directory / "controller"),
-         "--port", str(opts.controller_port), "--port-file", str(port_file),
-         "--session-timeout-ms", str(max(1, round(opts.session_timeout * 1000))),
-         "--balance-interval-ms", str(max(50, round(opts.balance_interval_s * 1000))),
-         *([] if opts.auto_balance else ["--no-auto-balance"])],
-        logs / "controller.log",
-    )  # fmt: skip
-    pids["controller"] = ctl.pid
-    deadline = time.monotonic() + timeout
-    while not port_file.exists() or not port_file.read_text().strip():
-        if ctl.poll() is not None:
-            raise fail(f"the controller exited with code {ctl.returncode}: {tail(logs / 'controller.log')}")
-        if time.monotonic() > deadline:
-            raise fail(f"the controller did not start; see {logs / 'controller.log'}")
-        time.sleep(0.05)
-    controller = f"127.0.0.1:{int(port_file.read_text())}"
+    # metadata database
+    metadata = ""
+    if opts.metadata == "postgres":
+        say("starting PostgreSQL (cluster metadata)")
+        pg_dir = _postgres_dir(directory)
+        state["postgres_dir"] = str(pg_dir)
+        pg = PostgresServer(pg_dir)
+        try:
+            info = pg.start(timeout=60)
+        except PgServerError as e:
+            raise fail(f"PostgreSQL did not start: {e}") from None
+        pids["postgres"] = info.pid
+        pg.proc = None  # it outlives this process; `down` stops it by pid
+        metadata = info.url()
+    elif opts.metadata:
+        metadata = opts.metadata
+    if metadata:
+        try:
+            migrate(metadata)
+        except PgError as e:
+            raise fail(str(e)) from None
+        state["metadata"] = redact(metadata)
+
+    # controllers
+    say("starting the controller" if opts.controllers == 1 else f"starting {opts.controllers} controllers")
+    addresses = []
+    for i in range(opts.controllers):
+        name = "controller" if i == 0 else f"controller-{i}"
+        port_file = directory / name / "port"
+        port_file.parent.mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            port_file.unlink()
+        # The URL (and its password) goes by environment, not argv, which `ps` shows to every user.
+        ctl = spawn(
+            [sys.executable, "-m", "engine.controller", "--dir", str(directory / name),
+             "--port", str(opts.controller_port if i == 0 else 0), "--port-file", str(port_file),
+             "--session-timeout-ms", str(max(1, round(opts.session_timeout * 1000))),
+             "--balance-interval-ms", str(max(50, round(opts.balance_interval_s * 1000))),
+             "--lease-ttl-ms", str(max(100, round(opts.lease_ttl_s * 1000))),
+             *([] if opts.auto_balance else ["--no-auto-balance"])],
+            logs / f"{name}.log", env={"AMQ_METADATA": metadata},
+        )  # fmt: skip
+        pids[name] = ctl.pid
+        deadline = time.monotonic() + timeout
+        while not port_file.exists() or not port_file.read_text().strip():
+            if ctl.poll() is not None:
+                raise fail(f"the {name} exited with code {ctl.returncode}: {tail(logs / f'{name}.log')}")
+            if time.monotonic() > deadline:
+                raise fail(f"the {name} did not start; see {logs / f'{name}.log'}")
+            time.sleep(0.05)
+        addresses.append(f"127.0.0.1:{int(port_file.read_text())}")
+    controller = ",".join(addresses)
     state["controller"] = controller
 
     # brokers
@@ -341,7 +392,7 @@ def start_cluster(
         if node_id in opts.removed:
             continue
         try:
-            cfg = broker_config(opts, directory, controller, s3, node_id, zone, ports[node_id])
+            cfg = broker_config(opts, directory, controller, s3, node_id, zone, ports[node_id], metadata)
         except (OSError, ValueError) as e:
             raise fail(f"broker settings: {e}") from None
         broker_dir = directory / f"broker-{node_id}"
@@ -386,7 +437,7 @@ def wal_path(kind: str, directory: Path, node_id: int) -> Path:
 
 def broker_config(
     opts: ClusterOptions, directory: Path, controller: str, s3: Any, node_id: int = 0, zone: str | None = None,
-    port: int | None = None,
+    port: int | None = None, metadata: str = "",
 ) -> Any:  # fmt: skip
     """The settings file (if any) under what the launcher decides: ids, zone, ports, paths, S3, WAL."""
     from engine.broker.config import BrokerConfig
@@ -402,7 +453,7 @@ def broker_config(
     base.update(
         node_id=node_id, port=opts.port if port is None else port, controller=controller,
         metrics_port=opts.metrics_port, data_dir=str(directory / name),
-        storage_metadata_path=str(directory / "metadata.db"), s3=asdict(s3),
+        storage_metadata_path=metadata or str(directory / "metadata.db"), s3=asdict(s3),
     )  # fmt: skip
     if zone is not None:
         base["zone"] = zone
@@ -501,7 +552,7 @@ def stop_cluster(state: dict[str, Any], timeout: float = 30.0, progress: Progres
         stop_pid(scaler, "autoscaler", timeout=timeout)
         stopped.append("autoscaler")
     brokers = {n: p for n, p in pids.items() if n.startswith("broker") and pid_alive(p, n)}
-    if brokers and state.get("controller") and pid_alive(pids.get("controller", -1), "controller"):
+    if brokers and state.get("controller") and controller_alive(pids):
         # Brokers stopping together keep their partitions (each leads them again on `up`) instead
         # of handing them to each other one after the other.
         from engine.controller import api
@@ -519,6 +570,24 @@ def stop_cluster(state: dict[str, Any], timeout: float = 30.0, progress: Progres
         pid = pids[name]
         if pid_alive(pid, name):
             say(f"stopping {name} (pid {pid})")
-            stop_pid(pid, name, timeout=timeout)
+            if name == "postgres":
+                stop_postgres(pid, timeout=timeout)
+            else:
+                stop_pid(pid, name, timeout=timeout)
             stopped.append(name)
     return stopped
+
+
+def _postgres_dir(directory: Path) -> Path:
+    """<cluster>/postgres, unless amq runs as root and PostgreSQL (which runs as another user)
+    could not reach it: then a directory of its own under /tmp, named in <cluster>/postgres.path
+    so the next `up` finds the same data."""
+    wanted = directory / "postgres"
+    if os.geteuid() != 0 or all(os.stat(p).st_mode & 0o001 for p in [directory, *directory.parents]):
+        return wanted
+    pointer = directory / "postgres.path"
+    if pointer.exists() and Path(pointer.read_text().strip()).is_dir():
+        return Path(pointer.read_text().strip())
+    chosen = Path(tempfile.mkdtemp(prefix="amq-pg-"))
+    pointer.write_text(f"{chosen}\n")
+    return chosen

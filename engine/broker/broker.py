@@ -33,7 +33,7 @@ from engine.controller.rpc import ControllerClient, ControllerUnavailable, RpcEr
 from engine.protocol.errors import ErrorCode
 from engine.storage.config import WalConfig
 from engine.storage.engine import StorageEngine
-from engine.storage.metadata.sqlite import SqliteMetadataStore
+from engine.storage.metadata import open_metadata_store
 from engine.storage.objects.store import ObjectStore, make_object_store
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class Broker:
                 await self._refresh_image(wait_ms=500)
             cfg = self.config
             assert self._store is not None
-            storage = StorageEngine(cfg.storage, self._store, SqliteMetadataStore(cfg.metadata_path))
+            storage = StorageEngine(cfg.storage, self._store, open_metadata_store(cfg.metadata_path))
             storage.materialize = materialize  # our WAL may hold relayed batches (zone router)
             await storage.start()
             self.storage = storage
@@ -270,7 +270,9 @@ class Broker:
             try:
                 floor = self.router.relay_floor_ms() if not self._joining.locked() else -1
                 hb = api.Heartbeat(self.node_id, self.broker_epoch, self._load_report(), floor)
-                res = await self.controller.request(hb, timeout=interval * 5)
+                # Shorter than a session: a controller that stopped answering (paused) is left for
+                # the next one of the list before the new leader counts this broker's session.
+                res = await self.controller.request(hb, timeout=interval * 3)
                 if res.relay_horizon_ms > 0:
                     await self.router.horizon(res.relay_horizon_ms)
             except ControllerUnavailable as e:

@@ -46,12 +46,13 @@ class BrokerConfig:
     host: str = "127.0.0.1"
     port: int = 9092  # 0 = any free port
     advertised_host: str = ""
-    #: host:port of the controller's RPC.
+    #: host:port of the controller's RPC; `h1:p1,h2:p2` for controllers that fail over (PostgreSQL).
     controller: str = "127.0.0.1:9093"
     #: Port of the HTTP metrics endpoint (GET /metrics); 0 = any free port, -1 = off.
     metrics_port: int = 0
     #: Directory for this broker's files (WAL, storage metadata unless storage_metadata_path is set).
     data_dir: str = ""
+    #: Storage metadata: an SQLite file (default: data_dir/metadata.db) or a postgresql:// URL.
     storage_metadata_path: str = ""
     auto_create_topics_enable: bool = True
     num_partitions: int = 1
@@ -80,10 +81,11 @@ class BrokerConfig:
         return self.advertised_host or self.host
 
     @property
-    def metadata_path(self) -> Path:
+    def metadata_path(self) -> str:
+        """The storage metadata's SQLite file or PostgreSQL URL."""
         if self.storage_metadata_path:
-            return Path(self.storage_metadata_path)
-        return Path(self.data_dir or ".") / "metadata.db"
+            return self.storage_metadata_path
+        return str(Path(self.data_dir or ".") / "metadata.db")
 
     # --- loading -------------------------------------------------------------------------------
 
@@ -131,8 +133,12 @@ class BrokerConfig:
             raise BrokerConfigError("offsets_topic_num_partitions must be at least 1")
         if not 0 <= self.port <= 65535:
             raise BrokerConfigError(f"port {self.port} is not a TCP port")
-        if ":" not in self.controller:
-            raise BrokerConfigError(f"controller must be host:port, got {self.controller!r}")
+        from engine.controller.rpc import parse_addresses
+
+        try:
+            parse_addresses(self.controller)
+        except ValueError as e:
+            raise BrokerConfigError(f"controller: {e} (expected host:port[,host:port...])") from None
 
     # --- as Kafka names them (DescribeConfigs on the broker resource) ---------------------------
 

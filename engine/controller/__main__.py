@@ -6,23 +6,32 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
 from engine.controller.autobalance import BalancerSettings
 from engine.controller.server import ControllerServer
+from engine.postgres import PgError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.controller", description="amq controller")
-    parser.add_argument("--dir", required=True, help="directory for controller.db")
+    parser.add_argument("--dir", required=True, help="directory for controller.db (and logs)")
+    parser.add_argument(
+        "--metadata",
+        default=os.environ.get("AMQ_METADATA", ""),
+        help="postgresql://... for the cluster's state (default: SQLite, controller.db in --dir; or $AMQ_METADATA)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9093, help="RPC port (0 = any free port)")
     parser.add_argument(
         "--session-timeout-ms", type=int, default=3000, help="a broker silent this long is fenced, its WAL taken over"
     )
     parser.add_argument(
-        "--lost-grace-ms", type=int, default=1500,
+        "--lost-grace-ms",
+        type=int,
+        default=1500,
         help="a broker whose connection closed and that is silent this long is fenced (at most the session timeout)",
     )
     parser.add_argument("--no-auto-balance", action="store_true", help="do not move partitions to even the load")
@@ -30,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--balance-cooldown-s", type=float, default=60.0, help="a moved partition stays this long")
     parser.add_argument("--balance-max-moves", type=int, default=32, help="moves per balancer round at most")
     parser.add_argument("--port-file", help="write the bound port here once listening")
+    parser.add_argument(
+        "--lease-ttl-ms",
+        type=int,
+        default=3000,
+        help="with PostgreSQL: a leader silent this long loses the lease to a standby",
+    )
+    parser.add_argument("--advertise", default="", help="host:port brokers reach this controller at")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -47,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             max_moves=max(1, args.balance_max_moves),
         )
         server = ControllerServer(
-            args.dir, args.host, args.port, args.session_timeout_ms, args.lost_grace_ms, balancer=balancer
-        )
+            args.dir, args.host, args.port, args.session_timeout_ms, args.lost_grace_ms, balancer=balancer,
+            metadata=args.metadata, lease_ttl_ms=args.lease_ttl_ms, advertise=args.advertise,
+        )  # fmt: skip
         await server.start()
         if args.port_file:
             with open(args.port_file, "w") as f:
@@ -62,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(run())
-    except OSError as e:
+    except (OSError, PgError) as e:
         print(f"controller: {e}", file=sys.stderr)
         return 1
     with contextlib.suppress(Exception):
