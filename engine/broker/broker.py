@@ -61,6 +61,8 @@ class Broker:
         self.zone = config.zone
         self.host = config.advertised
         self.port = config.port
+        #: What the controller, clients and other brokers are told (the bound port unless advertised_port).
+        self.advertised_port = config.advertised_port or config.port
         self.metrics_port: int | None = None
         self.storage: StorageEngine | None = None  # type: ignore[assignment]
         self.groups: Any = None
@@ -112,6 +114,7 @@ class Broker:
         self._server = KafkaServer(self)
         # Bound before registering, so the controller learns the real port even when configured as 0.
         self.port = await self._server.bind(cfg.host, cfg.port)
+        self.advertised_port = cfg.advertised_port or self.port
         await self.router.start()
         loop = asyncio.get_running_loop()
         # Heartbeats run from the registration on: recovering a large WAL may outlast the session.
@@ -250,7 +253,7 @@ class Broker:
         while True:
             try:
                 res = await self.controller.request(
-                    api.RegisterBroker(self.node_id, self.config.zone, self.host, self.port, spec)
+                    api.RegisterBroker(self.node_id, self.config.zone, self.host, self.advertised_port, spec)
                 )
                 self.broker_epoch = res.broker_epoch
                 self.image.cluster_id = res.cluster_id
@@ -667,7 +670,7 @@ class Broker:
 
     def _brokers_where(self, keep: Callable[[BrokerRecord], bool]) -> list[BrokerRecord]:
         out = {b.id: b for b in self.image.brokers.values() if keep(b)}
-        out[self.node_id] = BrokerRecord(self.node_id, self.zone, self.host, self.port, self.broker_epoch)
+        out[self.node_id] = BrokerRecord(self.node_id, self.zone, self.host, self.advertised_port, self.broker_epoch)
         return [out[k] for k in sorted(out)]
 
     # --- for the group coordinator (docs/broker.md) -------------------------------------------
@@ -700,13 +703,13 @@ class Broker:
         partition; this broker while the topic does not exist (the first group request creates it)."""
         topic = self.image.topics.get(OFFSETS_TOPIC)
         if topic is None:
-            return self.node_id, self.host, self.port
+            return self.node_id, self.host, self.advertised_port
         p = self.offsets_partition_for(key)
         if p >= len(topic.partitions):
-            return self.node_id, self.host, self.port
+            return self.node_id, self.host, self.advertised_port
         leader = topic.partitions[p].leader
         if leader == self.node_id:
-            return self.node_id, self.host, self.port
+            return self.node_id, self.host, self.advertised_port
         b = self.image.brokers.get(leader)
         if b is None or not b.alive:
             # Its broker died and the partition has not reopened elsewhere yet: retriable.

@@ -9,8 +9,10 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from engine.controller.autobalance import BalancerSettings
+from engine.controller.config import ControllerConfig
 from engine.controller.server import ControllerServer
 from engine.postgres import PgError
 
@@ -47,6 +49,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--advertise", default="", help="host:port brokers reach this controller at")
     args = parser.parse_args(argv)
+    cfg = ControllerConfig(
+        dir=args.dir, metadata=args.metadata, listen=args.host, port=args.port, advertise=args.advertise,
+        session_timeout_ms=args.session_timeout_ms, lost_grace_ms=args.lost_grace_ms, lease_ttl_ms=args.lease_ttl_ms,
+        auto_balance=not args.no_auto_balance, balance_interval_ms=args.balance_interval_ms,
+        balance_cooldown_s=args.balance_cooldown_s, balance_max_moves=args.balance_max_moves,
+    )  # fmt: skip
+    try:
+        serve(cfg, on_listening=_port_file_writer(args.port_file))
+    except (OSError, PgError) as e:
+        print(f"controller: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _port_file_writer(path: str | None) -> Callable[[ControllerServer], None] | None:
+    if not path:
+        return None
+
+    def write(server: ControllerServer) -> None:
+        with open(path, "w") as f:
+            f.write(str(server.port))
+
+    return write
+
+
+def serve(cfg: ControllerConfig, on_listening: Callable[[ControllerServer], None] | None = None) -> None:
+    """Run one controller in this process until SIGTERM or SIGINT; OSError/PgError when it cannot start."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop
@@ -57,19 +86,18 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         balancer = BalancerSettings(
-            enabled=not args.no_auto_balance,
-            interval_s=max(0.05, args.balance_interval_ms / 1000),
-            cooldown_s=args.balance_cooldown_s,
-            max_moves=max(1, args.balance_max_moves),
+            enabled=cfg.auto_balance,
+            interval_s=max(0.05, cfg.balance_interval_ms / 1000),
+            cooldown_s=cfg.balance_cooldown_s,
+            max_moves=max(1, cfg.balance_max_moves),
         )
         server = ControllerServer(
-            args.dir, args.host, args.port, args.session_timeout_ms, args.lost_grace_ms, balancer=balancer,
-            metadata=args.metadata, lease_ttl_ms=args.lease_ttl_ms, advertise=args.advertise,
+            cfg.dir, cfg.listen, cfg.port, cfg.session_timeout_ms, cfg.lost_grace_ms, balancer=balancer,
+            metadata=cfg.metadata, lease_ttl_ms=cfg.lease_ttl_ms, advertise=cfg.advertise,
         )  # fmt: skip
         await server.start()
-        if args.port_file:
-            with open(args.port_file, "w") as f:
-                f.write(str(server.port))
+        if on_listening is not None:
+            on_listening(server)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -77,14 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         await stop.wait()
         await server.stop()
 
-    try:
-        asyncio.run(run())
-    except (OSError, PgError) as e:
-        print(f"controller: {e}", file=sys.stderr)
-        return 1
+    asyncio.run(run())
     with contextlib.suppress(Exception):
         logging.shutdown()
-    return 0
 
 
 if __name__ == "__main__":
