@@ -125,6 +125,9 @@ def start(
         str | None, Opt("--secret-key", envvar="AWS_SECRET_ACCESS_KEY", show_envvar=True, show_default=False)
     ] = None,
     region: Annotated[str | None, Opt("--region", help="S3 region (default us-east-1).")] = None,
+    s3_prefix: Annotated[
+        str | None, Opt("--s3-prefix", help="Key prefix in the bucket, the same on every broker (default none).")
+    ] = None,
     advertise: Annotated[
         str | None, Opt("--advertise", help="host[:port] clients and other brokers reach this broker at.")
     ] = None,
@@ -181,7 +184,7 @@ def start(
         "metrics_port": metrics_port, "storage_metadata_path": metadata, "data_dir": dir,
     }  # fmt: skip
     s3_flags = {"endpoint": s3_endpoint, "bucket": s3_bucket, "access_key": access_key, "secret_key": secret_key,
-                "region": region}  # fmt: skip
+                "region": region, "prefix": s3_prefix}  # fmt: skip
     wal_flags = {"kind": wal, "path": wal_dir}
     from automq_cli.hosts import HostError
 
