@@ -202,7 +202,8 @@ def host_broker_config(
     """The file's settings under the flags given, with what a broker on its own host must name
     (no default could be right on every host) checked before anything starts."""
     from automq_cli.hosts import HostError, parse_advertise
-    from engine.broker.config import BrokerConfig, BrokerConfigError
+    from engine.broker.config import BrokerConfig, BrokerConfigError, S3Settings, check_fields
+    from engine.storage.config import StorageConfig, WalConfig
 
     try:
         raw = BrokerConfig.load_raw(path) if path else {}
@@ -221,6 +222,14 @@ def host_broker_config(
     wal.update({k: v for k, v in wal_flags.items() if v is not None})
     if advertise is not None:
         raw["advertised_host"], raw["advertised_port"] = parse_advertise(advertise)
+    # A misspelt key first: it is often why something looks missing.
+    try:
+        check_fields(BrokerConfig, {k: v for k, v in raw.items() if k not in ("s3", "storage")}, "broker settings")
+        check_fields(S3Settings, s3, "s3 settings")
+        check_fields(StorageConfig, {k: v for k, v in storage.items() if k != "wal"}, "storage settings")
+        check_fields(WalConfig, wal, "storage.wal settings")
+    except BrokerConfigError as e:
+        raise HostError(str(e)) from None
     what = "in the config file" if path else ""
     missing = [
         flag for key, flag in (("node_id", "--node-id N"), ("controller", "--controllers h1:p,h2:p"),

@@ -95,7 +95,7 @@ class BrokerConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> BrokerConfig:
         raw = {str(k).replace(".", "_").replace("-", "_"): v for k, v in raw.items()}
-        _check_fields(cls, raw, "broker settings")
+        check_fields(cls, raw, "broker settings")
         s3 = raw.pop("s3", None) or {}
         storage = raw.pop("storage", None) or {}
         if not isinstance(s3, dict) or not isinstance(storage, dict):
@@ -104,9 +104,9 @@ class BrokerConfig:
         wal = storage.pop("wal", None) or {}
         if not isinstance(wal, dict):
             raise BrokerConfigError("storage.wal must be a mapping of settings")
-        _check_fields(S3Settings, s3, "s3 settings")
-        _check_fields(StorageConfig, storage, "storage settings")
-        _check_fields(WalConfig, wal, "storage.wal settings")
+        check_fields(S3Settings, s3, "s3 settings")
+        check_fields(StorageConfig, storage, "storage settings")
+        check_fields(WalConfig, wal, "storage.wal settings")
         try:
             cfg = cls(**raw, s3=S3Settings(**s3), storage=StorageConfig(wal=WalConfig(**wal), **storage))
         except TypeError as e:
@@ -189,7 +189,7 @@ class BrokerConfig:
 _SCALARS: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
 
 
-def _check_fields(cls: type, raw: dict[str, Any], what: str) -> None:
+def check_fields(cls: type, raw: dict[str, Any], what: str) -> None:
     """Unknown keys and values of the wrong type, in one line (the dataclass would take anything)."""
     fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
