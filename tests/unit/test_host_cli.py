@@ -130,3 +130,25 @@ def test_parse_advertise() -> None:
     for bad in ("b1:http", "b1:70000", "[fd00::5", ":9092", "0.0.0.0"):
         with pytest.raises(HostError):
             parse_advertise(bad)
+
+
+def test_the_three_host_templates_are_valid() -> None:
+    """templates/three-hosts: each host a controller and a broker, in a zone of its own, all on the
+    same controllers and shared WAL; the YAML loads as `amq ... start --config` loads it."""
+    from automq_cli.broker import host_broker_config
+    from engine.controller.config import ControllerConfig
+
+    root = Path(__file__).resolve().parents[2] / "templates" / "three-hosts"
+    hosts = sorted(root.glob("host*"))
+    assert len(hosts) == 3
+    url = {"storage_metadata_path": "postgresql://amq:x@db:5432/amq"}  # from amq.env in a deployment
+    brokers = [host_broker_config(str(h / "broker.yaml"), url, {}, {}, None) for h in hosts]
+    controllers = [ControllerConfig.from_dict(ControllerConfig.load(h / "controller.yaml")) for h in hosts]
+    assert len({b.node_id for b in brokers}) == len({b.zone for b in brokers}) == 3
+    assert {b.controller for b in brokers} == {",".join(c.advertise for c in controllers)}
+    assert {(b.storage.wal.kind, b.storage.wal.path) for b in brokers} == {("nfs", "/mnt/amq-wal")}
+    assert len({b.storage.wal.wal_id for b in brokers}) == 3
+    assert all(b.host != "127.0.0.1" and b.advertised_host for b in brokers)
+    units = (root.parent / "systemd").glob("*.service")
+    assert {u.name for u in units} == {"amq-controller.service", "amq-broker.service"}
+    assert "/mnt/amq-wal" in (root.parent / "systemd" / "amq-broker.service").read_text()
