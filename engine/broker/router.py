@@ -584,30 +584,40 @@ class Router:
         below the leader's log cache, from S3 objects."""
         storage = self.broker.storage
         assert storage is not None
-        out: list[Batch] = []
         if res.entries and res.entries[0].base_offset <= offset:
-            sizes = 0
+            wanted: list[TailEntry] = []
+            size = 0
             for e in res.entries:
-                key = (res.stream_id, e.base_offset)
-                got = self._tail_cache.get(key)
-                if got is None:
-                    try:
-                        got = await self._read_entry(e)
-                    except RelayUnavailable:
-                        break  # uploaded and trimmed meanwhile: S3 has it
-                    self._cache_put(key, got)
-                else:
-                    self._tail_cache.move_to_end(key)
-                out.append(got)
-                sizes += len(got.payload)
-                if sizes >= max_bytes:
+                wanted.append(e)
+                size += e.loc.length
+                if size >= max_bytes:
                     break
+            # Read what this proxy does not have yet all at once: one shared-storage round trip.
+            reads = (self._cached_or_read(res.stream_id, e) for e in wanted)
+            got = await asyncio.gather(*reads, return_exceptions=True)
+            out: list[Batch] = []
+            for g in got:
+                if isinstance(g, RelayUnavailable):
+                    break  # uploaded and trimmed meanwhile: S3 has it, from the next read on
+                if isinstance(g, BaseException):
+                    raise g
+                out.append(g)
             if out:
                 return out
         end = res.committed_offset
         if offset < end:
             return await storage.read_objects(res.stream_id, offset, max_bytes, end)
         return []
+
+    async def _cached_or_read(self, stream_id: int, e: TailEntry) -> Batch:
+        key = (stream_id, e.base_offset)
+        got = self._tail_cache.get(key)
+        if got is not None:
+            self._tail_cache.move_to_end(key)
+            return got
+        got = await self._read_entry(e)
+        self._cache_put(key, got)
+        return got
 
     async def _read_entry(self, e: TailEntry) -> Batch:
         storage = self.broker.storage
