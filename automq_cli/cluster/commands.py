@@ -266,6 +266,12 @@ def status(
     if len(info["bootstrap_by_zone"]) > 1:
         for zone, addresses in info["bootstrap_by_zone"].items():
             _out.print(f"  zone {zone}: {addresses}")
+        st = info.get("storage") or {}
+        if st.get("zone_router"):
+            _out.print(f"zone router: on; {st.get('relayed_batches', 0):,} batches relayed through zone proxies, "
+                       f"{st.get('relay_objects_kept', 0)} relay objects kept (docs/zones.md)")  # fmt: skip
+        elif "zone_router" in st:
+            _out.print("zone router: off (file WAL or --no-zone-router): clients reach leaders in other zones")
     for line in info["waiting"]:
         _out.print(f"[yellow]{line}[/yellow]")
     if "error" not in cs:

@@ -88,7 +88,6 @@ def test_clients_stay_in_their_zone_and_every_record_arrives_once_in_order(tmp_p
         moved = produced + len(ZONES) * produced
         wait_until(lambda: int(_ledger(cluster)["data_bytes"]) >= moved, 10, "the ledger to count every byte")  # type: ignore[call-overload]
         info = _ledger(cluster)
-        print("ledger", {k: v for k, v in info.items() if k != "rows"})
         assert float(info["cross_zone_percent"]) <= 1.0, info  # type: ignore[arg-type]
         metrics = [json.loads(urllib.request.urlopen(u, timeout=5).read()) for u in cluster.metrics_urls]
         relayed = sum(m.get("relayed_appends", 0) for m in metrics)
@@ -96,8 +95,9 @@ def test_clients_stay_in_their_zone_and_every_record_arrives_once_in_order(tmp_p
         # No double write: the WAL tier got each produced byte once (relay objects or WALs), plus
         # frame headers and the small references the leaders wrote for relayed batches.
         wal_bytes = sum(m["wal_bytes_written"] + m.get("relay_bytes_written", 0) for m in metrics)
-        print("wal", wal_bytes, produced, relayed)
         assert produced <= wal_bytes < produced * 1.25, (wal_bytes, produced)
+        status = cluster.amq("cluster", "status")
+        assert "zone router: on" in status.stdout and "batches relayed" in status.stdout, status.stdout
 
 
 def _shown_leaders(bootstrap: str, topic: str, zone: str) -> set[int]:
