@@ -4,8 +4,8 @@
 Two local clusters, one after the other (3 zones x 1 broker, `nfs` WAL by default; SeaweedFS, the
 controller and the brokers are real processes, the clients librdkafka). In each, a 3-partition topic
 (one partition led in each zone) and, for every zone, a producer and a consumer that name their zone
-in client.id (`automq_az=`): each producer writes `--rate` records/s of 1 KiB to every partition
-(idempotent, acks=all, linger.ms=1), each consumer reads every partition. Per record we know the zone
+in client.id (`automq_az=`): for every partition a producer writes `--rate` records/s of 1 KiB to it
+(idempotent, acks=all, linger.ms=1), and a consumer reads every partition. Per record we know the zone
 it was produced in, the zone of its partition's leader and the zone that read it, so latencies are
 split into "in the leader's zone" and "in another zone" (through a zone proxy when the router is on,
 straight to the leader when it is off).
@@ -60,8 +60,8 @@ class Run:
     errors: list[str] = field(default_factory=list)
 
 
-def produce(bootstrap: str, topic: str, zone: str, leader_zone: dict[int, str], rate: int, seconds: float,
-            run: Run, lock: threading.Lock) -> None:  # fmt: skip
+def produce(bootstrap: str, topic: str, zone: str, partition: int, leader_zone: dict[int, str], rate: int,
+            seconds: float, run: Run, lock: threading.Lock) -> None:  # fmt: skip
     p = Producer({"bootstrap.servers": bootstrap, "client.id": f"bench&automq_az={zone}", "enable.idempotence": True,
                   "acks": "all", "linger.ms": 1, "compression.type": "none"})  # fmt: skip
     pad = b"." * (RECORD - 40)
@@ -82,9 +82,8 @@ def produce(bootstrap: str, topic: str, zone: str, leader_zone: dict[int, str], 
     while time.monotonic() - start < seconds:
         due = int((time.monotonic() - start) * rate)
         while n < due:
-            for part in leader_zone:
-                p.produce(topic, value=b"%20.6f%-20s" % (time.time(), zone.encode()) + pad, partition=part,
-                          on_delivery=done)  # fmt: skip
+            p.produce(topic, value=b"%20.6f%-20s" % (time.time(), zone.encode()) + pad, partition=partition,
+                      on_delivery=done)  # fmt: skip
             n += 1
         p.poll(0.001)
     p.flush(60)
@@ -111,9 +110,10 @@ def metrics(urls: list[str]) -> list[dict[str, Any]]:
     return [json.loads(urllib.request.urlopen(u, timeout=5).read()) for u in urls]
 
 
-def trial(router: bool, wal: str, rate: int, seconds: float) -> dict[str, Any]:
+def trial(router: bool, wal: str, rate: int, seconds: float, latency_ms: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="amq-zones-") as tmp:
-        opts = ClusterOptions(dir=str(Path(tmp) / "data"), port=0, wal=wal, zone_router=router, auto_balance=False)
+        opts = ClusterOptions(dir=str(Path(tmp) / "data"), port=0, wal=wal, zone_router=router, auto_balance=False,
+                              zone_latency_ms=latency_ms)  # fmt: skip
         opts.zones = parse_zones(",".join(ZONES))
         state = start_cluster(opts, home=Path(tmp) / "home")
         try:
@@ -132,8 +132,9 @@ def trial(router: bool, wal: str, rate: int, seconds: float) -> dict[str, Any]:
             for t in consumers:
                 t.start()
             time.sleep(3)  # consumers assigned and polling before the first record
-            producers = [threading.Thread(target=produce, args=(bootstrap, topic, z, leader_zone, rate, seconds, run,
-                                                                lock)) for z in ZONES]  # fmt: skip
+            # One producer per (zone, partition): a request through a proxy never waits for a direct one.
+            producers = [threading.Thread(target=produce, args=(bootstrap, topic, z, part, leader_zone, rate, seconds,
+                                                                run, lock)) for z in ZONES for part in leader_zone]  # fmt: skip
             for t in producers:
                 t.start()
             for t in producers:
@@ -175,17 +176,19 @@ def main() -> None:
     ap.add_argument("--wal", default="nfs", choices=["nfs", "s3"])
     ap.add_argument("--rate", type=int, default=100, help="records/s per producer per partition (9 streams)")
     ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--zone-latency-ms", type=int, default=0, help="simulated latency between zones, each way")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    results = [trial(router, args.wal, args.rate, args.seconds) for router in (False, True)]
+    results = [trial(router, args.wal, args.rate, args.seconds, args.zone_latency_ms) for router in (False, True)]
     for r in results:
         print(json.dumps(r))
     off, on = results
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}.",
-        f"Command: `python3 benchmarks/zones.py --wal {args.wal} --rate {args.rate} --seconds {args.seconds:g}` "
+        f"Command: `python3 benchmarks/zones.py --wal {args.wal} --rate {args.rate} --seconds {args.seconds:g} "
+        f"--zone-latency-ms {args.zone_latency_ms}` "
         f"(3 zones x 1 broker; per zone a producer and a consumer naming their zone; 3 partitions, one led per zone; "
-        f"1 KiB records, idempotent acks=all, linger.ms=1). 'same': client in the leader's zone; 'other': in another "
+        f"1 KiB records, idempotent acks=all, linger.ms=1). one producer per zone and partition; 'same': client in the leader's zone; 'other': in another "
         f"zone (through a zone proxy when the router is on).",
         "",
         "| | router off | router on |",

@@ -81,6 +81,14 @@ def up(
             "(nfs and s3 WALs). Default: on.",
         ),
     ] = None,
+    zone_latency_ms: Annotated[
+        int | None,
+        typer.Option(
+            "--zone-latency-ms",
+            help="Simulated latency (ms each way) between zones: requests of clients in another zone and "
+            "broker-to-broker messages across zones wait twice this long. Default: 0.",
+        ),
+    ] = None,
     autoscale: Annotated[
         str | None, typer.Option("--autoscale", help="MIN:MAX: add and remove brokers with the load (e.g. 1:4).")
     ] = None,
@@ -111,7 +119,8 @@ def up(
     given = {"wal": wal, "port": port, "s3_endpoint": s3_endpoint, "s3_bucket": s3_bucket, "access_key": access_key,
              "secret_key": secret_key, "region": region, "num_partitions": num_partitions,
              "session_timeout": session_timeout, "brokers": brokers, "auto_balance": auto_balance,
-             "zone_router": zone_router, "autoscale": autoscale, "target_mibps": target_mibps,
+             "zone_router": zone_router, "zone_latency_ms": zone_latency_ms, "autoscale": autoscale,
+             "target_mibps": target_mibps,
              "metadata": metadata, "controllers": controllers,
              "broker_config": str(Path(config).resolve()) if config else None}  # fmt: skip
     for k, v in given.items():
@@ -257,6 +266,12 @@ def status(
     if len(info["bootstrap_by_zone"]) > 1:
         for zone, addresses in info["bootstrap_by_zone"].items():
             _out.print(f"  zone {zone}: {addresses}")
+        st = info.get("storage") or {}
+        if st.get("zone_router"):
+            _out.print(f"zone router: on; {st.get('relayed_batches', 0):,} batches relayed through zone proxies, "
+                       f"{st.get('relay_objects_kept', 0)} relay objects kept (docs/zones.md)")  # fmt: skip
+        elif "zone_router" in st:
+            _out.print("zone router: off (file WAL or --no-zone-router): clients reach leaders in other zones")
     for line in info["waiting"]:
         _out.print(f"[yellow]{line}[/yellow]")
     if "error" not in cs:

@@ -86,6 +86,8 @@ class ClusterOptions:
     #: The zone router (docs/zones.md): clients talk to brokers of their own zone. Acted on with
     #: the nfs and s3 WALs; the file WAL has nothing shared to relay through.
     zone_router: bool = True
+    #: Simulated latency (ms each way) between zones, for trials that show what the router saves.
+    zone_latency_ms: int = 0
     #: "MIN:MAX": run the local autoscaler (automq_cli/autoscaler.py) between these broker counts.
     autoscale: str = ""
     #: The autoscaler's target: MiB/s (in + out) per broker.
@@ -194,6 +196,8 @@ def plan(opts: ClusterOptions) -> Layout:
         )
     if opts.port and opts.port + count - 1 > 65535:
         raise ClusterError(f"--port {opts.port} leaves no room for {count} brokers")
+    if not 0 <= opts.zone_latency_ms <= 10_000:
+        raise ClusterError(f"--zone-latency-ms must be between 0 and 10000, got {opts.zone_latency_ms}")
     if opts.autoscale:
         from automq_cli.autoscaler import parse_range
 
@@ -462,6 +466,7 @@ def broker_config(
     if opts.num_partitions is not None:
         base["num_partitions"] = opts.num_partitions
     base["zone_router"] = opts.zone_router
+    base["zone_latency_ms"] = opts.zone_latency_ms
     base.update(opts.extra_broker)
     return BrokerConfig.from_dict(base)
 

@@ -25,7 +25,7 @@ from engine.broker.image import MetadataImage, TopicInfo
 from engine.broker.lifecycle import Lifecycle
 from engine.broker.partition import Partition
 from engine.broker.router import Router, materialize
-from engine.broker.zones import ZoneLedger, ZoneResolver
+from engine.broker.zones import UNKNOWN, ZoneLedger, ZoneResolver
 from engine.controller import api
 from engine.controller.api import BrokerRecord
 from engine.controller.configs import OFFSETS_TOPIC
@@ -741,6 +741,14 @@ class Broker:
             self.ledger.add(client, self.zone, "client", n)
         else:
             self.ledger.add(self.zone, client, "client", n)
+
+    def zone_delay(self, client_id: str | None) -> float:
+        """Seconds a request of this client waits (--zone-latency-ms, both ways) when it is in another zone."""
+        ms = self.config.zone_latency_ms
+        if not ms:
+            return 0.0
+        zone = self.zones.client_zone(client_id)
+        return 2 * ms / 1000 if zone not in (UNKNOWN, self.zone) else 0.0
 
     def zone_traffic(self) -> list[dict[str, object]]:
         """The ledger's rows, with this broker's WAL and S3 traffic as `storage` rows."""

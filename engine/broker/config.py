@@ -76,6 +76,9 @@ class BrokerConfig:
     #: Clients talk to brokers of their own zone; data reaches leaders in other zones through
     #: shared storage (docs/zones.md). Acted on with the `nfs` and `s3` WALs only.
     zone_router: bool = True
+    #: Simulated latency (ms each way) of links between zones: requests of clients in another zone
+    #: and broker-to-broker messages to another zone wait twice this long (local trials only).
+    zone_latency_ms: int = 0
     s3: S3Settings = field(default_factory=S3Settings)
     storage: StorageConfig = field(default_factory=StorageConfig)
 

@@ -181,9 +181,12 @@ def materialize(raw: bytes, base_offset: int, rec: RefRecord) -> bytes:
 class RouterClient:
     """One connection to another broker; requests leave in the order they are sent."""
 
-    def __init__(self, host: str, port: int, on_bytes: Any) -> None:
+    def __init__(self, host: str, port: int, on_bytes: Any, delay_s: float = 0.0) -> None:
         self.host = host
         self.port = port
+        self._delay = delay_s  # --zone-latency-ms: both ways, before the request leaves
+        self._delayed: list[tuple[float, bytes]] = []
+        self._delayer: asyncio.Task[None] | None = None
         self._on_bytes = on_bytes  # (sent, received) -> None, for the zone ledger
         self._writer: asyncio.StreamWriter | None = None
         self._outbox: list[bytes] = []
@@ -203,6 +206,24 @@ class RouterClient:
         data = _HEAD.pack(ROUTER_API_KEY, method, self._corr) + body
         msg = struct.pack(">i", len(data)) + data
         self._waiting[self._corr] = fut
+        if self._delay:
+            self._delayed.append((asyncio.get_running_loop().time() + self._delay, msg))
+            if self._delayer is None or self._delayer.done():
+                self._delayer = asyncio.get_running_loop().create_task(self._send_delayed())
+        else:
+            self._write(msg)
+        return fut
+
+    async def _send_delayed(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._delayed:
+            due, msg = self._delayed[0]
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            self._delayed.pop(0)
+            self._write(msg)
+
+    def _write(self, msg: bytes) -> None:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(msg)
             self._on_bytes(len(msg), 0)
@@ -210,7 +231,6 @@ class RouterClient:
             self._outbox.append(msg)
             if self._connecting is None or self._connecting.done():
                 self._connecting = asyncio.get_running_loop().create_task(self._connect())
-        return fut
 
     async def _connect(self) -> None:
         try:
@@ -252,7 +272,7 @@ class RouterClient:
     async def close(self) -> None:
         self.closed = True
         self._fail(ConnectionError("router client closed"))
-        for t in (self._connecting, self._reader_task):
+        for t in (self._connecting, self._reader_task, self._delayer):
             if t is not None and not t.done():
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -332,7 +352,8 @@ class Router:
                 self.broker.ledger.add(self.broker.zone, zone, "broker", sent)
                 self.broker.ledger.add(zone, self.broker.zone, "broker", received)
 
-            c = RouterClient(b.host, b.port, count)
+            ms = self.broker.config.zone_latency_ms if b.zone != self.broker.zone else 0
+            c = RouterClient(b.host, b.port, count, 2 * ms / 1000)
             self._clients[b.id] = c
         return c
 
@@ -584,30 +605,40 @@ class Router:
         below the leader's log cache, from S3 objects."""
         storage = self.broker.storage
         assert storage is not None
-        out: list[Batch] = []
         if res.entries and res.entries[0].base_offset <= offset:
-            sizes = 0
+            wanted: list[TailEntry] = []
+            size = 0
             for e in res.entries:
-                key = (res.stream_id, e.base_offset)
-                got = self._tail_cache.get(key)
-                if got is None:
-                    try:
-                        got = await self._read_entry(e)
-                    except RelayUnavailable:
-                        break  # uploaded and trimmed meanwhile: S3 has it
-                    self._cache_put(key, got)
-                else:
-                    self._tail_cache.move_to_end(key)
-                out.append(got)
-                sizes += len(got.payload)
-                if sizes >= max_bytes:
+                wanted.append(e)
+                size += e.loc.length
+                if size >= max_bytes:
                     break
+            # Read what this proxy does not have yet all at once: one shared-storage round trip.
+            reads = (self._cached_or_read(res.stream_id, e) for e in wanted)
+            got = await asyncio.gather(*reads, return_exceptions=True)
+            out: list[Batch] = []
+            for g in got:
+                if isinstance(g, RelayUnavailable):
+                    break  # uploaded and trimmed meanwhile: S3 has it, from the next read on
+                if isinstance(g, BaseException):
+                    raise g
+                out.append(g)
             if out:
                 return out
         end = res.committed_offset
         if offset < end:
             return await storage.read_objects(res.stream_id, offset, max_bytes, end)
         return []
+
+    async def _cached_or_read(self, stream_id: int, e: TailEntry) -> Batch:
+        key = (stream_id, e.base_offset)
+        got = self._tail_cache.get(key)
+        if got is not None:
+            self._tail_cache.move_to_end(key)
+            return got
+        got = await self._read_entry(e)
+        self._cache_put(key, got)
+        return got
 
     async def _read_entry(self, e: TailEntry) -> Batch:
         storage = self.broker.storage

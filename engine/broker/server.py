@@ -156,6 +156,12 @@ class KafkaServer:
             counters["requests_closed_leaving"] += 1
             return CLOSE
         header = request.header
+        delay = broker.zone_delay(header.client_id)
+        if delay:
+            # --zone-latency-ms: a client in another zone, as if its bytes had crossed zones (both ways).
+            wait = conn.arrived + delay - asyncio.get_running_loop().time()
+            if wait > 0:
+                await asyncio.sleep(wait)
         ctx = RequestContext(broker, header.api_version, header.correlation_id, header.client_id, conn.host)
         counters["requests_total"] += 1
         counters[f"requests_{ApiKey(request.api_key).name.lower()}"] += 1
@@ -201,9 +207,12 @@ class Connection(asyncio.Protocol):
         self.peer = "?"
         self.decoder = FrameDecoder(server.broker.config.socket_request_max_bytes)
         self.queue: deque[memoryview] = deque()
+        #: When each queued frame arrived (loop time), for the simulated cross-zone delay.
+        self.arrivals: deque[float] = deque()
         self.worker: asyncio.Task[None] | None = None
         # Answers of pipelined requests (Produce) still in progress, in request order.
         self.answers: deque[asyncio.Future[Answer]] = deque()
+        self.arrived = 0.0  # arrival of the frame being handled
         self.held_bytes = 0  # frames received and not yet answered
         self.pending_bytes = 0  # of those, frames whose answers wait (pipelined produce)
         self.room = asyncio.Event()
@@ -234,6 +243,8 @@ class Connection(asyncio.Protocol):
         if not frames:
             return
         self.queue.extend(frames)
+        now = asyncio.get_running_loop().time()
+        self.arrivals.extend(now for _ in frames)
         self.held_bytes += sum(len(f) for f in frames)
         if (
             (len(self.queue) >= MAX_QUEUED or self.held_bytes >= MAX_HELD_BYTES)
@@ -249,6 +260,7 @@ class Connection(asyncio.Protocol):
         try:
             while self.queue:
                 data = self.queue.popleft()
+                self.arrived = self.arrivals.popleft() if self.arrivals else 0.0
                 size = len(data)
                 out = await self.server.process(data, self)
                 if isinstance(out, asyncio.Future):
@@ -335,6 +347,7 @@ class Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.queue.clear()
+        self.arrivals.clear()
         if self.transport is not None:
             self.transport.abort()
 

@@ -88,7 +88,6 @@ def test_clients_stay_in_their_zone_and_every_record_arrives_once_in_order(tmp_p
         moved = produced + len(ZONES) * produced
         wait_until(lambda: int(_ledger(cluster)["data_bytes"]) >= moved, 10, "the ledger to count every byte")  # type: ignore[call-overload]
         info = _ledger(cluster)
-        print("ledger", {k: v for k, v in info.items() if k != "rows"})
         assert float(info["cross_zone_percent"]) <= 1.0, info  # type: ignore[arg-type]
         metrics = [json.loads(urllib.request.urlopen(u, timeout=5).read()) for u in cluster.metrics_urls]
         relayed = sum(m.get("relayed_appends", 0) for m in metrics)
@@ -96,8 +95,9 @@ def test_clients_stay_in_their_zone_and_every_record_arrives_once_in_order(tmp_p
         # No double write: the WAL tier got each produced byte once (relay objects or WALs), plus
         # frame headers and the small references the leaders wrote for relayed batches.
         wal_bytes = sum(m["wal_bytes_written"] + m.get("relay_bytes_written", 0) for m in metrics)
-        print("wal", wal_bytes, produced, relayed)
         assert produced <= wal_bytes < produced * 1.25, (wal_bytes, produced)
+        status = cluster.amq("cluster", "status")
+        assert "zone router: on" in status.stdout and "batches relayed" in status.stdout, status.stdout
 
 
 def _shown_leaders(bootstrap: str, topic: str, zone: str) -> set[int]:
@@ -136,3 +136,25 @@ def test_kill_9_of_a_zone_proxy_moves_its_clients_to_the_other_broker_of_the_zon
         assert not load.errors, load.errors[:5]
         assert not reader.errors, reader.errors[:5]
         check_exactly_once_in_order(load, read_back(cluster.bootstrap, topic))
+
+
+def test_zone_latency_delays_only_what_crosses_zones(tmp_path: Path) -> None:
+    """--zone-latency-ms 100: a request of a client in another zone waits 2 x 100 ms, one in the zone does not."""
+    with three_zones(tmp_path, "nfs", zone_router=False, zone_latency_ms=100) as cluster:
+        topic = unique("zl")
+        create_topic(cluster, topic, 1)
+        leader_zone = cluster.broker_zone(leaders(cluster.bootstrap, topic)[0])
+        other = next(z for z in ZONES if z != leader_zone)
+        took = {}
+        for zone in (leader_zone, other):
+            p = Producer({"bootstrap.servers": cluster.bootstrap, "client.id": f"lat&automq_az={zone}", "acks": "all"})
+            p.produce(topic, b"warm")
+            assert p.flush(30) == 0
+            start = time.monotonic()
+            p.produce(topic, b"x")
+            assert p.flush(30) == 0
+            took[zone] = time.monotonic() - start
+        assert took[other] >= 0.2, took
+        assert took[leader_zone] < took[other], took
+        bad = cluster.amq("cluster", "up", "--zone-latency-ms", "-1", "--dir", str(tmp_path / "other"))
+        assert bad.returncode != 0 and "--zone-latency-ms" in bad.stderr

@@ -12,6 +12,7 @@ from engine.broker.router import materialize, proxy_for
 from engine.broker.zones import wants_real_leaders
 from engine.controller.api import BrokerRecord
 from engine.protocol.records import Record, build_batch, read_batches
+from engine.storage import relay
 from engine.storage.relay import RefRecord, RelayLog, RelayRef, RelayUnavailable, SharedReader, relay_created_ms
 
 
@@ -65,21 +66,28 @@ def test_materialize_gives_the_leaders_offsets_epoch_and_append_time() -> None:
     assert materialize(raw, 100, RefRecord(ref, 7, -1)) != out  # CreateTime keeps the client's times
 
 
-def test_relay_log_writes_reads_and_deletes_behind_the_horizon(tmp_path: Path) -> None:
+def test_relay_log_writes_reads_and_deletes_behind_the_horizon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay, "SEGMENT_MS", -1)  # a new segment file for every write
+
     async def run() -> None:
         store = None  # the nfs kind needs no object store
         log = RelayLog("nfs", store, str(tmp_path), "broker-1")  # type: ignore[arg-type]
         await log.open()
         reader = SharedReader("nfs", store, str(tmp_path))  # type: ignore[arg-type]
         a, b = await asyncio.gather(log.write([b"one", b"two"]), log.write([b"three"]))
+        assert a[0].key == b[0].key  # one group commit
+        b = await log.write([b"three"])
         assert [await reader.read_ref(r) for r in a + b] == [b"one", b"two", b"three"]
         assert relay_created_ms(a[0].key) > 0
         with pytest.raises(RelayUnavailable):
             await reader.read_ref(RelayRef(a[0].key, a[0].offset, a[0].length, a[0].crc ^ 1))
         assert await log.delete_before(relay_created_ms(a[0].key)) == 0  # within the margin: kept
-        assert await log.delete_before(relay_created_ms(b[0].key) + 10_000) >= 1
+        assert a[0].key != b[0].key
+        # Everything before the horizon, but never the segment still being written.
+        assert await log.delete_before(relay_created_ms(b[0].key) + 10_000) == 1
         with pytest.raises(RelayUnavailable):
             await reader.read_ref(a[0])
+        assert await reader.read_ref(b[0]) == b"three"
         again = RelayLog("nfs", store, str(tmp_path), "broker-1")  # type: ignore[arg-type]
         await again.open()
         assert again.objects_kept == log.objects_kept

@@ -12,7 +12,7 @@ import asyncio
 from engine.broker.context import RequestContext
 from engine.broker.errors import BrokerError, error_code_for
 from engine.broker.partition import Partition
-from engine.broker.router import TailItem
+from engine.broker.router import TailItem, TailResult
 from engine.controller.api import BrokerRecord
 from engine.protocol import ApiKey, ErrorCode
 from engine.protocol.messages import FetchRequest, FetchResponse
@@ -26,8 +26,11 @@ PartitionData = FetchResponse.PartitionData
 Remote = dict[int, tuple["BrokerRecord", list[TailItem]]]
 
 
+Known = dict[tuple[str, int, int], TailResult]
+
+
 async def _read(
-    ctx: RequestContext, request: FetchRequest
+    ctx: RequestContext, request: FetchRequest, known: Known
 ) -> tuple[FetchResponse, int, bool, list[tuple[Partition, int]], Remote]:
     """One pass over the requested partitions: (response, bytes, any error, partitions to wait on,
     and partitions this zone proxy waits on at their leaders)."""
@@ -91,49 +94,57 @@ async def _read(
     remote: Remote = {}
     if proxied:
         # A zone proxy: the leader says where the tail is, the bytes come from shared storage.
+        # What a long poll just brought is used as it is; the rest is asked for now.
+        answers: dict[int, TailResult | BaseException] = {}
         by_leader: dict[int, list[int]] = {}
-        for i, (_, _, leader) in enumerate(proxied):
-            by_leader.setdefault(leader.id, []).append(i)
+        for i, (_, item, leader) in enumerate(proxied):
+            found = known.get((item.topic, item.partition, item.offset))
+            if found is not None:
+                answers[i] = found
+            else:
+                by_leader.setdefault(leader.id, []).append(i)
         asked = await asyncio.gather(
             *(b.router.tail(proxied[idxs[0]][2], [proxied[i][1] for i in idxs], 0) for idxs in by_leader.values()),
             return_exceptions=True,
         )
         for idxs, got in zip(by_leader.values(), asked, strict=True):
             for n, i in enumerate(idxs):
-                pd, item, leader = proxied[i]
-                if isinstance(got, BaseException):
-                    pd.error_code = int(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+                answers[i] = got if isinstance(got, BaseException) else got[n]
+        for i, (pd, item, leader) in enumerate(proxied):
+            res = answers[i]
+            if isinstance(res, BaseException):
+                pd.error_code = int(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+                errors = True
+                continue
+            if res.error_code:
+                pd.error_code = res.error_code
+                errors = True
+                continue
+            pd.high_watermark = pd.last_stable_offset = res.high_watermark
+            pd.log_start_offset = res.log_start_offset
+            if not res.log_start_offset <= item.offset <= res.high_watermark:
+                pd.error_code = int(ErrorCode.OFFSET_OUT_OF_RANGE)
+                errors = True
+                continue
+            offset = item.offset
+            if offset < res.high_watermark:
+                limit = min(item.max_bytes, remaining)
+                try:
+                    batches = await b.router.read_tail(res, offset, max(limit, 1))
+                except StorageError as e:
+                    pd.error_code = int(error_code_for(e))
                     errors = True
                     continue
-                res = got[n]
-                if res.error_code:
-                    pd.error_code = res.error_code
-                    errors = True
-                    continue
-                pd.high_watermark = pd.last_stable_offset = res.high_watermark
-                pd.log_start_offset = res.log_start_offset
-                if not res.log_start_offset <= item.offset <= res.high_watermark:
-                    pd.error_code = int(ErrorCode.OFFSET_OUT_OF_RANGE)
-                    errors = True
-                    continue
-                offset = item.offset
-                if offset < res.high_watermark:
-                    limit = min(item.max_bytes, remaining)
-                    try:
-                        batches = await b.router.read_tail(res, offset, max(limit, 1))
-                    except StorageError as e:
-                        pd.error_code = int(error_code_for(e))
-                        errors = True
-                        continue
-                    chosen, size = _choose(batches, limit, total)
-                    if chosen:
-                        pd.records = chosen  # type: ignore[assignment]
-                        total += size
-                        remaining -= size
-                        offset = batches[len(chosen) - 1].end_offset
-                if offset >= res.high_watermark:
-                    remote.setdefault(leader.id, (leader, []))[1].append(
-                        TailItem(item.topic, item.partition, offset, item.leader_epoch, item.max_bytes))
+                chosen, size = _choose(batches, limit, total)
+                if chosen:
+                    pd.records = chosen  # type: ignore[assignment]
+                    total += size
+                    remaining -= size
+                    offset = batches[len(chosen) - 1].end_offset
+            if offset >= res.high_watermark:
+                remote.setdefault(leader.id, (leader, []))[1].append(
+                    TailItem(item.topic, item.partition, offset, item.leader_epoch, item.max_bytes)
+                )
     return out, total, errors, waits, remote
 
 
@@ -157,8 +168,10 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(request.max_wait_ms, 0) / 1000
     min_bytes = max(request.min_bytes, 1)
+    known: Known = {}
     while True:
-        out, total, errors, waits, remote = await _read(ctx, request)
+        out, total, errors, waits, remote = await _read(ctx, request, known)
+        known = {}
         left = deadline - loop.time()
         if total >= min_bytes or errors or left <= 0 or not (waits or remote):
             ctx.broker.counters["fetch_bytes"] += total
@@ -188,6 +201,10 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
             _wake(wake)
             for poll in polls:
                 poll.cancel()
+        for poll, (_, items) in zip(polls, remote.values(), strict=True):
+            if poll.done() and not poll.cancelled() and poll.exception() is None:
+                for item, res in zip(items, poll.result(), strict=True):
+                    known[(item.topic, item.partition, item.offset)] = res
         if not polls and not any(p.ready.end_offset > off for p, off in waits) and deadline > loop.time():
             # Woken without data: a stream that stopped taking data (closed, fenced). Do not spin on it.
             await asyncio.sleep(min(0.05, deadline - loop.time()))
