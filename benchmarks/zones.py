@@ -158,10 +158,12 @@ def trial(router: bool, wal: str, rate: int, seconds: float, latency_ms: int) ->
                 return sum(int(a.get(name, 0)) - int(b.get(name, 0)) for a, b in zip(after, before, strict=True))
 
             wal_tier = delta("wal_bytes_written") + delta("relay_bytes_written")
+            router_bytes = {m: delta(f"router_{m}_bytes") for m in ("append_refs", "tail", "offsets")}
             return {
                 "router": router, "records": sum(len(v) for v in run.publish.values()), "errors": run.errors[:3],
                 "data_bytes": data, "cross_zone_pct": 100 * cross / data if data else 0.0,
                 "pointer_bytes_cross_zone": pointers, "wal_tier_per_byte": wal_tier / max(run.produced_bytes, 1),
+                "router_bytes": router_bytes,
                 **{f"publish_{w}_{q}": 1000 * pct(run.publish[w], v) for w in ("same", "other")
                    for q, v in (("p50", 0.5), ("p99", 0.99))},
                 **{f"e2e_{w}_{q}": 1000 * pct(run.e2e[w], v) for w in ("same", "other")

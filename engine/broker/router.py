@@ -61,6 +61,7 @@ APPEND_REFS = 1
 TAIL = 2
 OFFSETS = 3
 LIST, EPOCH = 1, 2  # OffsetItem kinds: ListOffsets, OffsetForLeaderEpoch
+_METHOD_BYTES = {APPEND_REFS: "router_append_refs_bytes", TAIL: "router_tail_bytes", OFFSETS: "router_offsets_bytes"}
 #: Bytes of tail batches a proxy keeps for its zone's consumers (all partitions).
 TAIL_CACHE_BYTES = 64 << 20
 
@@ -187,10 +188,11 @@ class RouterClient:
         self._delay = delay_s  # --zone-latency-ms: both ways, before the request leaves
         self._delayed: list[tuple[float, bytes]] = []
         self._delayer: asyncio.Task[None] | None = None
-        self._on_bytes = on_bytes  # (sent, received) -> None, for the zone ledger
+        self._on_bytes = on_bytes  # (sent, received, method) -> None, for the zone ledger
         self._writer: asyncio.StreamWriter | None = None
         self._outbox: list[bytes] = []
         self._waiting: OrderedDict[int, asyncio.Future[bytes]] = OrderedDict()
+        self._methods: dict[int, int] = {}
         self._corr = 0
         self._connecting: asyncio.Task[None] | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -206,6 +208,8 @@ class RouterClient:
         data = _HEAD.pack(ROUTER_API_KEY, method, self._corr) + body
         msg = struct.pack(">i", len(data)) + data
         self._waiting[self._corr] = fut
+        self._methods[self._corr] = method
+        self._on_bytes(len(msg), 0, method)
         if self._delay:
             self._delayed.append((asyncio.get_running_loop().time() + self._delay, msg))
             if self._delayer is None or self._delayer.done():
@@ -226,7 +230,6 @@ class RouterClient:
     def _write(self, msg: bytes) -> None:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(msg)
-            self._on_bytes(len(msg), 0)
         else:
             self._outbox.append(msg)
             if self._connecting is None or self._connecting.done():
@@ -241,7 +244,6 @@ class RouterClient:
         self._writer = writer
         for msg in self._outbox:
             writer.write(msg)
-            self._on_bytes(len(msg), 0)
         self._outbox.clear()
         self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
 
@@ -251,8 +253,8 @@ class RouterClient:
                 head = await reader.readexactly(4)
                 (n,) = struct.unpack(">i", head)
                 data = await reader.readexactly(n)
-                self._on_bytes(0, n + 4)
                 (corr,) = _CORR.unpack_from(data)
+                self._on_bytes(0, n + 4, self._methods.pop(corr, 0))
                 fut = self._waiting.pop(corr, None)
                 if fut is not None and not fut.done():
                     fut.set_result(data[4:])
@@ -261,6 +263,7 @@ class RouterClient:
 
     def _fail(self, err: BaseException) -> None:
         waiting, self._waiting = self._waiting, OrderedDict()
+        self._methods.clear()
         self._outbox.clear()
         for fut in waiting.values():
             if not fut.done():
@@ -294,6 +297,7 @@ class Router:
         self._inflight: dict[int, int] = {}  # created ms of references being appended -> count
         self._tail_cache: OrderedDict[tuple[int, int], Batch] = OrderedDict()
         self._tail_cache_bytes = 0
+        self._ends: dict[tuple[str, int], TailResult] = {}  # the last Tail answer per partition
         self.horizon_ms = -1
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -348,9 +352,10 @@ class Router:
         if c is None or c.closed or (c.host, c.port) != (b.host, b.port):
             zone = b.zone
 
-            def count(sent: int, received: int, zone: str = zone) -> None:
+            def count(sent: int, received: int, method: int, zone: str = zone) -> None:
                 self.broker.ledger.add(self.broker.zone, zone, "broker", sent)
                 self.broker.ledger.add(zone, self.broker.zone, "broker", received)
+                self.broker.counters[_METHOD_BYTES.get(method, "router_other_bytes")] += sent + received
 
             ms = self.broker.config.zone_latency_ms if b.zone != self.broker.zone else 0
             c = RouterClient(b.host, b.port, count, 2 * ms / 1000)
@@ -598,7 +603,20 @@ class Router:
 
     async def tail(self, leader: BrokerRecord, items: list[TailItem], max_wait_ms: int) -> list[TailResult]:
         body = await self._client(leader).send(TAIL, _ENC.encode(Tail(items, max_wait_ms)))
-        return _DEC_TAIL_RESULTS.decode(body)
+        results = _DEC_TAIL_RESULTS.decode(body)
+        for item, res in zip(items, results, strict=False):
+            if not res.error_code:
+                self._ends[(item.topic, item.partition)] = res
+        return results
+
+    def caught_up(self, topic: str, partition: int, offset: int) -> TailResult | None:
+        """The last answer for a partition whose end a consumer has reached: it need not be asked
+        again before the long poll (which answers at once if the end moved meanwhile)."""
+        last = self._ends.get((topic, partition))
+        if last is None or last.high_watermark != offset:
+            return None
+        return TailResult(0, None, last.high_watermark, last.log_start_offset, last.committed_offset,
+                          last.stream_id, last.leader_epoch)  # fmt: skip
 
     async def read_tail(self, res: TailResult, offset: int, max_bytes: int) -> list[Batch]:
         """The batches `res` locates from `offset`, from this proxy's cache or shared storage; then,

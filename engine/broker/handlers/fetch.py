@@ -98,7 +98,9 @@ async def _read(
         answers: dict[int, TailResult | BaseException] = {}
         by_leader: dict[int, list[int]] = {}
         for i, (_, item, leader) in enumerate(proxied):
-            found = known.get((item.topic, item.partition, item.offset))
+            found = known.get((item.topic, item.partition, item.offset)) or b.router.caught_up(
+                item.topic, item.partition, item.offset
+            )
             if found is not None:
                 answers[i] = found
             else:
