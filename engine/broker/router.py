@@ -119,12 +119,26 @@ class Tail(msgspec.Struct, array_like=True):
     max_wait_ms: int
 
 
-class TailEntry(msgspec.Struct, array_like=True):
+_KINDS = ("relay", "ring", "s3wal")
+
+
+class TailEntry(msgspec.Struct, array_like=True, omit_defaults=True):
+    """A durable batch and where its bytes are: a Location, its key an index into TailResult.keys
+    (a tail's entries share a few keys; these are most of what crosses zones for a consumer)."""
+
     base_offset: int
     record_count: int
-    loc: Location
+    kind: int  # index in _KINDS
+    key: int
+    offset: int
+    length: int
+    position: int = -1
+    crc: int = 0
     leader_epoch: int = -1  # for relayed bytes: what the leader gave them (RefRecord)
     log_append_time: int = -1
+
+    def location(self, keys: list[str]) -> Location:
+        return Location(_KINDS[self.kind], keys[self.key], self.offset, self.length, self.position, self.crc)
 
 
 class TailResult(msgspec.Struct, array_like=True):
@@ -136,6 +150,7 @@ class TailResult(msgspec.Struct, array_like=True):
     stream_id: int = -1
     leader_epoch: int = -1
     entries: list[TailEntry] = []
+    keys: list[str] = []
 
 
 class OffsetItem(msgspec.Struct, array_like=True):
@@ -545,7 +560,9 @@ class Router:
                     if item.offset >= stream.end_offset:
                         waits.append((stream, item.offset))
                         continue
-                    res.entries = self._locations(stream.stream_id, item.offset, stream.end_offset, item.max_bytes)
+                    res.entries, res.keys = self._locations(
+                        stream.stream_id, item.offset, stream.end_offset, item.max_bytes
+                    )
                 except (BrokerError, StorageError) as e:
                     res.error_code, res.message = int(error_code_for(e)), str(e)
             left = deadline - loop.time()
@@ -563,12 +580,13 @@ class Router:
             if not any(s.end_offset > off for s, off in waits):
                 await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
 
-    def _locations(self, stream_id: int, offset: int, end: int, max_bytes: int) -> list[TailEntry]:
+    def _locations(self, stream_id: int, offset: int, end: int, max_bytes: int) -> tuple[list[TailEntry], list[str]]:
         storage = self.broker.storage
         assert storage is not None
         cache = storage.log_cache.streams.get(stream_id)
+        keys: dict[str, int] = {}
         if cache is None:
-            return []
+            return [], []
         entries = cache.entries
         lo, hi = cache.head, len(entries)
         while lo < hi:  # the last entry whose base offset is <= offset
@@ -594,10 +612,12 @@ class Router:
             if found is None:
                 break
             loc, rec = found
-            out.append(TailEntry(batch.base_offset, batch.record_count, loc,
-                                 rec.leader_epoch if rec else -1, rec.log_append_time if rec else -1))  # fmt: skip
+            key = keys.setdefault(loc.key, len(keys))
+            out.append(TailEntry(batch.base_offset, batch.record_count, _KINDS.index(loc.kind), key, loc.offset,
+                                 loc.length, loc.position, loc.crc, rec.leader_epoch if rec else -1,
+                                 rec.log_append_time if rec else -1))  # fmt: skip
             size += len(batch.payload)
-        return out
+        return out, list(keys)
 
     # --- proxy: fetch ----------------------------------------------------------------------------
 
@@ -628,11 +648,11 @@ class Router:
             size = 0
             for e in res.entries:
                 wanted.append(e)
-                size += e.loc.length
+                size += e.length
                 if size >= max_bytes:
                     break
             # Read what this proxy does not have yet all at once: one shared-storage round trip.
-            reads = (self._cached_or_read(res.stream_id, e) for e in wanted)
+            reads = (self._cached_or_read(res.stream_id, e, res.keys) for e in wanted)
             got = await asyncio.gather(*reads, return_exceptions=True)
             out: list[Batch] = []
             for g in got:
@@ -648,20 +668,19 @@ class Router:
             return await storage.read_objects(res.stream_id, offset, max_bytes, end)
         return []
 
-    async def _cached_or_read(self, stream_id: int, e: TailEntry) -> Batch:
+    async def _cached_or_read(self, stream_id: int, e: TailEntry, keys: list[str]) -> Batch:
         key = (stream_id, e.base_offset)
         got = self._tail_cache.get(key)
         if got is not None:
             self._tail_cache.move_to_end(key)
             return got
-        got = await self._read_entry(e)
+        got = await self._read_entry(e, e.location(keys))
         self._cache_put(key, got)
         return got
 
-    async def _read_entry(self, e: TailEntry) -> Batch:
+    async def _read_entry(self, e: TailEntry, loc: Location) -> Batch:
         storage = self.broker.storage
         assert storage is not None
-        loc = e.loc
         if loc.kind == "relay":
             raw = await storage.shared.read_ref(RelayRef(loc.key, loc.offset, loc.length, loc.crc))
             payload = materialize(raw, e.base_offset, RefRecord(RelayRef(loc.key, loc.offset, loc.length, loc.crc),
