@@ -50,6 +50,10 @@ RESUME_AT = 16
 MAX_HELD_BYTES = 32 << 20
 #: Pipelined requests of one connection whose answers may be pending at once.
 MAX_IN_FLIGHT = 16
+#: Largest frame of any API but Produce. Decoding makes a Python object per array element, up to
+#: 30 times the bytes (a Metadata request of 2-byte topic entries), so a 100 MiB frame of another
+#: API could cost GiBs; only Produce carries bulk data, and its records stay views of the frame.
+MAX_CONTROL_FRAME = 8 << 20
 
 
 class _Close:
@@ -132,6 +136,10 @@ class KafkaServer:
                 log.exception("%s: router request failed; closing the connection", conn.peer)
                 return CLOSE
             return None if ok else CLOSE
+        if len(data) > MAX_CONTROL_FRAME and (len(data) < 2 or data[0] != 0 or data[1] != ApiKey.PRODUCE):
+            counters["requests_rejected"] += 1
+            log.info("%s: a %d-byte frame of api 0x%s; closing", conn.peer, len(data), bytes(data[:2]).hex())
+            return CLOSE
         try:
             request = decode_request(data)
         except UnsupportedVersion as e:
