@@ -107,6 +107,13 @@ def up(
         int | None,
         typer.Option("--controllers", help="Controller processes (more than 1 needs --metadata). Default: 1."),
     ] = None,
+    s3_faults: Annotated[
+        bool | None,
+        typer.Option(
+            "--s3-faults/--no-s3-faults",
+            help="Put the S3 fault proxy between brokers and S3, for `amq chaos s3` (docs/chaos.md). Default: off.",
+        ),
+    ] = None,
 ) -> None:
     """Start SeaweedFS, the controller and the brokers in the background; return once clients can connect."""
     home = amq_home()
@@ -121,7 +128,7 @@ def up(
              "session_timeout": session_timeout, "brokers": brokers, "auto_balance": auto_balance,
              "zone_router": zone_router, "zone_latency_ms": zone_latency_ms, "autoscale": autoscale,
              "target_mibps": target_mibps,
-             "metadata": metadata, "controllers": controllers,
+             "metadata": metadata, "controllers": controllers, "s3_faults": s3_faults,
              "broker_config": str(Path(config).resolve()) if config else None}  # fmt: skip
     for k, v in given.items():
         if v is not None:
@@ -146,6 +153,8 @@ def up(
     z = len(state["zones"])
     _out.print(f"  {n} broker{'s' if n != 1 else ''} in {z} zone{'s' if z != 1 else ''} ({', '.join(state['zones'])}); "
                f"WAL: {state['wal_kind']}; S3: {state['s3_endpoint']}")  # fmt: skip
+    if state.get("s3_proxy"):
+        _out.print(f"  S3 fault proxy: brokers reach S3 through {state['s3_proxy']} (`amq chaos s3 --help`)")
     if state.get("metadata"):
         ctl = state["controller"].split(",")
         _out.print(f"  metadata: {state['metadata']}; controllers: {', '.join(ctl)}")

@@ -111,6 +111,9 @@ class ClusterOptions:
     controllers: int = 1
     #: The controllers' leader lease (PostgreSQL): a standby takes over this long after a leader died.
     lease_ttl_s: float = 3.0
+    #: Put the S3 fault proxy (engine/devtools/s3proxy.py) between the brokers and S3, so
+    #: `amq chaos s3` can add latency, errors and outages while the cluster runs (docs/chaos.md).
+    s3_faults: bool = False
 
 
 @dataclass
@@ -335,6 +338,16 @@ def start_cluster(
         server.proc = None  # it outlives this process; `down` stops it by pid
         s3 = S3Settings(ep.url, ep.bucket, ep.access_key, ep.secret_key, ep.region, opts.s3_prefix)
     state["s3_endpoint"] = s3.endpoint
+    if opts.s3_faults:
+        say("starting the S3 fault proxy")
+        try:
+            proxy_url = _start_s3_proxy(s3.endpoint, directory, logs, pids, timeout)
+        except ClusterError as e:
+            raise fail(str(e)) from None
+        # Brokers go through the proxy; tools (`amq storage`) keep the real endpoint in s3_endpoint.
+        s3 = S3Settings(proxy_url, s3.bucket, s3.access_key, s3.secret_key, s3.region, s3.prefix)
+        state["s3_proxy"] = proxy_url
+        state["s3_faults"] = str(directory / S3_FAULTS_FILE)
 
     # metadata database
     metadata = ""
@@ -430,6 +443,33 @@ def start_cluster(
     save_settings(directory, asdict(opts))
     write_state(state, home)
     return state
+
+
+S3_FAULTS_FILE = "s3-faults.json"
+
+
+def _start_s3_proxy(upstream: str, directory: Path, logs: Path, pids: dict[str, int], timeout: float) -> str:
+    port_file = directory / "s3-proxy.port"
+    with contextlib.suppress(FileNotFoundError):
+        port_file.unlink()
+    control = directory / S3_FAULTS_FILE
+    from engine.devtools.s3proxy import Faults, write_faults
+
+    write_faults(control, Faults())  # a new cluster starts without faults
+    proc = spawn(
+        [sys.executable, "-m", "engine.devtools.s3proxy", "--upstream", upstream, "--control", str(control),
+         "--port-file", str(port_file)],
+        logs / "s3-proxy.log",
+    )  # fmt: skip
+    pids["s3-proxy"] = proc.pid
+    deadline = time.monotonic() + timeout
+    while not port_file.exists():
+        if proc.poll() is not None:
+            raise ClusterError(f"the S3 fault proxy exited with code {proc.returncode}: {tail(logs / 's3-proxy.log')}")
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the S3 fault proxy did not start; see {logs / 's3-proxy.log'}")
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{int(port_file.read_text())}"
 
 
 def wal_path(kind: str, directory: Path, node_id: int) -> Path:

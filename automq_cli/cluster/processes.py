@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 _MARKERS = {"s3": "weed", "controller": "engine.controller", "broker": "engine.broker",
-            "autoscaler": "automq_cli.autoscaler", "postgres": "postgres"}  # fmt: skip
+            "autoscaler": "automq_cli.autoscaler", "postgres": "postgres",
+            "s3-proxy": "engine.devtools.s3proxy"}  # fmt: skip
 
 StopOutcome = Literal["not-running", "exited", "killed"]
 
