@@ -44,6 +44,9 @@ def _register() -> None:
     from automq_cli import metadata
 
     app.add_typer(metadata.app, name="metadata")
+    from automq_cli import chaos
+
+    app.add_typer(chaos.app, name="chaos")
 
 
 def main() -> None:
