@@ -315,6 +315,8 @@ class Router:
         self._ends: dict[tuple[str, int], TailResult] = {}  # the last Tail answer per partition
         self.horizon_ms = -1
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The last AppendRefs step of each connection (by its answer callable), to append in order.
+        self._chains: dict[Callable[[list[Any]], None], asyncio.Task[Any]] = {}
 
     async def start(self) -> None:
         if not self.enabled:
@@ -457,11 +459,11 @@ class Router:
             n = await self.relay.delete_before(horizon_ms)
             self.broker.counters["relay_objects_deleted"] += n
 
-    async def _begin_append_refs(self, req: AppendRefs) -> Awaitable[list[RefResult]]:
-        b = self.broker
-        storage = b.storage
+    def _start_reads(self, req: AppendRefs) -> tuple[list[asyncio.Future[bytes] | None], list[int], int]:
+        """Start reading every referenced batch now (a request's reads overlap the appends of the
+        requests before it); refuse references older than the accept window."""
+        storage = self.broker.storage
         now_ms = int(time.time() * 1000)
-        results = [RefResult() for _ in req.items]
         reads: list[asyncio.Future[bytes] | None] = []
         created: list[int] = []
         for item in req.items:
@@ -469,9 +471,24 @@ class Router:
             if storage is None or now_ms - ms > ACCEPT_WINDOW_MS:
                 reads.append(None)
                 continue
+            # Counted in the relay floor from now on: the relay object must outlive this append.
             self._inflight[ms] = self._inflight.get(ms, 0) + 1
             created.append(ms)
             reads.append(asyncio.ensure_future(storage.shared.read_ref(item.ref)))
+        return reads, created, now_ms
+
+    async def _append_refs(
+        self,
+        req: AppendRefs,
+        started: tuple[list[asyncio.Future[bytes] | None], list[int], int],
+        before: asyncio.Task[Any] | None,
+    ) -> Awaitable[list[RefResult]]:
+        """Append after the connection's previous AppendRefs (order is what idempotence checks)."""
+        if before is not None and not before.done():
+            await asyncio.wait([before])
+        b = self.broker
+        reads, created, now_ms = started
+        results = [RefResult() for _ in req.items]
         pending: list[tuple[int, Any]] = []
         try:
             for i, item in enumerate(req.items):
@@ -742,8 +759,8 @@ class Router:
     async def process(self, data: memoryview, send: Callable[[list[Any]], None]) -> bool:
         """One router frame; `send` writes its answer whenever it is ready. False: a bad frame.
 
-        AppendRefs are appended in the order they came (this returns only after the append);
-        their answers, and those of Tail and offsets, leave when ready.
+        AppendRefs of a connection are appended in the order they came (each waits for the one
+        before, while its reads already run); answers, also of Tail and offsets, leave when ready.
         """
         if len(data) < _HEAD.size:
             return False
@@ -751,8 +768,13 @@ class Router:
         body = data[_HEAD.size :]
         try:
             if method == APPEND_REFS:
-                rest = await self._begin_append_refs(_DEC_REFS.decode(body))
-                self._spawn(self._answer_later(corr, rest, send))
+                req = _DEC_REFS.decode(body)
+                step = asyncio.get_running_loop().create_task(
+                    self._append_refs(req, self._start_reads(req), self._chains.get(send))
+                )
+                self._chains[send] = step
+                step.add_done_callback(lambda t, k=send: self._chains.pop(k) if self._chains.get(k) is t else None)
+                self._spawn(self._answer_after(corr, step, send, len(req.items)))
             elif method == TAIL:
                 self._spawn(self._answer_later(corr, self._tail(_DEC_TAIL.decode(body)), send))
             elif method == OFFSETS:
@@ -768,6 +790,19 @@ class Router:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _answer_after(
+        self, corr: int, step: asyncio.Task[Awaitable[list[RefResult]]], send: Callable[[list[Any]], None], n: int
+    ) -> None:
+        try:
+            results = await (await step)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # A bug, not a refusal: the proxy still gets an answer (its client retries).
+            log.exception("AppendRefs failed")
+            results = [RefResult(int(ErrorCode.UNKNOWN_SERVER_ERROR), str(e))] * n
+        send(frame([_CORR.pack(corr), _ENC.encode(results)]))
 
     async def _answer_later(self, corr: int, rest: Awaitable[Any], send: Callable[[list[Any]], None]) -> None:
         send(frame([_CORR.pack(corr), _ENC.encode(await rest)]))

@@ -279,6 +279,13 @@ class RelayLog:
     async def delete_before(self, horizon_ms: int) -> int:
         """Delete relay objects created before `horizon_ms - DELETE_MARGIN_MS`."""
         cut = horizon_ms - DELETE_MARGIN_MS
+        seg = self._segment
+        if seg is not None and not self._writing and relay_created_ms(seg[0]) + SEGMENT_MS < time.time() * 1000:
+            # No write will go to it any more (the next starts a new segment): close it, so that
+            # a quiet relay's last segment goes too.
+            self._segment = None
+            with contextlib.suppress(OSError):
+                os.close(seg[1])
         current = self._segment[0] if self._segment is not None else None
         old = [k for ms, k in self._written if ms < cut and k != current]
         if not old:

@@ -130,7 +130,8 @@ def test_a_paused_leader_leads_no_more_when_it_wakes(tmp_path: Path) -> None:
                     if code == KafkaError.TOPIC_ALREADY_EXISTS:
                         break
                     assert code == KafkaError.REQUEST_TIMED_OUT and attempt < 2, e
-            assert name in leaders_of_topics(cluster)
+            # Every broker learns of the topic from the controller; the one asked may not have yet.
+            wait_until(lambda: name in leaders_of_topics(cluster), 10, "the brokers to know the new topic")
         finally:
             os.kill(pid, signal.SIGCONT)
         # Woken, it finds its lease gone: it answers as a standby, naming the new leader.

@@ -99,6 +99,15 @@ def test_clients_stay_in_their_zone_and_every_record_arrives_once_in_order(tmp_p
         status = cluster.amq("cluster", "status")
         assert "zone router: on" in status.stdout and "batches relayed" in status.stdout, status.stdout
 
+        # Relay objects go once every WAL that refers to them is in S3 (the controller's horizon:
+        # 15 s accept window + 5 s margin), and not before: everything above was read back first.
+        def relay_objects_kept() -> int:
+            ms = [json.loads(urllib.request.urlopen(u, timeout=5).read()) for u in cluster.metrics_urls]
+            assert sum(m.get("relay_objects_written", 0) for m in ms) > 0
+            return sum(m.get("relay_objects_kept", 0) for m in ms)
+
+        wait_until(lambda: relay_objects_kept() == 0, 60, "the relay objects to be deleted behind the horizon")
+
 
 def _shown_leaders(bootstrap: str, topic: str, zone: str) -> set[int]:
     admin = AdminClient({"bootstrap.servers": bootstrap, "client.id": f"check&automq_az={zone}"})

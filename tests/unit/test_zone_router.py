@@ -83,11 +83,15 @@ def test_relay_log_writes_reads_and_deletes_behind_the_horizon(tmp_path: Path, m
             await reader.read_ref(RelayRef(a[0].key, a[0].offset, a[0].length, a[0].crc ^ 1))
         assert await log.delete_before(relay_created_ms(a[0].key)) == 0  # within the margin: kept
         assert a[0].key != b[0].key
-        # Everything before the horizon, but never the segment still being written.
-        assert await log.delete_before(relay_created_ms(b[0].key) + 10_000) == 1
-        with pytest.raises(RelayUnavailable):
-            await reader.read_ref(a[0])
-        assert await reader.read_ref(b[0]) == b"three"
+        # Everything before the horizon, the last segment too once no write can go to it.
+        assert await log.delete_before(relay_created_ms(b[0].key) + 10_000) == 2
+        for ref in (a[0], b[0]):
+            with pytest.raises(RelayUnavailable):
+                await reader.read_ref(ref)
+        monkeypatch.setattr(relay, "SEGMENT_MS", 60_000)
+        (c,) = await log.write([b"four"])
+        assert await log.delete_before(relay_created_ms(c.key) + 60_000) == 0  # still written to: kept
+        assert await reader.read_ref(c) == b"four"
         again = RelayLog("nfs", store, str(tmp_path), "broker-1")  # type: ignore[arg-type]
         await again.open()
         assert again.objects_kept == log.objects_kept
