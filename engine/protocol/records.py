@@ -322,9 +322,7 @@ def build_batch(
     first_ts = stamps[0]
     max_ts = max(stamps)
     deltas = [r.offset - base_offset for r in records] if keep_offsets else list(range(len(records)))
-    payload = b"".join(
-        _encode_record(r, d, ts - first_ts) for r, d, ts in zip(records, deltas, stamps, strict=True)
-    )
+    payload = b"".join(_encode_record(r, d, ts - first_ts) for r, d, ts in zip(records, deltas, stamps, strict=True))
     if compression != Compression.NONE:
         payload = compress(compression, payload)
     attributes = int(compression) & COMPRESSION_MASK
@@ -339,7 +337,7 @@ def build_batch(
         out, 0, base_offset, HEADER_SIZE - LOG_OVERHEAD + len(payload), partition_leader_epoch, 2, 0,
         attributes, deltas[-1] if last_offset_delta is None else last_offset_delta, first_ts, max_ts, producer_id,
         producer_epoch, base_sequence, len(records),
-    )
+    )  # fmt: skip
     out += payload
     UINT32.pack_into(out, CRC_OFFSET, crc32c(memoryview(out)[ATTRIBUTES_OFFSET:]))
     return bytes(out)
