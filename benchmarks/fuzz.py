@@ -118,6 +118,12 @@ def main() -> int:
                                    connections=args.connections, fuzzer=fuzzer, progress=progress))  # fmt: skip
         clients = clients_work(bootstrap)
         print_report(rep, clients)
+        if rep.handler_errors and cluster is not None:
+            # The cluster's directory goes away below: show what the handlers raised first.
+            text = cluster.broker_log.read_text(errors="replace").splitlines()
+            for i, line in enumerate(text):
+                if "failed; closing the connection" in line:
+                    print("\n".join(text[i : i + 30]))
         if args.json:
             out = {**rep.as_dict(), "seed": args.seed, "apis": apis, "clients_after": clients or "ok"}
             Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
