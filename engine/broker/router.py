@@ -415,7 +415,7 @@ class Router:
                 leader = next(x for x in self._routing_brokers() if x.id == lid)
                 req = AppendRefs([AppendRef(items[i][0], items[i][1], items[i][2], refs[i]) for i in idxs], timeout_ms)
                 answers[lid] = self._client(leader).send(APPEND_REFS, _ENC.encode(req))
-            self._spawn(self._collect(by_leader, answers, results, out))
+            self._spawn(self._collect(by_leader, answers, results, out, timeout_ms / 1000 + 5))
 
         written.add_done_callback(sent)
         return out
@@ -426,10 +426,14 @@ class Router:
         answers: dict[int, asyncio.Future[bytes]],
         results: list[RefResult | None],
         out: asyncio.Future[list[RefResult]],
+        timeout_s: float,
     ) -> None:
         for lid, idxs in by_leader.items():
             try:
-                got = _DEC_REF_RESULTS.decode(await answers[lid])
+                # A leader that never answers (paused, or a lost answer) must not hold the client for ever.
+                got = _DEC_REF_RESULTS.decode(await asyncio.wait_for(answers[lid], timeout_s))
+            except TimeoutError:
+                got = [RefResult(int(ErrorCode.REQUEST_TIMED_OUT), f"leader {lid} did not answer")] * len(idxs)
             except (ConnectionError, msgspec.DecodeError) as e:
                 got = [RefResult(int(ErrorCode.NOT_LEADER_OR_FOLLOWER), f"leader {lid}: {e}")] * len(idxs)
             for i, r in zip(idxs, got, strict=False):
@@ -639,7 +643,11 @@ class Router:
     # --- proxy: fetch ----------------------------------------------------------------------------
 
     async def tail(self, leader: BrokerRecord, items: list[TailItem], max_wait_ms: int) -> list[TailResult]:
-        body = await self._client(leader).send(TAIL, _ENC.encode(Tail(items, max_wait_ms)))
+        asked = self._client(leader).send(TAIL, _ENC.encode(Tail(items, max_wait_ms)))
+        try:
+            body = await asyncio.wait_for(asked, max_wait_ms / 1000 + 30)
+        except TimeoutError:
+            raise ConnectionError(f"broker {leader.id} did not answer a Tail") from None
         results = _DEC_TAIL_RESULTS.decode(body)
         for item, res in zip(items, results, strict=False):
             if not res.error_code:
@@ -729,10 +737,11 @@ class Router:
 
         async def ask(lid: int, idxs: list[int]) -> None:
             try:
-                body = await self._client(leaders[lid]).send(OFFSETS, _ENC.encode([items[i] for i in idxs]))
+                asked = self._client(leaders[lid]).send(OFFSETS, _ENC.encode([items[i] for i in idxs]))
+                body = await asyncio.wait_for(asked, 30)
                 for i, r in zip(idxs, _DEC_OFFSET_RESULTS.decode(body), strict=True):
                     results[i] = r
-            except (ConnectionError, msgspec.DecodeError, ValueError) as e:
+            except (ConnectionError, msgspec.DecodeError, ValueError, TimeoutError) as e:
                 log.info("offsets from broker %d: %s", lid, e)
 
         await asyncio.gather(*(ask(lid, idxs) for lid, idxs in by_leader.items()))
@@ -805,7 +814,15 @@ class Router:
         send(frame([_CORR.pack(corr), _ENC.encode(results)]))
 
     async def _answer_later(self, corr: int, rest: Awaitable[Any], send: Callable[[list[Any]], None]) -> None:
-        send(frame([_CORR.pack(corr), _ENC.encode(await rest)]))
+        try:
+            result = await rest
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug: the asking broker times out and its client retries; this one keeps serving.
+            log.exception("a router request failed")
+            return
+        send(frame([_CORR.pack(corr), _ENC.encode(result)]))
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

@@ -27,6 +27,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,11 @@ ACCEPT_WINDOW_MS = 15_000
 #: A proxy deletes a relay object only this long after the horizon passed it (clock skew).
 DELETE_MARGIN_MS = 5_000
 _MAX_GROUP_BYTES = 16 << 20
+#: Largest read a reference may ask for (a produce request's batches for one partition).
+MAX_RELAY_READ = 128 << 20
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.=-]*"
+_RELAY_KEY = re.compile(rf"relay/{_NAME}/\d{{13}}-\d{{8}}")
+_FRAME_KEY = re.compile(rf"(?:{_NAME}/wal\.ring|wal/{_NAME}/\d{{10}}-\d{{20}})")
 #: The `nfs` relay appends to a segment file for this long (or this many bytes), then starts the
 #: next: one fdatasync per group commit, a directory sync only per segment. Much shorter than
 #: ACCEPT_WINDOW_MS, which counts from the segment's creation (its name).
@@ -129,6 +135,9 @@ class SharedReader:
         self.reads = 0
 
     async def read_ref(self, ref: RelayRef) -> bytes:
+        if not _RELAY_KEY.fullmatch(ref.key) or ref.offset < 0 or not 0 < ref.length <= MAX_RELAY_READ:
+            # References arrive over the network: never a path outside the relay objects.
+            raise RelayUnavailable(f"not a relay reference: {ref.key!r}@{ref.offset}+{ref.length}")
         body = await self._read(ref.key, ref.offset, ref.length)
         if len(body) != ref.length or crc32c.crc32c(body) != ref.crc:
             raise RelayUnavailable(f"relay {ref.key}@{ref.offset}: not the bytes the proxy wrote")
@@ -136,6 +145,8 @@ class SharedReader:
 
     async def read_frame(self, loc: Location) -> bytes:
         """The payload of the WAL frame at `loc`, or RelayUnavailable if it is gone or overwritten."""
+        if not _FRAME_KEY.fullmatch(loc.key) or loc.offset < 0 or not 0 < loc.length <= MAX_RELAY_READ:
+            raise RelayUnavailable(f"not a WAL frame location: {loc.key!r}@{loc.offset}+{loc.length}")
         body = await self._read(loc.key, loc.offset, loc.length)
         frame = decode_frame(body, 0, loc.position)
         if frame is None:

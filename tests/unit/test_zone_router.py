@@ -13,7 +13,15 @@ from engine.broker.zones import wants_real_leaders
 from engine.controller.api import BrokerRecord
 from engine.protocol.records import Record, build_batch, read_batches
 from engine.storage import relay
-from engine.storage.relay import RefRecord, RelayLog, RelayRef, RelayUnavailable, SharedReader, relay_created_ms
+from engine.storage.relay import (
+    Location,
+    RefRecord,
+    RelayLog,
+    RelayRef,
+    RelayUnavailable,
+    SharedReader,
+    relay_created_ms,
+)
 
 
 def _brokers(*zones: str) -> list[BrokerRecord]:
@@ -97,3 +105,20 @@ def test_relay_log_writes_reads_and_deletes_behind_the_horizon(tmp_path: Path, m
         assert again.objects_kept == log.objects_kept
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["../secret", "relay/../1796618028969-00000000", "/etc/passwd", "relay/b/../../x", "broker-0/wal.ring"],
+)
+def test_a_reference_never_reads_outside_the_relay_objects(tmp_path: Path, key: str) -> None:
+    reader = SharedReader("nfs", None, str(tmp_path))  # type: ignore[arg-type]
+    with pytest.raises(RelayUnavailable, match="not a relay reference"):
+        asyncio.run(reader.read_ref(RelayRef(key, 0, 10, 0)))
+
+
+@pytest.mark.parametrize("key", ["../wal.ring", "/abs/wal.ring", "relay/b/1796618028969-00000000"])
+def test_a_frame_location_is_a_wal(tmp_path: Path, key: str) -> None:
+    reader = SharedReader("nfs", None, str(tmp_path))  # type: ignore[arg-type]
+    with pytest.raises(RelayUnavailable, match="not a WAL frame location"):
+        asyncio.run(reader.read_frame(Location("ring", key, 0, 100, 0)))
