@@ -5,11 +5,14 @@ amq chaos pause broker 1 --for 10s
 amq chaos s3 --latency-ms 200 | --error-rate 0.2 | --down 30s | --clear
 amq chaos zone-down az2 [--for 30s]
 amq chaos wal-tear 1 [--mode tail|last]
+amq chaos trials --count 20 [--seed 7] [--faults kill,pause,s3,zone,tear] [--wal nfs|s3] [--json out.json]
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -165,3 +168,84 @@ def wal_tear(
         typer.echo(tear_wal(state, node, mode, seed))
     except FaultError as e:
         raise _fail(str(e)) from None
+
+
+@app.command()
+def trials(
+    count: Annotated[int, typer.Option("--count", help="How many faults to inject, one after the other.")] = 10,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Decides the faults; printed so a run can be repeated.")
+    ] = None,
+    faults: Annotated[
+        str | None,
+        typer.Option(
+            "--faults", help="Fault kinds to draw from: kill,pause,s3,zone,tear (default: all the WAL allows)."
+        ),
+    ] = None,
+    wal: Annotated[str, typer.Option("--wal", help="nfs or s3 (or file: no zone router).")] = "nfs",
+    brokers: Annotated[int, typer.Option("--brokers", help="Brokers, in up to 3 zones.")] = 3,
+    rate: Annotated[float, typer.Option("--rate", help="Records per second per producer (3 producers).")] = 300.0,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write the report here.")] = None,
+    dir: Annotated[
+        str | None, typer.Option("--dir", help="An empty directory for the cluster (default: a temp dir).")
+    ] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the cluster directory (logs) afterwards.")] = False,
+) -> None:
+    """Randomized faults under idempotent acks=all load, then every acknowledged record checked.
+
+    Starts a cluster of its own; exits 2 if a record was lost, duplicated, reordered or moved,
+    or the cluster did not recover, printing the seed that reproduces the run."""
+    import random
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from automq_cli.chaos.trials import (
+        Trial,
+        TrialsOptions,
+        check_options,
+        default_faults,
+        parse_fault_kinds,
+        render,
+        run_trials,
+    )
+    from automq_cli.cluster.launch import ClusterError
+
+    try:
+        kinds = parse_fault_kinds(faults if faults is not None else default_faults(wal), wal)
+        opts = TrialsOptions(count=count, seed=seed if seed is not None else random.randrange(1 << 31),
+                             faults=kinds, wal=wal, brokers=brokers, rate=rate, dir=dir, keep=keep)  # fmt: skip
+        check_options(opts)
+        if json_out is not None and not Path(json_out).expanduser().resolve().parent.is_dir():
+            raise FaultError(f"--json {json_out}: no such directory")
+    except FaultError as e:
+        raise _fail(str(e)) from None
+
+    err = Console(stderr=True)
+    err.print(f"seed {opts.seed}: {count} trials of {','.join(kinds)} on the {wal} WAL, {brokers} brokers")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:  # fmt: skip
+        task = progress.add_task("starting the cluster", total=count)
+
+        def say(line: str) -> None:
+            progress.update(task, description=line)
+
+        def advance(trial: Trial) -> None:
+            rec = "did not recover" if trial.recovery_s is None else f"recovered in {trial.recovery_s:.1f} s"
+            progress.console.print(f"trial {trial.index + 1}/{count}: {trial.what}: {rec}, "
+                                   f"max gap {trial.max_gap_s:.1f} s, {trial.acked} acked")  # fmt: skip
+            progress.update(task, advance=1, description="trials")
+
+        try:
+            report = run_trials(opts, say, advance)
+        except (FaultError, ClusterError) as e:
+            raise _fail(f"{e} (seed {opts.seed})") from None
+    out = Console()
+    # Piped output gets rich's 80 columns, which folds the table; a file can take it wide.
+    render(report, out if out.is_terminal else Console(width=150))
+    if json_out is not None:
+        Path(json_out).expanduser().write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if not report.ok:
+        kept = f" (cluster logs kept in {report.cluster_dir})" if report.cluster_dir else ""
+        typer.echo(f"amq chaos: VIOLATIONS with seed {opts.seed}; reproduce: {report.command}{kept}", err=True)
+        raise typer.Exit(2)
