@@ -75,6 +75,12 @@ def main() -> int:
     ap.add_argument("--apis", default="default", help="'default' (no state-changing admin APIs), 'all', or keys")
     ap.add_argument("--no-bombs", action="store_true", help="leave compression bombs out")
     ap.add_argument("--json", help="write the report here")
+    ap.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="generate and drop this many frames first (to reach a long run's later frames sooner)",
+    )
     args = ap.parse_args()
     if args.frames < 1:
         ap.error("--frames must be at least 1")
@@ -108,6 +114,8 @@ def main() -> int:
     try:
         create_topics(bootstrap)
         fuzzer = FrameFuzzer(args.seed, topics=TOPICS, apis=apis, bombs=not args.no_bombs)
+        for _ in range(args.skip):
+            fuzzer.frame()
 
         def progress(rep: LiveReport) -> None:
             if rep.frames % 50_000 == 0:
