@@ -45,6 +45,8 @@ ACCEPT_WINDOW_MS = 15_000
 #: A proxy deletes a relay object only this long after the horizon passed it (clock skew).
 DELETE_MARGIN_MS = 5_000
 _MAX_GROUP_BYTES = 16 << 20
+_INLINE_READ_MAX = 1 << 20
+_INLINE_READ_S = 0.0002
 #: Largest read a reference may ask for (a produce request's batches for one partition).
 MAX_RELAY_READ = 128 << 20
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.=-]*"
@@ -133,6 +135,8 @@ class SharedReader:
         self.root = Path(nfs_root) if nfs_root else None
         self.bytes_read = 0
         self.reads = 0
+        self._read_s = 0.0  # moving average of inline read times
+        self._slow_reads = 0
 
     async def read_ref(self, ref: RelayRef) -> bytes:
         if not _RELAY_KEY.fullmatch(ref.key) or ref.offset < 0 or not 0 < ref.length <= MAX_RELAY_READ:
@@ -153,6 +157,20 @@ class SharedReader:
             raise RelayUnavailable(f"WAL frame {loc.key}@{loc.offset} (position {loc.position}) is gone")
         return frame.record.payload
 
+    async def _pread(self, path: Path, offset: int, length: int) -> bytes:
+        """Small reads of a fast file system on the loop (a thread hop costs more than the read),
+        others, or all while reads are slow (a remote NFS), in a thread."""
+        if length <= _INLINE_READ_MAX and self._slow_reads <= 0:
+            start = time.perf_counter()
+            body = _pread(path, offset, length)
+            took = time.perf_counter() - start
+            self._read_s = 0.9 * self._read_s + 0.1 * took
+            if self._read_s > _INLINE_READ_S:
+                self._slow_reads = 1000  # in a thread for a while, then look again
+            return body
+        self._slow_reads -= 1
+        return await asyncio.to_thread(_pread, path, offset, length)
+
     async def _read(self, key: str, offset: int, length: int) -> bytes:
         self.reads += 1
         if self.kind == "s3":
@@ -164,7 +182,7 @@ class SharedReader:
             assert self.root is not None
             path = self.root / key
             try:
-                body = await asyncio.to_thread(_pread, path, offset, length)
+                body = await self._pread(path, offset, length)
             except OSError as e:
                 raise RelayUnavailable(f"{path}: {e}") from e
         self.bytes_read += len(body)
