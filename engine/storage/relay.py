@@ -30,7 +30,9 @@ import os
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import crc32c
 import msgspec
@@ -39,6 +41,7 @@ from engine.storage.objects.store import ObjectStore, ObjectStoreError
 from engine.storage.wal.base import decode_frame
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: A leader refuses a reference to a relay object older than this (by the object's name).
 ACCEPT_WINDOW_MS = 15_000
@@ -210,6 +213,7 @@ class RelayLog:
         self._seq = itertools.count()
         self._written: list[tuple[int, str]] = []  # (created ms, key) of objects not yet deleted
         self._segment: tuple[str, int, int] | None = None  # nfs: (key, fd, size) of the open segment
+        self._writer: ThreadPoolExecutor | None = None
         self.bytes_written = 0
         self.objects_written = 0
         self.objects_deleted = 0
@@ -269,6 +273,13 @@ class RelayLog:
         finally:
             self._writing = False
 
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        # A thread of its own: relay writes are on the produce path and must not queue behind other
+        # work in the loop's default executor.
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay")
+        return await asyncio.get_running_loop().run_in_executor(self._writer, lambda: fn(*args))
+
     def _new_key(self) -> tuple[int, str]:
         created = int(time.time() * 1000)
         return created, f"{self.prefix}{created:013d}-{next(self._seq):08d}"
@@ -288,14 +299,14 @@ class RelayLog:
             seg = self._segment = None
         if seg is None:
             created, key = self._new_key()
-            fd = await asyncio.to_thread(_create_durably, self.root / key)
+            fd = await self._in_writer(_create_durably, self.root / key)
             seg = (key, fd, 0)
             self._segment = seg
             self._written.append((created, key))
             self.objects_written += 1
         key, fd, at = seg
         try:
-            await asyncio.to_thread(_append_durably, fd, parts, at)
+            await self._in_writer(_append_durably, fd, parts, at)
         except OSError:
             # The segment is given up: its torn tail is never referenced, the next write starts another.
             self._segment = None
@@ -340,6 +351,8 @@ class RelayLog:
 
     def close(self) -> None:
         self._closed = True
+        if self._writer is not None:
+            self._writer.shutdown(wait=False)
         if self._segment is not None:
             with contextlib.suppress(OSError):
                 os.close(self._segment[1])
