@@ -30,7 +30,9 @@ import os
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import crc32c
 import msgspec
@@ -39,12 +41,15 @@ from engine.storage.objects.store import ObjectStore, ObjectStoreError
 from engine.storage.wal.base import decode_frame
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: A leader refuses a reference to a relay object older than this (by the object's name).
 ACCEPT_WINDOW_MS = 15_000
 #: A proxy deletes a relay object only this long after the horizon passed it (clock skew).
 DELETE_MARGIN_MS = 5_000
 _MAX_GROUP_BYTES = 16 << 20
+_INLINE_READ_MAX = 1 << 20
+_INLINE_READ_S = 0.0002
 #: Largest read a reference may ask for (a produce request's batches for one partition).
 MAX_RELAY_READ = 128 << 20
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.=-]*"
@@ -133,6 +138,8 @@ class SharedReader:
         self.root = Path(nfs_root) if nfs_root else None
         self.bytes_read = 0
         self.reads = 0
+        self._read_s = 0.0  # moving average of inline read times
+        self._slow_reads = 0
 
     async def read_ref(self, ref: RelayRef) -> bytes:
         if not _RELAY_KEY.fullmatch(ref.key) or ref.offset < 0 or not 0 < ref.length <= MAX_RELAY_READ:
@@ -153,6 +160,20 @@ class SharedReader:
             raise RelayUnavailable(f"WAL frame {loc.key}@{loc.offset} (position {loc.position}) is gone")
         return frame.record.payload
 
+    async def _pread(self, path: Path, offset: int, length: int) -> bytes:
+        """Small reads of a fast file system on the loop (a thread hop costs more than the read),
+        others, or all while reads are slow (a remote NFS), in a thread."""
+        if length <= _INLINE_READ_MAX and self._slow_reads <= 0:
+            start = time.perf_counter()
+            body = _pread(path, offset, length)
+            took = time.perf_counter() - start
+            self._read_s = 0.9 * self._read_s + 0.1 * took
+            if self._read_s > _INLINE_READ_S:
+                self._slow_reads = 1000  # in a thread for a while, then look again
+            return body
+        self._slow_reads -= 1
+        return await asyncio.to_thread(_pread, path, offset, length)
+
     async def _read(self, key: str, offset: int, length: int) -> bytes:
         self.reads += 1
         if self.kind == "s3":
@@ -164,7 +185,7 @@ class SharedReader:
             assert self.root is not None
             path = self.root / key
             try:
-                body = await asyncio.to_thread(_pread, path, offset, length)
+                body = await self._pread(path, offset, length)
             except OSError as e:
                 raise RelayUnavailable(f"{path}: {e}") from e
         self.bytes_read += len(body)
@@ -192,6 +213,7 @@ class RelayLog:
         self._seq = itertools.count()
         self._written: list[tuple[int, str]] = []  # (created ms, key) of objects not yet deleted
         self._segment: tuple[str, int, int] | None = None  # nfs: (key, fd, size) of the open segment
+        self._writer: ThreadPoolExecutor | None = None
         self.bytes_written = 0
         self.objects_written = 0
         self.objects_deleted = 0
@@ -251,6 +273,13 @@ class RelayLog:
         finally:
             self._writing = False
 
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        # A thread of its own: relay writes are on the produce path and must not queue behind other
+        # work in the loop's default executor.
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay")
+        return await asyncio.get_running_loop().run_in_executor(self._writer, lambda: fn(*args))
+
     def _new_key(self) -> tuple[int, str]:
         created = int(time.time() * 1000)
         return created, f"{self.prefix}{created:013d}-{next(self._seq):08d}"
@@ -270,14 +299,14 @@ class RelayLog:
             seg = self._segment = None
         if seg is None:
             created, key = self._new_key()
-            fd = await asyncio.to_thread(_create_durably, self.root / key)
+            fd = await self._in_writer(_create_durably, self.root / key)
             seg = (key, fd, 0)
             self._segment = seg
             self._written.append((created, key))
             self.objects_written += 1
         key, fd, at = seg
         try:
-            await asyncio.to_thread(_append_durably, fd, parts, at)
+            await self._in_writer(_append_durably, fd, parts, at)
         except OSError:
             # The segment is given up: its torn tail is never referenced, the next write starts another.
             self._segment = None
@@ -322,6 +351,8 @@ class RelayLog:
 
     def close(self) -> None:
         self._closed = True
+        if self._writer is not None:
+            self._writer.shutdown(wait=False)
         if self._segment is not None:
             with contextlib.suppress(OSError):
                 os.close(self._segment[1])
