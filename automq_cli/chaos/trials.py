@@ -58,6 +58,8 @@ FAULT_KINDS = ("kill", "pause", "s3", "zone", "tear")
 RECOVERY_TIMEOUT_S = 120.0
 #: librdkafka logs every refused connection at level 3; under injected faults those are expected.
 QUIET = {"log_level": 2}
+#: Broker counters that show the zone router relayed writes (zone-aware producers, leader elsewhere).
+ROUTER_COUNTERS = ("relayed_batches", "relayed_appends")
 
 Say = Callable[[str], None]
 
@@ -196,6 +198,8 @@ class Report:
     failures: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     cluster_dir: str = ""
+    #: ROUTER_COUNTERS summed over the brokers and their restarts.
+    router: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -241,6 +245,7 @@ class Report:
             "producer_error_examples": self.producer_errors[:10],
             "group_consumed": self.group_consumed,
             "group_errors": self.group_errors[:10],
+            "router": self.router,
             "cluster_dir": self.cluster_dir,
         }
 
@@ -267,6 +272,8 @@ class Run:
         self.home = Path()
         self.loads: list[Load] = []
         self.readers: list[GroupReader] = []
+        #: (broker, counter) -> (what earlier lives of the broker counted, the last value of this one)
+        self.counted: dict[tuple[str, str], tuple[int, int]] = {}
         self.report = Report(asdict(opts), command_line(opts), datetime.now(UTC).isoformat(timespec="seconds"))
 
     def now(self) -> float:
@@ -323,6 +330,28 @@ class Run:
     def acked_total(self) -> int:
         return sum(load.total for load in self.loads)
 
+    def scrape_router(self) -> None:
+        """Read the router's counters from every broker; a restarted broker counts from 0 again."""
+        import json
+        import urllib.request
+
+        for entry in self.state.get("brokers") or []:
+            if not entry.get("metrics_port"):
+                continue
+            try:
+                url = f"http://127.0.0.1:{entry['metrics_port']}/metrics"
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    values = json.loads(r.read())
+            except (OSError, ValueError):
+                continue  # down right now; its earlier count is kept
+            for name in ROUTER_COUNTERS:
+                key = (f"broker-{entry['id']}", name)
+                base, last = self.counted.get(key, (0, 0))
+                now = int(values.get(name, 0))
+                self.counted[key] = (base + last, now) if now < last else (base, now)
+        for name in ROUTER_COUNTERS:
+            self.report.router[name] = sum(b + v for (_, n), (b, v) in self.counted.items() if n == name)
+
     def crashed(self, expected_down: set[str]) -> list[str]:
         """Processes of the cluster that are not running though nothing stopped them."""
         return [name for name, pid in (self.state.get("pids") or {}).items()
@@ -373,6 +402,7 @@ class Run:
 
     def trial(self, index: int, fault: Fault) -> Trial:
         trial = Trial(index, fault.kind, fault.describe())
+        self.scrape_router()
         acked_before = self.acked_total()
         injected = time.monotonic()
         trial.injected_at = injected - self.began
@@ -422,6 +452,7 @@ class Run:
         return self.report
 
     def finish(self, topic: str) -> None:
+        self.scrape_router()
         self.say("stopping the load; reading everything back")
         for load in self.loads:
             try:
@@ -513,7 +544,8 @@ def render(report: Report, console: Any) -> None:
     checks = v.summary() if not v.ok else "lost 0, duplicated 0, reordered 0, offsets gone 0"
     console.print(f"{len(report.trials)} trials in {report.elapsed_s:.0f} s; {v.acked:,} records acknowledged, "
                   f"{v.read:,} read back; {checks}; group consumed {report.group_consumed:,}; "
-                  f"producer errors {len(report.producer_errors)}")  # fmt: skip
+                  f"producer errors {len(report.producer_errors)}; zone router: "
+                  + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in report.router.items()))  # fmt: skip
     for line in report.failures:
         console.print(f"[red]{line}[/red]")
     for v in report.verdict.violations[:10]:

@@ -61,5 +61,7 @@ def test_three_trials_on_nfs_lose_nothing(tmp_path: Path) -> None:
     assert [t["kind"] for t in out["trials"]] == ["zone", "s3", "tear"]
     assert all(t["recovery_s"] is not None and t["acked"] > 0 for t in out["trials"])
     assert out["acked"] > 3000 and out["read"] >= out["acked"] and out["group_consumed"] > 0
+    # The zone-aware producers' writes to leaders in other zones went through the router's relay.
+    assert out["router"]["relayed_batches"] > 0, out["router"]
     assert "tore broker 1's WAL" in " ".join(out["trials"][2]["lines"])
     assert "fault" in r.stdout and "zone" in r.stdout and "seed 38" in r.stderr
