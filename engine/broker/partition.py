@@ -308,7 +308,16 @@ class Partition:
                 for rb in batches:
                     if rb.max_timestamp < target or rb.next_offset <= offset:
                         continue
-                    for r in batch_records(b.payload, rb):
+                    try:
+                        records = batch_records(b.payload, rb)
+                    except CorruptRecords:
+                        # Stored as a client sent it (Produce does not inflate batches), e.g. one
+                        # that inflates past the bound: its header says a record at or after
+                        # `target` is in it, so the batch's first offset is the earliest answer
+                        # that skips nothing.
+                        first = max(rb.base_offset, offset)
+                        return (-1, -1) if first >= stream.end_offset else (rb.max_timestamp, first)
+                    for r in records:
                         if r.offset >= offset and r.timestamp is not None and r.timestamp >= target:
                             if r.offset >= stream.end_offset:
                                 return -1, -1
