@@ -177,6 +177,8 @@ class Trial:
     #: The longest time any partition went without an acknowledgement, from the fault to its recovery.
     max_gap_s: float = 0.0
     acked: int = 0
+    #: Records whose send failed (the client gave up on them) while this trial ran.
+    send_errors: int = 0
     lines: list[str] = field(default_factory=list)
     #: A process of the cluster that died without being told to (a crash).
     crashed: list[str] = field(default_factory=list)
@@ -217,6 +219,7 @@ class Report:
             out[kind] = {
                 "trials": len(mine),
                 "acked": sum(t.acked for t in mine),
+                "send_errors": sum(t.send_errors for t in mine),
                 **counts,
                 "recovery_p50_s": round(statistics.median(recov), 2) if recov else None,
                 "recovery_max_s": round(max(recov), 2) if recov else None,
@@ -471,6 +474,12 @@ class Run:
             got = {}
         self.report.verdict = verify(self.loads, got)
         self.attribute()
+        starts = [t.injected_at for t in self.report.trials]
+        for load in self.loads:
+            for t in load.error_times:
+                i = bisect.bisect_right(starts, t - self.began) - 1
+                if i >= 0:
+                    self.report.trials[i].send_errors += 1
 
     def attribute(self) -> None:
         """Each violation to the trial during which its record was acknowledged (or sent, if never)."""
@@ -527,14 +536,15 @@ def render(report: Report, console: Any) -> None:
 
     table = Table(title=f"amq chaos trials: {report.command}")
     for col in ("fault", "trials", "acked", "lost", "dup", "reordered", "offset gone", "gap p50 s", "gap max s",
-                "after heal p50 s", "after heal max s"):  # fmt: skip
+                "after heal p50 s", "after heal max s", "send errors"):  # fmt: skip
         table.add_column(col, justify="left" if col == "fault" else "right")
     for kind, row in report.by_kind().items():
         gone = row["offset_missing"] + row["offset_changed"]
         table.add_row(kind, str(row["trials"]), f"{row['acked']:,}", str(row["lost"]), str(row["duplicated"]),
                       str(row["reordered"]), str(gone), _seconds(row["gap_p50_s"]), _seconds(row["gap_max_s"]),
                       _seconds(row["recovery_p50_s"]),
-                      _seconds(row["recovery_max_s"]) if not row["not_recovered"] else "never")  # fmt: skip
+                      _seconds(row["recovery_max_s"]) if not row["not_recovered"] else "never",
+                      str(row["send_errors"]))  # fmt: skip
     console.print(table)
     console.print(
         "gap: the longest time a partition acknowledged nothing, from the fault until every partition "
@@ -548,5 +558,12 @@ def render(report: Report, console: Any) -> None:
                   + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in report.router.items()))  # fmt: skip
     for line in report.failures:
         console.print(f"[red]{line}[/red]")
+    if report.producer_errors:
+        # Not a violation (the client was told; such a record may or may not be written), but a
+        # healed fault should not make an idempotent producer give up on records.
+        worst = max(report.trials, key=lambda t: t.send_errors, default=None)
+        where = f"; most in trial {worst.index + 1} ({worst.what})" if worst and worst.send_errors else ""
+        console.print(f"[yellow]{len(report.producer_errors)} sends failed, e.g. {report.producer_errors[0]}"
+                      f"{where}[/yellow]")  # fmt: skip
     for v in report.verdict.violations[:10]:
         console.print(f"[red]{v.describe()}[/red]")

@@ -44,6 +44,8 @@ class Load:
     acked: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # partition -> (offset, seq)
     ack_times: dict[int, list[float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    #: When each of `errors` came (time.monotonic()), to tell which fault caused it.
+    error_times: list[float] = field(default_factory=list)
     sent: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -73,6 +75,7 @@ class Load:
         def on_delivery(err: Any, msg: Any) -> None:
             if err is not None:
                 self.errors.append(str(err))
+                self.error_times.append(time.monotonic())
                 return
             self.acked.setdefault(msg.partition(), []).append((msg.offset(), int(msg.value())))
             self.ack_times.setdefault(msg.partition(), []).append(time.monotonic())
