@@ -54,9 +54,8 @@ def main() -> int:
 
         bootstrap = str(state["bootstrap"])
         topic = unique("outage")
-        AdminClient({"bootstrap.servers": bootstrap, **QUIET}).create_topics([NewTopic(topic, PARTITIONS, 1)])[
-            topic
-        ].result(30)
+        admin = AdminClient({"bootstrap.servers": bootstrap, **QUIET})  # kept: its futures die with it
+        admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
         ids = ["outage-p0&automq_az=az1", "outage-p1&automq_az=az3", "outage-p2"]
         loads = [Load(bootstrap, topic, client_id=c, key=b"p%d" % i, rate=args.rate, pad=args.pad, config=QUIET).start()
                  for i, c in enumerate(ids)]  # fmt: skip
