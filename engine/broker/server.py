@@ -124,6 +124,10 @@ class KafkaServer:
         """Handle one frame: its answer, or (pipelined APIs) a future of it once the ordered part is done."""
         broker = self.broker
         counters = broker.counters
+        if len(data) > MAX_CONTROL_FRAME and (len(data) < 2 or data[0] != 0 or data[1] != ApiKey.PRODUCE):
+            counters["requests_rejected"] += 1
+            log.info("%s: a %d-byte frame of api 0x%s; closing", conn.peer, len(data), bytes(data[:2]).hex())
+            return CLOSE
         if len(data) >= 2 and data[0] == _ROUTER_HI and data[1] == _ROUTER_LO and broker.router is not None:
             # Another broker's zone-router request (a private API key no Kafka client sends). Its
             # answers may leave out of order (a long-polling Tail must not hold AppendRefs up).
@@ -136,10 +140,6 @@ class KafkaServer:
                 log.exception("%s: router request failed; closing the connection", conn.peer)
                 return CLOSE
             return None if ok else CLOSE
-        if len(data) > MAX_CONTROL_FRAME and (len(data) < 2 or data[0] != 0 or data[1] != ApiKey.PRODUCE):
-            counters["requests_rejected"] += 1
-            log.info("%s: a %d-byte frame of api 0x%s; closing", conn.peer, len(data), bytes(data[:2]).hex())
-            return CLOSE
         try:
             request = decode_request(data)
         except UnsupportedVersion as e:
