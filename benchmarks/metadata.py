@@ -170,6 +170,15 @@ def _cluster(root: Path, name: str, **options: Any) -> tuple[dict[str, Any], Pat
     return start_cluster(opts, home=home), home
 
 
+def _stop(state: dict[str, Any]) -> None:
+    from automq_cli.cluster import stop_cluster
+
+    stop_cluster(state, timeout=20)
+    # As root, PostgreSQL's data may live outside the cluster directory (launch._postgres_dir).
+    if state.get("postgres_dir"):
+        shutil.rmtree(state["postgres_dir"], ignore_errors=True)
+
+
 def _cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of these processes and their children (PostgreSQL's backends)."""
     import psutil
@@ -226,7 +235,6 @@ def _new_topic(bootstrap: str, topic: str, partitions: int) -> None:
 
 
 def produce_part(args: argparse.Namespace) -> int:
-    from automq_cli.cluster import stop_cluster
     from benchmarks.report import provenance
 
     root = Path(tempfile.mkdtemp(prefix="amq-mdbench-produce-"))
@@ -256,7 +264,7 @@ def produce_part(args: argparse.Namespace) -> int:
                 time.sleep(3)
     finally:
         for state in clusters.values():
-            stop_cluster(state, timeout=20)
+            _stop(state)
         shutil.rmtree(root, ignore_errors=True)
     med = {n: statistics.median(r[2] for r in rows if r[0] == n) for n in clusters}
     print()
@@ -313,7 +321,7 @@ def _create_topic(bootstrap: str, topic: str) -> bool:
 
 
 def failover_part(args: argparse.Namespace) -> int:
-    from automq_cli.cluster import kill_pid, stop_cluster, write_state
+    from automq_cli.cluster import kill_pid, write_state
     from automq_cli.cluster.launch import start_controller
     from benchmarks.failover import PARTITIONS, Load, read_back, verify
     from benchmarks.report import provenance
@@ -364,7 +372,7 @@ def failover_part(args: argparse.Namespace) -> int:
         lost, dup, reordered = verify(load, read_back(bootstrap, "load"))
     finally:
         if state:
-            stop_cluster(state, timeout=20)
+            _stop(state)
         shutil.rmtree(root, ignore_errors=True)
     print()
     print(*provenance("benchmarks/metadata.py"), sep="\n")
