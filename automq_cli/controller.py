@@ -1,8 +1,10 @@
-"""`amq controller start`: a controller for a cluster on several hosts, in the foreground (systemd runs it)."""
+"""`amq controller start`: a controller for a cluster on several hosts, in the foreground (systemd runs it);
+`amq controller start|kill NAME`: one controller of the local cluster, for trials of controller failover."""
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +14,8 @@ from automq_cli.hosts import HostError, check_metadata, write_ready
 
 app = typer.Typer(
     name="controller",
-    help="Run a controller of a cluster on several hosts (docs/deploy.md).",
+    help="Run a controller of a cluster on several hosts (docs/deploy.md), or kill and start one of the local "
+    "cluster's controllers.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -23,8 +26,73 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+LOCAL_NAME = "controller, controller-1, ... (see `amq cluster status`)"
+
+
+def _local(name: str, dir: str | None) -> tuple[Path, dict[str, Any], int | None, bool]:
+    """(home, state, the controller's pid, alive) of the local cluster, or a one-line error."""
+    from automq_cli.cluster.launch import NOT_RUNNING, controller_names
+    from automq_cli.cluster.processes import pid_alive
+    from automq_cli.cluster.state import amq_home, find_state
+
+    home = amq_home()
+    state = find_state(home, dir)
+    if state is None:
+        raise _fail(NOT_RUNNING + (f" in {dir}" if dir else ""))
+    names = controller_names(state)
+    if name not in names:
+        raise _fail(f"no {name} in this cluster (controllers: {', '.join(names) or 'none'})")
+    pid = (state.get("pids") or {}).get(name)
+    alive = isinstance(pid, int) and pid_alive(pid, name)
+    return home, state, pid if isinstance(pid, int) else None, alive
+
+
+@app.command()
+def kill(
+    name: Annotated[str, typer.Argument(help=f"The local cluster's controller: {LOCAL_NAME}.")],
+    dir: Annotated[
+        str | None, typer.Option("--dir", "--data-dir", help="The cluster's directory (as given to `amq cluster up`).")
+    ] = None,
+) -> None:
+    """SIGKILL (kill -9) of one controller of the local cluster: a crash, for failover trials."""
+    from automq_cli.cluster.processes import kill_pid, pid_alive
+
+    _, _, pid, alive = _local(name, dir)
+    if not alive or pid is None:
+        raise _fail(f"the {name} is not running; start it with `amq controller start {name}`")
+    kill_pid(pid)
+    if pid_alive(pid, name):
+        raise _fail(f"the {name} (pid {pid}) is still alive after SIGKILL")
+    typer.echo(f"{name} (pid {pid}) killed with SIGKILL")
+
+
+def _restart_local(name: str, dir: str | None, timeout: float) -> None:
+    from automq_cli.cluster.launch import ClusterError, start_controller
+    from automq_cli.cluster.state import write_state
+
+    home, state, pid, alive = _local(name, dir)
+    if alive:
+        raise _fail(f"the {name} is already running (pid {pid})")
+    t0 = time.monotonic()
+    try:
+        address = start_controller(state, name, timeout=timeout)
+    except ClusterError as e:
+        write_state(state, home, claim_home=False)  # the pid of a failed start is recorded, and dead
+        raise _fail(str(e)) from None
+    write_state(state, home, claim_home=False)
+    typer.echo(f"{name} is up at {address} (pid {state['pids'][name]}) after {time.monotonic() - t0:.2f}s")
+
+
 @app.command()
 def start(
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            help=f"Local cluster: the controller to start again ({LOCAL_NAME}), on its old address. "
+            "Leave it out for a controller of a cluster on several hosts.",
+            show_default=False,
+        ),
+    ] = None,
     config: Annotated[
         str | None, typer.Option("--config", help="YAML file of controller settings; flags win over it.")
     ] = None,
@@ -39,7 +107,12 @@ def start(
         ),
     ] = None,
     dir: Annotated[
-        str | None, typer.Option("--dir", help="Directory for controller.db (SQLite) (default ~/.amq/controller)")
+        str | None,
+        typer.Option(
+            "--dir",
+            help="Local cluster (with NAME): its directory. Otherwise: the directory for "
+            "controller.db (SQLite) (default ~/.amq/controller).",
+        ),
     ] = None,
     listen: Annotated[
         str | None, typer.Option("--listen", help="Address to bind (default 127.0.0.1); 0.0.0.0 needs --advertise.")
@@ -58,8 +131,26 @@ def start(
         str | None,
         typer.Option("--ready-file", help="Once listening, write {port, address, pid} here as JSON (for scripts)."),
     ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Local cluster: seconds to wait until it listens.")
+    ] = 60.0,
 ) -> None:
-    """Run a controller until SIGTERM. Several on one PostgreSQL database: one leads, the others stand by."""
+    """Run a controller until SIGTERM. Several on one PostgreSQL database: one leads, the others stand by.
+
+    `amq controller start NAME`: start a killed controller of the local cluster again, in the
+    background, on its old address (a standby if another one leads).
+    """
+    if name is not None:
+        given = {"--config": config, "--metadata": metadata, "--listen": listen, "--port": port,
+                 "--advertise": advertise, "--lease-ttl-ms": lease_ttl_ms,
+                 "--session-timeout-ms": session_timeout_ms, "--ready-file": ready_file}  # fmt: skip
+        # --metadata may come from $AMQ_METADATA, set for a host's controller: not a reason to refuse.
+        extra = [flag for flag, v in given.items() if v is not None and flag != "--metadata"]
+        if extra:
+            raise _fail(f"`amq controller start {name}` starts a controller of the local cluster again with its "
+                        f"saved settings, which takes no {extra[0]}")  # fmt: skip
+        _restart_local(name, dir, timeout)
+        return
     from engine.controller.__main__ import serve
     from engine.controller.config import ControllerConfig, ControllerConfigError
     from engine.postgres import PgError, redact

@@ -374,32 +374,18 @@ def start_cluster(
 
     # controllers
     say("starting the controller" if opts.controllers == 1 else f"starting {opts.controllers} controllers")
+    flags = controller_flags(opts)
+    # Kept so that `amq controller start NAME` can start a killed controller again as it was.
+    state["controller_flags"] = flags
     addresses = []
     for i in range(opts.controllers):
         name = "controller" if i == 0 else f"controller-{i}"
-        port_file = directory / name / "port"
-        port_file.parent.mkdir(exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            port_file.unlink()
-        # The URL (and its password) goes by environment, not argv, which `ps` shows to every user.
-        ctl = spawn(
-            [sys.executable, "-m", "engine.controller", "--dir", str(directory / name),
-             "--port", str(opts.controller_port if i == 0 else 0), "--port-file", str(port_file),
-             "--session-timeout-ms", str(max(1, round(opts.session_timeout * 1000))),
-             "--balance-interval-ms", str(max(50, round(opts.balance_interval_s * 1000))),
-             "--lease-ttl-ms", str(max(100, round(opts.lease_ttl_s * 1000))),
-             *([] if opts.auto_balance else ["--no-auto-balance"])],
-            logs / f"{name}.log", env={"AMQ_METADATA": metadata},
-        )  # fmt: skip
-        pids[name] = ctl.pid
-        deadline = time.monotonic() + timeout
-        while not port_file.exists() or not port_file.read_text().strip():
-            if ctl.poll() is not None:
-                raise fail(f"the {name} exited with code {ctl.returncode}: {tail(logs / f'{name}.log')}")
-            if time.monotonic() > deadline:
-                raise fail(f"the {name} did not start; see {logs / f'{name}.log'}")
-            time.sleep(0.05)
-        addresses.append(f"127.0.0.1:{int(port_file.read_text())}")
+        proc = _spawn_controller(state, name, opts.controller_port if i == 0 else 0, metadata)
+        try:
+            port = _controller_port(proc, name, directory, timeout)
+        except ClusterError as e:
+            raise fail(str(e)) from None
+        addresses.append(f"127.0.0.1:{port}")
     controller = ",".join(addresses)
     state["controller"] = controller
 
@@ -470,6 +456,90 @@ def _start_s3_proxy(upstream: str, directory: Path, logs: Path, pids: dict[str, 
             raise ClusterError(f"the S3 fault proxy did not start; see {logs / 's3-proxy.log'}")
         time.sleep(0.05)
     return f"http://127.0.0.1:{int(port_file.read_text())}"
+
+
+def controller_flags(opts: ClusterOptions) -> list[str]:
+    """The controller's settings as flags, the same for every controller of the cluster."""
+    return [
+        "--session-timeout-ms", str(max(1, round(opts.session_timeout * 1000))),
+        "--balance-interval-ms", str(max(50, round(opts.balance_interval_s * 1000))),
+        "--lease-ttl-ms", str(max(100, round(opts.lease_ttl_s * 1000))),
+        *([] if opts.auto_balance else ["--no-auto-balance"]),
+    ]  # fmt: skip
+
+
+def _spawn_controller(state: dict[str, Any], name: str, port: int, metadata: str) -> subprocess.Popen[bytes]:
+    directory = Path(state["dir"])
+    port_file = directory / name / "port"
+    port_file.parent.mkdir(exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        port_file.unlink()
+    # The URL (and its password) goes by environment, not argv, which `ps` shows to every user.
+    proc = spawn(
+        [sys.executable, "-m", "engine.controller", "--dir", str(directory / name), "--port", str(port),
+         "--port-file", str(port_file), *state.get("controller_flags", [])],
+        directory / "logs" / f"{name}.log", env={"AMQ_METADATA": metadata},
+    )  # fmt: skip
+    state.setdefault("pids", {})[name] = proc.pid
+    return proc
+
+
+def _controller_port(proc: subprocess.Popen[bytes], name: str, directory: Path, timeout: float) -> int:
+    """The port the controller bound, once it listens; ClusterError if it exits or takes too long."""
+    port_file = directory / name / "port"
+    log = directory / "logs" / f"{name}.log"
+    deadline = time.monotonic() + timeout
+    while not port_file.exists() or not port_file.read_text().strip():
+        if proc.poll() is not None:
+            raise ClusterError(f"the {name} exited with code {proc.returncode}: {tail(log)}")
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the {name} did not start; see {log}")
+        time.sleep(0.05)
+    return int(port_file.read_text())
+
+
+def controller_names(state: dict[str, Any]) -> list[str]:
+    """The cluster's controllers in the order of their addresses in state["controller"]."""
+    count = len([a for a in str(state.get("controller") or "").split(",") if a])
+    return ["controller" if i == 0 else f"controller-{i}" for i in range(count)]
+
+
+def _metadata_url(state: dict[str, Any]) -> str:
+    """The full PostgreSQL URL ("" with SQLite): the state file keeps it redacted, so it comes from a
+    broker's config, which needs it anyway (the cluster directory is amq's own)."""
+    for entry in state.get("brokers") or []:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            path = str(json.loads(Path(entry["config"]).read_text()).get("storage_metadata_path") or "")
+            return path if path.startswith(("postgresql://", "postgres://")) else ""
+    return ""
+
+
+def start_controller(state: dict[str, Any], name: str, timeout: float = 60.0) -> str:
+    """Start a stopped (killed) controller of the local cluster again, on its old address, so that
+    the brokers, which know every controller's address, reach it; returns that address.
+
+    With PostgreSQL it comes back as a standby (another one holds the lease) or takes the lease
+    if none does. The caller writes the state file.
+    """
+    names = controller_names(state)
+    if name not in names:
+        raise ClusterError(f"no {name} in this cluster (controllers: {', '.join(names) or 'none'})")
+    if "controller_flags" not in state:
+        raise ClusterError("this cluster was started by an older amq; restart it with `amq cluster down` and `up`")
+    pid = (state.get("pids") or {}).get(name)
+    if isinstance(pid, int) and pid_alive(pid, name):
+        raise ClusterError(f"the {name} is running (pid {pid})")
+    address = str(state["controller"]).split(",")[names.index(name)]
+    port = int(address.rsplit(":", 1)[1])
+    if not port_free(port):
+        raise ClusterError(f"the {name}'s port {port} is in use by another process")
+    proc = _spawn_controller(state, name, port, _metadata_url(state))
+    try:
+        _controller_port(proc, name, Path(state["dir"]), timeout)
+    except ClusterError:
+        stop_pid(proc.pid, name, timeout=10)
+        raise
+    return address
 
 
 def wal_path(kind: str, directory: Path, node_id: int) -> Path:

@@ -769,6 +769,7 @@ class Broker:
         if self.storage is not None:
             out.update(self.storage.metrics())
         out["cross_zone_bytes"] = self.ledger.cross_zone_bytes()
+        out["cross_zone_pointer_bytes"] = self.ledger.cross_zone_pointer_bytes()
         out["zone_router"] = int(self.router.enabled)
         if self.router.relay is not None:
             out["relay_objects_written"] = self.router.relay.objects_written

@@ -91,6 +91,10 @@ class ZoneLedger:
         """Data bytes that crossed from one known zone to another."""
         return sum(n for (s, d, k), n in self.bytes.items() if k == "client" and s != d and UNKNOWN not in (s, d))
 
+    def cross_zone_pointer_bytes(self) -> int:
+        """Broker-to-broker bytes (the zone router's pointers, no data) that crossed zones: billed too."""
+        return sum(n for (s, d, k), n in self.bytes.items() if k == "broker" and s != d and UNKNOWN not in (s, d))
+
     def rows(self) -> list[dict[str, object]]:
         return [{"src": s, "dst": d, "kind": k, "bytes": n} for (s, d, k), n in sorted(self.bytes.items())]
 

@@ -51,7 +51,9 @@ def test_s3_down_then_errors_under_load_loses_nothing(tmp_path: Path) -> None:
         wait_until(lambda: load.total > mark + 1000, 60, "produce through S3 errors")
         print(set_s3_faults(state, clear=True))
         stats = _proxy_stats(state)
-        assert stats["refused"] > 0 and stats["by_status"].get("200", 0) > 0, stats
+        # The outage shows in the acknowledgements above; `refused` counts only requests that raced
+        # the listener's close (most clients see a refused connect and never reach the proxy).
+        assert stats["errors"] > 0 and stats["by_status"].get("200", 0) > 0, stats
         load.finish()
         assert not load.errors, load.errors[:3]
         check_exactly_once_in_order(load, read_back(cluster.bootstrap, topic))

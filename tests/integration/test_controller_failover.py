@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 from automq_cli.cluster import kill_pid
 from engine.controller import api
 from engine.controller.rpc import NOT_LEADER, ControllerClient, RpcError, parse_addresses, request_sync
-from tests.integration.cluster_fixture import LocalCluster, unique
+from tests.integration.cluster_fixture import LocalCluster, start_local_cluster, unique
 from tests.integration.cluster_load import (
     GroupReader,
     check_exactly_once_in_order,
@@ -150,3 +150,37 @@ def test_a_paused_leader_leads_no_more_when_it_wakes(tmp_path: Path) -> None:
         assert the_leader(cluster) == standby
         log = (Path(cluster.state["dir"]) / "logs" / f"{old}.log").read_text()
         assert "stops leading" in log
+
+
+def test_a_killed_controller_started_again_stands_by_then_leads(tmp_path: Path) -> None:
+    """`amq controller kill|start NAME`: back on its old address (the brokers know only those), it
+    waits as the standby, and leads when the other one dies in turn."""
+    cluster = start_local_cluster(tmp_path, brokers=1, metadata="postgres", controllers=2, lease_ttl_s=1.0)
+    try:
+        old = the_leader(cluster)
+        (standby,) = [n for n in controllers(cluster) if n != old]
+        out = cluster.amq("controller", "kill", old)
+        assert out.returncode == 0, out.stderr
+        wait_until(lambda: leads(controllers(cluster)[standby][0]), 10, "the standby to lead")
+        out = cluster.amq("controller", "start", old)
+        assert out.returncode == 0, out.stderr
+        assert f"{old} is up at {controllers(cluster)[old][0]}" in out.stdout, out.stdout
+        cluster.reload()
+        assert the_leader(cluster) == standby, "the controller started again took the lease from a live leader"
+        out = cluster.amq("controller", "start", old)
+        assert out.returncode != 0 and "already running" in out.stderr, out.stderr
+        kill_pid(controllers(cluster)[standby][1])
+        wait_until(lambda: leads(controllers(cluster)[old][0]), 10, "the restarted controller to lead")
+        # The broker follows it there: a topic is created through it.
+        name = unique("after-restart")
+        wait_until(lambda: _created(cluster, name), 20, "a topic to be created through the restarted controller")
+    finally:
+        cluster.stop()
+
+
+def _created(cluster: LocalCluster, name: str) -> bool:
+    try:
+        create_topic(cluster, name, 1)
+        return True
+    except KafkaException as e:
+        return e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS

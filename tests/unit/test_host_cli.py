@@ -152,3 +152,48 @@ def test_the_three_host_templates_are_valid() -> None:
     units = (root.parent / "systemd").glob("*.service")
     assert {u.name for u in units} == {"amq-controller.service", "amq-broker.service"}
     assert "/mnt/amq-wal" in (root.parent / "systemd" / "amq-broker.service").read_text()
+
+
+def _local_cluster_state(tmp_path: Path, addresses: list[str], **extra: object) -> None:
+    """A cluster's state file as `amq cluster up` writes it, its controllers not running."""
+    from automq_cli.cluster.state import write_state
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # exited and reaped: nothing runs under it (or not a controller)
+    names = ["controller" if i == 0 else f"controller-{i}" for i in range(len(addresses))]
+    state = {"dir": str(tmp_path / "data"), "controller": ",".join(addresses), "pids": dict.fromkeys(names, pid),
+             "brokers": [], **extra}  # fmt: skip
+    (tmp_path / "data").mkdir(exist_ok=True)
+    write_state(state, tmp_path / "home")
+
+
+def test_controller_of_the_local_cluster(tmp_path: Path) -> None:
+    fails(["controller", "start", "controller-1"], "no local amq cluster is running")
+    fails(["controller", "kill", "controller-1"], "no local amq cluster is running")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        taken = busy.getsockname()[1]
+        flags = ["--lease-ttl-ms", "3000"]
+        _local_cluster_state(tmp_path, ["127.0.0.1:9", f"127.0.0.1:{taken}"], controller_flags=flags)
+        fails(["controller", "start", "controller-7"], "no controller-7 in this cluster",
+              "controllers: controller, controller-1")  # fmt: skip
+        fails(["controller", "kill", "controller-1"], "the controller-1 is not running", "amq controller start")
+        # Its saved settings, not flags: the brokers know it by its old address and settings.
+        fails(["controller", "start", "controller-1", "--port", "5"], "takes no --port")
+        fails(["controller", "start", "controller-1", "--dir", str(tmp_path / "data")], f"port {taken} is in use")
+    _local_cluster_state(tmp_path, ["127.0.0.1:9", "127.0.0.1:10"])
+    fails(["controller", "start", "controller-1"], "started by an older amq", "amq cluster down")
+
+
+def test_the_metadata_url_of_a_restarted_controller(tmp_path: Path) -> None:
+    """The state file keeps the URL redacted; the controller needs it whole, from a broker's config."""
+    from automq_cli.cluster.launch import _metadata_url
+
+    config = tmp_path / "broker.json"
+    url = "postgresql://amq:hunter2@127.0.0.1:5432/amq"
+    config.write_text(f'{{"storage_metadata_path": "{url}"}}')
+    assert _metadata_url({"brokers": [{"config": str(config)}]}) == url
+    config.write_text(f'{{"storage_metadata_path": "{tmp_path / "metadata.db"}"}}')
+    assert _metadata_url({"brokers": [{"config": str(config)}]}) == ""  # SQLite: a controller of its own file
+    assert _metadata_url({"brokers": [{"config": str(tmp_path / "gone.json")}]}) == ""
