@@ -15,6 +15,11 @@ class BrokerError(Exception):
         self.error_code = error_code
 
 
+#: What a handler answers with an error code instead of failing the request: refusals, and storage
+#: trouble (S3 failing while a partition opens or a read fetches objects is transient).
+ANSWERED = (BrokerError, StorageError, ObjectStoreError)
+
+
 def error_code_for(exc: BaseException) -> ErrorCode:
     if isinstance(exc, BrokerError):
         return exc.error_code

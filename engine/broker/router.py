@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from engine.broker.errors import BrokerError, error_code_for
+from engine.broker.errors import ANSWERED, BrokerError, error_code_for
 from engine.protocol import CorruptRecords, ErrorCode
 from engine.protocol.framing import frame
 from engine.protocol.records import assign_offsets, read_batches
@@ -588,7 +588,7 @@ class Router:
                     res.entries, res.keys = self._locations(
                         stream.stream_id, item.offset, stream.end_offset, item.max_bytes
                     )
-                except (BrokerError, StorageError) as e:
+                except ANSWERED as e:
                     res.error_code, res.message = int(error_code_for(e)), str(e)
             left = deadline - loop.time()
             if len(waits) < len(req.items) or left <= 0:
@@ -763,7 +763,7 @@ class Router:
                     res.timestamp, res.offset, res.leader_epoch = await part.list_offset(it.value)
                 else:
                     res.leader_epoch, res.offset = part.end_offset_for_epoch(it.value)
-            except (BrokerError, StorageError) as e:
+            except ANSWERED as e:
                 res.error_code = int(error_code_for(e))
         return out
 

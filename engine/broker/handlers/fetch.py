@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from engine.broker.context import RequestContext
-from engine.broker.errors import BrokerError, error_code_for
+from engine.broker.errors import ANSWERED, BrokerError, error_code_for
 from engine.broker.partition import Partition
 from engine.broker.router import TailItem, TailResult
 from engine.controller.api import BrokerRecord
@@ -88,7 +88,7 @@ async def _read(
                     part.requests += 1
                     offset = batches[len(chosen) - 1].end_offset
                 waits.append((part, offset))
-            except (BrokerError, StorageError) as e:
+            except ANSWERED as e:
                 pd.error_code = int(error_code_for(e))
                 errors = True
     remote: Remote = {}
@@ -196,6 +196,7 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
         ]
         for poll in polls:
             poll.add_done_callback(lambda _f, w=wake: _wake(w))
+            poll.add_done_callback(_retrieved)
         try:
             await wake
         finally:
@@ -210,6 +211,12 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
         if not polls and not any(p.ready.end_offset > off for p, off in waits) and deadline > loop.time():
             # Woken without data: a stream that stopped taking data (closed, fenced). Do not spin on it.
             await asyncio.sleep(min(0.05, deadline - loop.time()))
+
+
+def _retrieved(fut: asyncio.Future[object]) -> None:
+    # A long poll whose leader died fails with ConnectionError; the next pass asks again.
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

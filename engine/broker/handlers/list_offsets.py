@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from engine.broker.context import RequestContext
-from engine.broker.errors import BrokerError, error_code_for
+from engine.broker.errors import ANSWERED, BrokerError, error_code_for
 from engine.broker.router import LIST, OffsetItem
 from engine.protocol import ApiKey, ErrorCode
 from engine.protocol.messages import ListOffsetsRequest, ListOffsetsResponse
-from engine.storage.errors import StorageError
 
 API_KEY = ApiKey.LIST_OFFSETS
 PartitionResponse = ListOffsetsResponse.ListOffsetsPartitionResponse
@@ -35,7 +34,7 @@ async def handle(ctx: RequestContext, request: ListOffsetsRequest) -> ListOffset
                 part = await b.partition(t.name, p.partition_index)
                 part.check_leader_epoch(p.current_leader_epoch)
                 resp.timestamp, resp.offset, resp.leader_epoch = await part.list_offset(p.timestamp)
-            except (BrokerError, StorageError) as e:
+            except ANSWERED as e:
                 resp.error_code = int(error_code_for(e))
                 resp.offset = -1
     if relayed:

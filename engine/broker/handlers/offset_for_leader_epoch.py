@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from engine.broker.context import RequestContext
-from engine.broker.errors import BrokerError, error_code_for
+from engine.broker.errors import ANSWERED, error_code_for
 from engine.broker.router import EPOCH, OffsetItem
 from engine.protocol import ApiKey
 from engine.protocol.messages import OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse
-from engine.storage.errors import StorageError
 
 API_KEY = ApiKey.OFFSET_FOR_LEADER_EPOCH
 
@@ -29,7 +28,7 @@ async def handle(ctx: RequestContext, request: OffsetForLeaderEpochRequest) -> O
                 part = await b.partition(t.topic, p.partition)
                 part.check_leader_epoch(p.current_leader_epoch)
                 resp.leader_epoch, resp.end_offset = part.end_offset_for_epoch(p.leader_epoch)
-            except (BrokerError, StorageError) as e:
+            except ANSWERED as e:
                 resp.error_code = int(error_code_for(e))
     if relayed:
         for (resp, _), r in zip(relayed, await b.router.offsets([i for _, i in relayed]), strict=True):

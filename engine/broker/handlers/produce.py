@@ -13,13 +13,12 @@ import time
 from collections.abc import Awaitable
 
 from engine.broker.context import RequestContext
-from engine.broker.errors import BrokerError, error_code_for
+from engine.broker.errors import ANSWERED, BrokerError, error_code_for
 from engine.broker.partition import AppendResult
 from engine.broker.router import RefResult
 from engine.protocol import ApiKey, CorruptRecords, ErrorCode
 from engine.protocol.messages import ProduceRequest, ProduceResponse
 from engine.protocol.records import read_batches
-from engine.storage.errors import StorageError
 
 API_KEY = ApiKey.PRODUCE
 log = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ async def begin(ctx: RequestContext, request: ProduceRequest) -> Awaitable[Produ
                 pending.append((resp, result))
             except CorruptRecords as e:
                 _fail(resp, e.error_code, str(e))
-            except (BrokerError, StorageError) as e:
+            except ANSWERED as e:
                 _fail(resp, error_code_for(e), str(e))
     relay = b.router.relay_produce(relay_items, request.timeout_ms) if relay_items else None
     if request.acks == 0:
