@@ -12,6 +12,9 @@ from typing import Any
 
 from engine.protocol import RequestHeader, decode_response, encode_request, request_header_version
 
+#: Metadata with real leaders, not the zone proxies of the zone router (docs/zones.md).
+CLIENT_ID = "amq-cli&automq_route=leader"
+
 
 class WireError(Exception):
     """One line for the user: the broker could not be reached or answered nonsense."""
@@ -49,7 +52,7 @@ class KafkaWire:
         assert self._sock is not None
         self._correlation += 1
         key = body.API_KEY
-        header = RequestHeader(key, version, self._correlation, "amq-cli", request_header_version(key, version))
+        header = RequestHeader(key, version, self._correlation, CLIENT_ID, request_header_version(key, version))
         try:
             self._sock.sendall(encode_request(header, body))
             (size,) = struct.unpack(">i", self._recv(4))

@@ -6,7 +6,7 @@ import typer
 
 app = typer.Typer(
     name="amq",
-    help="Run and measure a diskless, Kafka-compatible cluster on this machine.",
+    help="Run and measure a diskless, Kafka-compatible cluster: on this machine, or on several hosts.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -26,6 +26,9 @@ def _register() -> None:
     from automq_cli import broker
 
     app.add_typer(broker.app, name="broker")
+    from automq_cli import controller
+
+    app.add_typer(controller.app, name="controller")
     from automq_cli import topic
 
     app.add_typer(topic.app, name="topic")
@@ -38,6 +41,12 @@ def _register() -> None:
     from automq_cli import storage
 
     app.add_typer(storage.app, name="storage")
+    from automq_cli import metadata
+
+    app.add_typer(metadata.app, name="metadata")
+    from automq_cli import chaos
+
+    app.add_typer(chaos.app, name="chaos")
 
 
 def main() -> None:

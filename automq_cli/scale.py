@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from automq_cli.cluster.launch import NOT_RUNNING, ClusterError, ClusterOptions, broker_config, start_brokers
-from automq_cli.cluster.processes import pid_alive, terminate_pid
+from automq_cli.cluster.processes import controller_alive, terminate_pid
 from automq_cli.cluster.state import amq_home, broker_entry, find_state, load_settings, save_settings, write_state
 
 app = typer.Typer(
@@ -51,8 +51,7 @@ def _cluster(dir: str | None) -> dict[str, Any]:
     state = find_state(amq_home(), dir)
     if state is None or not state.get("controller"):
         raise ScaleError(NOT_RUNNING + (f" in {dir}" if dir else ""))
-    pid = (state.get("pids") or {}).get("controller")
-    if not isinstance(pid, int) or not pid_alive(pid, "controller"):
+    if not controller_alive(state.get("pids") or {}):
         raise ScaleError("the cluster's controller is not running; start it with `amq cluster up`")
     return state
 
@@ -148,7 +147,9 @@ def add_brokers(state: dict[str, Any], count: int, zone: str | None) -> list[int
     logs = Path(state.get("logs") or directory / "logs")
     for node_id in new:
         z = zone or zones[node_id % len(zones)]
-        cfg = broker_config(opts, directory, str(state["controller"]), s3, node_id, z, port=0)
+        metadata = str(template.get("storage_metadata_path") or "")
+        cfg = broker_config(opts, directory, str(state["controller"]), s3, node_id, z, port=0,
+                            metadata=metadata if metadata.startswith("postgres") else "")  # fmt: skip
         broker_dir = directory / f"broker-{node_id}"
         broker_dir.mkdir(exist_ok=True)
         config_path = broker_dir / "broker.json"

@@ -49,6 +49,7 @@ def _fail(message: str) -> NoReturn:
 @contextmanager
 def _errors() -> Iterator[None]:
     from engine.controller.rpc import ControllerUnavailable, RpcError
+    from engine.postgres import PgError
     from engine.storage.errors import StorageError
     from engine.storage.objects.store import ObjectStoreError
 
@@ -58,6 +59,8 @@ def _errors() -> Iterator[None]:
         _fail(str(e))
     except ControllerUnavailable as e:
         _fail(f"the controller does not answer ({e}); is the cluster running? (`amq cluster status`)")
+    except PgError as e:
+        _fail(str(e))
     except (RpcError, StorageError, ObjectStoreError, OSError) as e:
         _fail(" ".join(str(e).split()) or type(e).__name__)
 
@@ -65,7 +68,7 @@ def _errors() -> Iterator[None]:
 @dataclass
 class Cluster:
     state: dict[str, Any]
-    metadata_path: Path
+    metadata_path: str  # an SQLite file or a postgresql:// URL
     s3: dict[str, Any]
 
     @property
@@ -87,7 +90,7 @@ def _cluster(directory: str | None) -> Cluster:
         cfg = json.loads(Path(brokers[0]["config"]).read_text())
     except (OSError, ValueError, KeyError) as e:
         raise StorageCliError(f"cannot read broker 0's config: {e}") from None
-    return Cluster(state, Path(cfg["storage_metadata_path"]), dict(cfg["s3"]))
+    return Cluster(state, str(cfg["storage_metadata_path"]), dict(cfg["s3"]))
 
 
 # --- gathering ------------------------------------------------------------------------------
@@ -121,10 +124,10 @@ async def _controller_topics(address: str) -> dict[str, list[int]]:
 
 
 async def _gather(cluster: Cluster) -> Snapshot:
-    from engine.storage.metadata.sqlite import SqliteMetadataStore
+    from engine.storage.metadata import open_metadata_store
 
     topics = await _controller_topics(cluster.controller)
-    md = SqliteMetadataStore(cluster.metadata_path, read_only=True)
+    md = open_metadata_store(cluster.metadata_path, read_only=True)
     try:
         objects = await md.list_objects()
         streams = {s.stream_id: s for s in await md.list_streams()}

@@ -93,6 +93,8 @@ def _admin(bootstrap: str | None) -> tuple[Any, Any]:
     admin = AdminClient(
         {
             "bootstrap.servers": bs,
+            # Real leaders, not this zone's proxies (docs/zones.md): `amq topic describe` shows where data is led.
+            "client.id": "amq-cli&automq_route=leader",
             "socket.connection.setup.timeout.ms": int(TIMEOUT_S * 1000),
             "error_cb": lambda _err: None,
             "logger": quiet,

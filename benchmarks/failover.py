@@ -130,7 +130,12 @@ def verify(load: Load, got: dict[int, list[tuple[int, int]]]) -> tuple[int, int,
 
 
 def leaders(bootstrap: str, topic: str) -> dict[int, int]:
-    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10).topics[topic].partitions
+    md = (
+        AdminClient({"bootstrap.servers": bootstrap, "client.id": "bench&automq_route=leader"})
+        .list_topics(topic, timeout=10)
+        .topics[topic]
+        .partitions
+    )
     return {p: md[p].leader for p in md}
 
 
@@ -184,11 +189,11 @@ class Trial:
 def run_trial(state: dict[str, Any], home: Path, kind: str, n: int, action: str, victims: list[int]) -> Trial:
     bootstrap = str(state["bootstrap"])
     topic = f"{action}-{kind}-{n}-{int(time.time())}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "client.id": "bench&automq_route=leader"})
     admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
     before = leaders(bootstrap, topic)
     # Take turns, skipping a candidate that leads nothing of this topic.
-    turn = victims[n % len(victims):] + victims[: n % len(victims)]
+    turn = victims[n % len(victims) :] + victims[: n % len(victims)]
     victim = next((v for v in turn if v in before.values()), turn[0])
     affected = [p for p, b in before.items() if b == victim]
     load = Load(bootstrap, topic).start()
@@ -290,8 +295,10 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="print only; do not update BENCHMARKS.md")
     args = ap.parse_args()
     trials: list[Trial] = []
-    print("| WAL | action | trial | victim | partitions affected | unavailable (s) | normal gap before (s) | "
-          "longest wait of a record produced after (s) | acked | lost | duplicated | reordered | client errors |")
+    print(
+        "| WAL | action | trial | victim | partitions affected | unavailable (s) | normal gap before (s) | "
+        "longest wait of a record produced after (s) | acked | lost | duplicated | reordered | client errors |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory(prefix="amq-failover-") as tmp:
         for kind in args.kinds.split(","):

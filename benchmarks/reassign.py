@@ -113,7 +113,11 @@ class Load:
 
 
 def leader(bootstrap: str, topic: str) -> int:
-    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10).topics[topic]
+    md = (
+        AdminClient({"bootstrap.servers": bootstrap, "client.id": "bench&automq_route=leader"})
+        .list_topics(topic, timeout=10)
+        .topics[topic]
+    )
     return int(md.partitions[0].leader)
 
 
@@ -179,7 +183,7 @@ def main() -> None:
 def run(state: dict[str, Any], args: argparse.Namespace) -> None:
     bootstrap = str(state["bootstrap"])
     sizes = {"small": args.small_mib, "big": args.big_mib}
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "client.id": "bench&automq_route=leader"})
     for name in sizes:
         admin.create_topics([NewTopic(name, 1, 1)])[name].result(30)
         if leader(bootstrap, name) != 0:

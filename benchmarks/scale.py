@@ -250,7 +250,9 @@ def verify(load: Load, reader: GroupReader, got: dict[int, list[tuple[int, int]]
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept until the result: its handle must outlive the call
+    admin = AdminClient(
+        {"bootstrap.servers": bootstrap, "client.id": "bench&automq_route=leader"}
+    )  # kept until the result: its handle must outlive the call
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
 
 
@@ -340,7 +342,11 @@ class Poller:
         return self
 
     def _run(self) -> None:
-        admin = AdminClient({"bootstrap.servers": str(self.state["bootstrap"])}) if self.topic else None
+        admin = (
+            AdminClient({"bootstrap.servers": str(self.state["bootstrap"]), "client.id": "bench&automq_route=leader"})
+            if self.topic
+            else None
+        )
         while not self._stop.is_set():
             t = time.time()
             try:
@@ -512,10 +518,18 @@ def _leftovers(cluster: Cluster, topic: str, pid2: Any) -> list[str]:
         out.append(f"{st.offline_partitions} partitions offline")
     if st.moves_in_progress:
         out.append(f"{st.moves_in_progress} moves in progress")
-    md = AdminClient({"bootstrap.servers": cluster.bootstrap}).list_topics(timeout=10)
+    md = AdminClient({"bootstrap.servers": cluster.bootstrap, "client.id": "bench&automq_route=leader"}).list_topics(
+        timeout=10
+    )
     if 2 in md.brokers:
         out.append("Metadata still lists broker 2")
-    on2 = [p for p, b in leaders(AdminClient({"bootstrap.servers": cluster.bootstrap}), topic).items() if b == 2]
+    on2 = [
+        p
+        for p, b in leaders(
+            AdminClient({"bootstrap.servers": cluster.bootstrap, "client.id": "bench&automq_route=leader"}), topic
+        ).items()
+        if b == 2
+    ]
     if on2:
         out.append(f"partitions {on2} still led by broker 2")
     if any(b.get("id") == 2 for b in cluster.state.get("brokers") or []):
@@ -615,7 +629,7 @@ def _balancer(cluster: Cluster, args: argparse.Namespace) -> BalancerResult:
     topic = "skewed"
     create_topic(cluster.bootstrap, topic, PARTITIONS)
     reader = GroupReader(cluster.bootstrap, topic, "balancer-group").start()
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap, "client.id": "bench&automq_route=leader"})
     wait_until(reader.assigned.is_set, 60, "the group to get its partitions")
     wait_until(lambda: status(cluster.state).internal_topics >= 1, 30, f"{OFFSETS} to exist")
     weights = [args.hot_weight if p < args.hot else 1 for p in range(PARTITIONS)]

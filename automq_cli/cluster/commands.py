@@ -73,11 +73,46 @@ def up(
         bool | None,
         typer.Option("--auto-balance/--no-auto-balance", help="Move partitions to even brokers' load. Default: on."),
     ] = None,
+    zone_router: Annotated[
+        bool | None,
+        typer.Option(
+            "--zone-router/--no-zone-router",
+            help="Clients talk only to brokers of their own zone; data reaches leaders through shared storage "
+            "(nfs and s3 WALs). Default: on.",
+        ),
+    ] = None,
+    zone_latency_ms: Annotated[
+        int | None,
+        typer.Option(
+            "--zone-latency-ms",
+            help="Simulated latency (ms each way) between zones: requests of clients in another zone and "
+            "broker-to-broker messages across zones wait twice this long. Default: 0.",
+        ),
+    ] = None,
     autoscale: Annotated[
         str | None, typer.Option("--autoscale", help="MIN:MAX: add and remove brokers with the load (e.g. 1:4).")
     ] = None,
     target_mibps: Annotated[
         float | None, typer.Option("--target-mibps", help="With --autoscale: MiB/s (in + out) per broker to aim at.")
+    ] = None,
+    metadata: Annotated[
+        str | None,
+        typer.Option(
+            "--metadata",
+            help="Cluster metadata: `postgres` (a private PostgreSQL server in the cluster directory) or a "
+            "postgresql:// URL of an existing server. Default: SQLite files.",
+        ),
+    ] = None,
+    controllers: Annotated[
+        int | None,
+        typer.Option("--controllers", help="Controller processes (more than 1 needs --metadata). Default: 1."),
+    ] = None,
+    s3_faults: Annotated[
+        bool | None,
+        typer.Option(
+            "--s3-faults/--no-s3-faults",
+            help="Put the S3 fault proxy between brokers and S3, for `amq chaos s3` (docs/chaos.md). Default: off.",
+        ),
     ] = None,
 ) -> None:
     """Start SeaweedFS, the controller and the brokers in the background; return once clients can connect."""
@@ -91,7 +126,9 @@ def up(
     given = {"wal": wal, "port": port, "s3_endpoint": s3_endpoint, "s3_bucket": s3_bucket, "access_key": access_key,
              "secret_key": secret_key, "region": region, "num_partitions": num_partitions,
              "session_timeout": session_timeout, "brokers": brokers, "auto_balance": auto_balance,
-             "autoscale": autoscale, "target_mibps": target_mibps,
+             "zone_router": zone_router, "zone_latency_ms": zone_latency_ms, "autoscale": autoscale,
+             "target_mibps": target_mibps,
+             "metadata": metadata, "controllers": controllers, "s3_faults": s3_faults,
              "broker_config": str(Path(config).resolve()) if config else None}  # fmt: skip
     for k, v in given.items():
         if v is not None:
@@ -116,6 +153,20 @@ def up(
     z = len(state["zones"])
     _out.print(f"  {n} broker{'s' if n != 1 else ''} in {z} zone{'s' if z != 1 else ''} ({', '.join(state['zones'])}); "
                f"WAL: {state['wal_kind']}; S3: {state['s3_endpoint']}")  # fmt: skip
+    if state.get("s3_proxy"):
+        _out.print(f"  S3 fault proxy: brokers reach S3 through {state['s3_proxy']} (`amq chaos s3 --help`)")
+    if state.get("metadata"):
+        ctl = state["controller"].split(",")
+        _out.print(f"  metadata: {state['metadata']}; controllers: {', '.join(ctl)}")
+    if z > 1:
+        if state["wal_kind"] == "file":
+            _out.print("  zone router: off: the file WAL is each broker's own disk, nothing is shared to relay "
+                       "through, so clients reach leaders in other zones (use --wal nfs or s3)")  # fmt: skip
+        elif opts.zone_router:
+            _out.print("  zone router: on: clients that name their zone (client.id automq_az=<zone>) talk only "
+                       "to brokers of it")  # fmt: skip
+        else:
+            _out.print("  zone router: off (--no-zone-router)")
     _out.print(f"  data and logs: {state['dir']} (logs in {state['logs']})")
     _out.print(f"  metrics: {', '.join(state.get('metrics', []))}")
     stop_hint = "amq cluster down" + (f" --dir {state['dir']}" if dir else "")
@@ -224,6 +275,12 @@ def status(
     if len(info["bootstrap_by_zone"]) > 1:
         for zone, addresses in info["bootstrap_by_zone"].items():
             _out.print(f"  zone {zone}: {addresses}")
+        st = info.get("storage") or {}
+        if st.get("zone_router"):
+            _out.print(f"zone router: on; {st.get('relayed_batches', 0):,} batches relayed through zone proxies, "
+                       f"{st.get('relay_objects_kept', 0)} relay objects kept (docs/zones.md)")  # fmt: skip
+        elif "zone_router" in st:
+            _out.print("zone router: off (file WAL or --no-zone-router): clients reach leaders in other zones")
     for line in info["waiting"]:
         _out.print(f"[yellow]{line}[/yellow]")
     if "error" not in cs:

@@ -1,4 +1,4 @@
-"""Start and stop a local cluster: SeaweedFS, one controller and N brokers in Z zones.
+"""Start and stop a local cluster: SeaweedFS, controllers (and PostgreSQL) and N brokers in Z zones.
 
 Every component is a background process of its own (new session, log file in the cluster
 directory), so `up` returns once clients can connect and the cluster lives on. The state
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,11 +24,13 @@ from typing import Any
 
 from automq_cli.cluster.processes import (
     api_versions_ok,
+    controller_alive,
     free_ports_from,
     pid_alive,
     port_free,
     spawn,
     stop_pid,
+    stop_postgres,
     tail,
     terminate_pids,
 )
@@ -79,6 +83,11 @@ class ClusterOptions:
     auto_balance: bool = True
     #: Seconds between the auto-balancer's rounds.
     balance_interval_s: float = 5.0
+    #: The zone router (docs/zones.md): clients talk to brokers of their own zone. Acted on with
+    #: the nfs and s3 WALs; the file WAL has nothing shared to relay through.
+    zone_router: bool = True
+    #: Simulated latency (ms each way) between zones, for trials that show what the router saves.
+    zone_latency_ms: int = 0
     #: "MIN:MAX": run the local autoscaler (automq_cli/autoscaler.py) between these broker counts.
     autoscale: str = ""
     #: The autoscaler's target: MiB/s (in + out) per broker.
@@ -95,6 +104,16 @@ class ClusterOptions:
     wal_capacity: int = 256 << 20
     upload_interval_s: float = 2.0
     extra_broker: dict[str, Any] = field(default_factory=dict)
+    #: Cluster metadata: "" (SQLite files in the cluster directory), "postgres" (a private
+    #: PostgreSQL server in it) or a postgresql:// URL of an existing server.
+    metadata: str = ""
+    #: Controller processes; more than one needs PostgreSQL (one leads, the others stand by).
+    controllers: int = 1
+    #: The controllers' leader lease (PostgreSQL): a standby takes over this long after a leader died.
+    lease_ttl_s: float = 3.0
+    #: Put the S3 fault proxy (engine/devtools/s3proxy.py) between the brokers and S3, so
+    #: `amq chaos s3` can add latency, errors and outages while the cluster runs (docs/chaos.md).
+    s3_faults: bool = False
 
 
 @dataclass
@@ -180,6 +199,8 @@ def plan(opts: ClusterOptions) -> Layout:
         )
     if opts.port and opts.port + count - 1 > 65535:
         raise ClusterError(f"--port {opts.port} leaves no room for {count} brokers")
+    if not 0 <= opts.zone_latency_ms <= 10_000:
+        raise ClusterError(f"--zone-latency-ms must be between 0 and 10000, got {opts.zone_latency_ms}")
     if opts.autoscale:
         from automq_cli.autoscaler import parse_range
 
@@ -259,7 +280,16 @@ def start_cluster(
 ) -> dict[str, Any]:
     """Start SeaweedFS (unless external S3), the controller and the brokers; write the state files."""
     from engine.broker.config import S3Settings
+    from engine.devtools.pgserver import PgServerError, PostgresServer
     from engine.devtools.s3server import EmbeddedS3, S3ServerError
+    from engine.postgres import PgError, migrate, redact
+
+    if opts.controllers < 1:
+        raise ClusterError("--controllers must be at least 1")
+    if opts.controllers > 1 and not opts.metadata:
+        raise ClusterError("several controllers share their state in PostgreSQL: add --metadata postgres")
+    if opts.metadata and opts.metadata != "postgres" and not opts.metadata.startswith(("postgresql://", "postgres://")):
+        raise ClusterError(f"--metadata takes `postgres` or a postgresql:// URL, not {redact(opts.metadata)!r}")
 
     say = progress or (lambda _m: None)
     home = home or amq_home()
@@ -286,8 +316,10 @@ def start_cluster(
 
     def fail(message: str) -> ClusterError:
         terminate_pids({n: p for n, p in pids.items() if n.startswith("broker")}, timeout=10)
-        for name in ("controller", "s3"):
-            if name in pids:
+        for name in sorted(pids, key=lambda n: (not n.startswith("controller"), n)):
+            if name == "postgres":
+                stop_postgres(pids[name], timeout=10)
+            elif not name.startswith("broker"):
                 stop_pid(pids[name], name, timeout=10)
         return ClusterError(message)
 
@@ -306,30 +338,55 @@ def start_cluster(
         server.proc = None  # it outlives this process; `down` stops it by pid
         s3 = S3Settings(ep.url, ep.bucket, ep.access_key, ep.secret_key, ep.region, opts.s3_prefix)
     state["s3_endpoint"] = s3.endpoint
+    if opts.s3_faults:
+        say("starting the S3 fault proxy")
+        try:
+            proxy_url = _start_s3_proxy(s3.endpoint, directory, logs, pids, timeout)
+        except ClusterError as e:
+            raise fail(str(e)) from None
+        # Brokers go through the proxy; tools (`amq storage`) keep the real endpoint in s3_endpoint.
+        s3 = S3Settings(proxy_url, s3.bucket, s3.access_key, s3.secret_key, s3.region, s3.prefix)
+        state["s3_proxy"] = proxy_url
+        state["s3_faults"] = str(directory / S3_FAULTS_FILE)
 
-    # controller
-    say("starting the controller")
-    port_file = directory / "controller" / "port"
-    port_file.parent.mkdir(exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        port_file.unlink()
-    ctl = spawn(
-        [sys.executable, "-m", "engine.controller", "--dir", str(directory / "controller"),
-         "--port", str(opts.controller_port), "--port-file", str(port_file),
-         "--session-timeout-ms", str(max(1, round(opts.session_timeout * 1000))),
-         "--balance-interval-ms", str(max(50, round(opts.balance_interval_s * 1000))),
-         *([] if opts.auto_balance else ["--no-auto-balance"])],
-        logs / "controller.log",
-    )  # fmt: skip
-    pids["controller"] = ctl.pid
-    deadline = time.monotonic() + timeout
-    while not port_file.exists() or not port_file.read_text().strip():
-        if ctl.poll() is not None:
-            raise fail(f"the controller exited with code {ctl.returncode}: {tail(logs / 'controller.log')}")
-        if time.monotonic() > deadline:
-            raise fail(f"the controller did not start; see {logs / 'controller.log'}")
-        time.sleep(0.05)
-    controller = f"127.0.0.1:{int(port_file.read_text())}"
+    # metadata database
+    metadata = ""
+    if opts.metadata == "postgres":
+        say("starting PostgreSQL (cluster metadata)")
+        pg_dir = _postgres_dir(directory)
+        state["postgres_dir"] = str(pg_dir)
+        pg = PostgresServer(pg_dir)
+        try:
+            info = pg.start(timeout=60)
+        except PgServerError as e:
+            raise fail(f"PostgreSQL did not start: {e}") from None
+        pids["postgres"] = info.pid
+        pg.proc = None  # it outlives this process; `down` stops it by pid
+        metadata = info.url()
+    elif opts.metadata:
+        metadata = opts.metadata
+    if metadata:
+        try:
+            migrate(metadata)
+        except PgError as e:
+            raise fail(str(e)) from None
+        state["metadata"] = redact(metadata)
+
+    # controllers
+    say("starting the controller" if opts.controllers == 1 else f"starting {opts.controllers} controllers")
+    flags = controller_flags(opts)
+    # Kept so that `amq controller start NAME` can start a killed controller again as it was.
+    state["controller_flags"] = flags
+    addresses = []
+    for i in range(opts.controllers):
+        name = "controller" if i == 0 else f"controller-{i}"
+        proc = _spawn_controller(state, name, opts.controller_port if i == 0 else 0, metadata)
+        try:
+            port = _controller_port(proc, name, directory, timeout)
+        except ClusterError as e:
+            raise fail(str(e)) from None
+        addresses.append(f"127.0.0.1:{port}")
+    controller = ",".join(addresses)
     state["controller"] = controller
 
     # brokers
@@ -338,7 +395,7 @@ def start_cluster(
         if node_id in opts.removed:
             continue
         try:
-            cfg = broker_config(opts, directory, controller, s3, node_id, zone, ports[node_id])
+            cfg = broker_config(opts, directory, controller, s3, node_id, zone, ports[node_id], metadata)
         except (OSError, ValueError) as e:
             raise fail(f"broker settings: {e}") from None
         broker_dir = directory / f"broker-{node_id}"
@@ -374,6 +431,117 @@ def start_cluster(
     return state
 
 
+S3_FAULTS_FILE = "s3-faults.json"
+
+
+def _start_s3_proxy(upstream: str, directory: Path, logs: Path, pids: dict[str, int], timeout: float) -> str:
+    port_file = directory / "s3-proxy.port"
+    with contextlib.suppress(FileNotFoundError):
+        port_file.unlink()
+    control = directory / S3_FAULTS_FILE
+    from engine.devtools.s3proxy import Faults, write_faults
+
+    write_faults(control, Faults())  # a new cluster starts without faults
+    proc = spawn(
+        [sys.executable, "-m", "engine.devtools.s3proxy", "--upstream", upstream, "--control", str(control),
+         "--port-file", str(port_file)],
+        logs / "s3-proxy.log",
+    )  # fmt: skip
+    pids["s3-proxy"] = proc.pid
+    deadline = time.monotonic() + timeout
+    while not port_file.exists():
+        if proc.poll() is not None:
+            raise ClusterError(f"the S3 fault proxy exited with code {proc.returncode}: {tail(logs / 's3-proxy.log')}")
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the S3 fault proxy did not start; see {logs / 's3-proxy.log'}")
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{int(port_file.read_text())}"
+
+
+def controller_flags(opts: ClusterOptions) -> list[str]:
+    """The controller's settings as flags, the same for every controller of the cluster."""
+    return [
+        "--session-timeout-ms", str(max(1, round(opts.session_timeout * 1000))),
+        "--balance-interval-ms", str(max(50, round(opts.balance_interval_s * 1000))),
+        "--lease-ttl-ms", str(max(100, round(opts.lease_ttl_s * 1000))),
+        *([] if opts.auto_balance else ["--no-auto-balance"]),
+    ]  # fmt: skip
+
+
+def _spawn_controller(state: dict[str, Any], name: str, port: int, metadata: str) -> subprocess.Popen[bytes]:
+    directory = Path(state["dir"])
+    port_file = directory / name / "port"
+    port_file.parent.mkdir(exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        port_file.unlink()
+    # The URL (and its password) goes by environment, not argv, which `ps` shows to every user.
+    proc = spawn(
+        [sys.executable, "-m", "engine.controller", "--dir", str(directory / name), "--port", str(port),
+         "--port-file", str(port_file), *state.get("controller_flags", [])],
+        directory / "logs" / f"{name}.log", env={"AMQ_METADATA": metadata},
+    )  # fmt: skip
+    state.setdefault("pids", {})[name] = proc.pid
+    return proc
+
+
+def _controller_port(proc: subprocess.Popen[bytes], name: str, directory: Path, timeout: float) -> int:
+    """The port the controller bound, once it listens; ClusterError if it exits or takes too long."""
+    port_file = directory / name / "port"
+    log = directory / "logs" / f"{name}.log"
+    deadline = time.monotonic() + timeout
+    while not port_file.exists() or not port_file.read_text().strip():
+        if proc.poll() is not None:
+            raise ClusterError(f"the {name} exited with code {proc.returncode}: {tail(log)}")
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the {name} did not start; see {log}")
+        time.sleep(0.05)
+    return int(port_file.read_text())
+
+
+def controller_names(state: dict[str, Any]) -> list[str]:
+    """The cluster's controllers in the order of their addresses in state["controller"]."""
+    count = len([a for a in str(state.get("controller") or "").split(",") if a])
+    return ["controller" if i == 0 else f"controller-{i}" for i in range(count)]
+
+
+def _metadata_url(state: dict[str, Any]) -> str:
+    """The full PostgreSQL URL ("" with SQLite): the state file keeps it redacted, so it comes from a
+    broker's config, which needs it anyway (the cluster directory is amq's own)."""
+    for entry in state.get("brokers") or []:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            path = str(json.loads(Path(entry["config"]).read_text()).get("storage_metadata_path") or "")
+            return path if path.startswith(("postgresql://", "postgres://")) else ""
+    return ""
+
+
+def start_controller(state: dict[str, Any], name: str, timeout: float = 60.0) -> str:
+    """Start a stopped (killed) controller of the local cluster again, on its old address, so that
+    the brokers, which know every controller's address, reach it; returns that address.
+
+    With PostgreSQL it comes back as a standby (another one holds the lease) or takes the lease
+    if none does. The caller writes the state file.
+    """
+    names = controller_names(state)
+    if name not in names:
+        raise ClusterError(f"no {name} in this cluster (controllers: {', '.join(names) or 'none'})")
+    if "controller_flags" not in state:
+        raise ClusterError("this cluster was started by an older amq; restart it with `amq cluster down` and `up`")
+    pid = (state.get("pids") or {}).get(name)
+    if isinstance(pid, int) and pid_alive(pid, name):
+        raise ClusterError(f"the {name} is running (pid {pid})")
+    address = str(state["controller"]).split(",")[names.index(name)]
+    port = int(address.rsplit(":", 1)[1])
+    if not port_free(port):
+        raise ClusterError(f"the {name}'s port {port} is in use by another process")
+    proc = _spawn_controller(state, name, port, _metadata_url(state))
+    try:
+        _controller_port(proc, name, Path(state["dir"]), timeout)
+    except ClusterError:
+        stop_pid(proc.pid, name, timeout=10)
+        raise
+    return address
+
+
 def wal_path(kind: str, directory: Path, node_id: int) -> Path:
     """file: the broker's own (zonal) volume; nfs: the one shared directory (the WAL is <path>/broker-N)."""
     if kind == "nfs":
@@ -383,7 +551,7 @@ def wal_path(kind: str, directory: Path, node_id: int) -> Path:
 
 def broker_config(
     opts: ClusterOptions, directory: Path, controller: str, s3: Any, node_id: int = 0, zone: str | None = None,
-    port: int | None = None,
+    port: int | None = None, metadata: str = "",
 ) -> Any:  # fmt: skip
     """The settings file (if any) under what the launcher decides: ids, zone, ports, paths, S3, WAL."""
     from engine.broker.config import BrokerConfig
@@ -399,7 +567,7 @@ def broker_config(
     base.update(
         node_id=node_id, port=opts.port if port is None else port, controller=controller,
         metrics_port=opts.metrics_port, data_dir=str(directory / name),
-        storage_metadata_path=str(directory / "metadata.db"), s3=asdict(s3),
+        storage_metadata_path=metadata or str(directory / "metadata.db"), s3=asdict(s3),
     )  # fmt: skip
     if zone is not None:
         base["zone"] = zone
@@ -407,6 +575,8 @@ def broker_config(
         base.setdefault("zone", opts.zone)
     if opts.num_partitions is not None:
         base["num_partitions"] = opts.num_partitions
+    base["zone_router"] = opts.zone_router
+    base["zone_latency_ms"] = opts.zone_latency_ms
     base.update(opts.extra_broker)
     return BrokerConfig.from_dict(base)
 
@@ -497,7 +667,7 @@ def stop_cluster(state: dict[str, Any], timeout: float = 30.0, progress: Progres
         stop_pid(scaler, "autoscaler", timeout=timeout)
         stopped.append("autoscaler")
     brokers = {n: p for n, p in pids.items() if n.startswith("broker") and pid_alive(p, n)}
-    if brokers and state.get("controller") and pid_alive(pids.get("controller", -1), "controller"):
+    if brokers and state.get("controller") and controller_alive(pids):
         # Brokers stopping together keep their partitions (each leads them again on `up`) instead
         # of handing them to each other one after the other.
         from engine.controller import api
@@ -515,6 +685,24 @@ def stop_cluster(state: dict[str, Any], timeout: float = 30.0, progress: Progres
         pid = pids[name]
         if pid_alive(pid, name):
             say(f"stopping {name} (pid {pid})")
-            stop_pid(pid, name, timeout=timeout)
+            if name == "postgres":
+                stop_postgres(pid, timeout=timeout)
+            else:
+                stop_pid(pid, name, timeout=timeout)
             stopped.append(name)
     return stopped
+
+
+def _postgres_dir(directory: Path) -> Path:
+    """<cluster>/postgres, unless amq runs as root and PostgreSQL (which runs as another user)
+    could not reach it: then a directory of its own under /tmp, named in <cluster>/postgres.path
+    so the next `up` finds the same data."""
+    wanted = directory / "postgres"
+    if os.geteuid() != 0 or all(os.stat(p).st_mode & 0o001 for p in [directory, *directory.parents]):
+        return wanted
+    pointer = directory / "postgres.path"
+    if pointer.exists() and Path(pointer.read_text().strip()).is_dir():
+        return Path(pointer.read_text().strip())
+    chosen = Path(tempfile.mkdtemp(prefix="amq-pg-"))
+    pointer.write_text(f"{chosen}\n")
+    return chosen

@@ -14,13 +14,25 @@ from pathlib import Path
 from typing import Literal
 
 _MARKERS = {"s3": "weed", "controller": "engine.controller", "broker": "engine.broker",
-            "autoscaler": "automq_cli.autoscaler"}  # fmt: skip
+            "autoscaler": "automq_cli.autoscaler", "postgres": "postgres",
+            "s3-proxy": "engine.devtools.s3proxy"}  # fmt: skip
 
 StopOutcome = Literal["not-running", "exited", "killed"]
 
 
 def _role(name: str) -> str:
-    return "broker" if name.startswith("broker") else name
+    """broker-N -> broker, controller-N -> controller (the first controller is plain `controller`)."""
+    for role in ("broker", "controller"):
+        if name.startswith(role):
+            return role
+    return name
+
+
+def controller_alive(pids: dict[str, object]) -> bool:
+    """Whether any of the cluster's controllers runs (with PostgreSQL there may be several)."""
+    return any(
+        isinstance(pid, int) and pid_alive(pid, name) for name, pid in pids.items() if name.startswith("controller")
+    )
 
 
 def repo_env() -> dict[str, str]:
@@ -123,14 +135,27 @@ def kill_pid(pid: int) -> None:
     _wait_gone([pid], 5.0)
 
 
-def spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A background process in a session of its own, output appended to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env=repo_env(),
+            env={**repo_env(), **(env or {})},
         )  # fmt: skip
+
+
+def stop_postgres(pid: int, timeout: float = 20.0) -> bool:
+    """PostgreSQL's fast shutdown (SIGINT to the postmaster alone: it ends its own children),
+    SIGKILL to its group after `timeout`. True if it was running."""
+    if not pid_alive(pid, "postgres"):
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGINT)
+    if _wait_gone([pid], timeout):
+        _signal_group(pid, signal.SIGKILL)
+        _wait_gone([pid], 5.0)
+    return True
 
 
 def tail(path: Path, lines: int = 5) -> str:

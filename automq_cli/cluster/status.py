@@ -8,7 +8,8 @@ from typing import Any
 from automq_cli.cluster.processes import api_versions_ok, pid_alive, rss_bytes
 
 _STORAGE_KEYS = ("wal_used_bytes", "wal_bytes_written", "s3_put_bytes", "objects_uploaded", "uploads",
-                 "partitions_open", "connections_active")  # fmt: skip
+                 "partitions_open", "connections_active", "zone_router", "relayed_batches", "relay_objects_kept",
+                 "relay_bytes_written")  # fmt: skip
 
 
 def _controller_status(address: str) -> dict[str, Any]:

@@ -212,6 +212,8 @@ def render_summary(result: dict[str, Any], console: Console) -> None:
             f"cross-zone {human_bytes(cluster['cross_zone_bytes'])}"
             + (f" ({cluster['cross_zone_percent']:.1f} % of data bytes between known zones)"
                if cluster.get("cross_zone_percent") is not None else "")
+            + (f", plus {human_bytes(cluster['cross_zone_pointer_bytes'])} of zone-router pointers"
+               if cluster.get("cross_zone_pointer_bytes") else "")
         )  # fmt: skip
     else:
         console.print(f"cluster: {cluster.get('note', 'no metrics')}")

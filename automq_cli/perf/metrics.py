@@ -31,6 +31,7 @@ COUNTERS = (
     "s3_delete_requests",
     "wal_bytes_written",
     "cross_zone_bytes",
+    "cross_zone_pointer_bytes",
 )
 # Which broker an endpoint belongs to: an identity, never summed.
 IDENTITY_KEYS = ("broker_id",)
@@ -245,6 +246,8 @@ class ClusterMetrics:
             }
             out["wal_bytes_written"] = count("wal_bytes_written")
             out["cross_zone_bytes"] = count("cross_zone_bytes")
+            # The zone router's pointers (AppendRefs, Tail): not data, but they cross zones and are billed.
+            out["cross_zone_pointer_bytes"] = count("cross_zone_pointer_bytes")
             # The brokers' zone ledger over the window (docs/zones.md): bytes by (from zone, to zone, kind).
             out["zone_traffic"] = traffic
             known = sum(r["bytes"] for r in traffic if r["kind"] == "client" and "unknown" not in (r["src"], r["dst"]))

@@ -24,7 +24,8 @@ from engine.broker.errors import BrokerError
 from engine.broker.image import MetadataImage, TopicInfo
 from engine.broker.lifecycle import Lifecycle
 from engine.broker.partition import Partition
-from engine.broker.zones import ZoneLedger, ZoneResolver
+from engine.broker.router import Router, materialize
+from engine.broker.zones import UNKNOWN, ZoneLedger, ZoneResolver
 from engine.controller import api
 from engine.controller.api import BrokerRecord
 from engine.controller.configs import OFFSETS_TOPIC
@@ -32,7 +33,7 @@ from engine.controller.rpc import ControllerClient, ControllerUnavailable, RpcEr
 from engine.protocol.errors import ErrorCode
 from engine.storage.config import WalConfig
 from engine.storage.engine import StorageEngine
-from engine.storage.metadata.sqlite import SqliteMetadataStore
+from engine.storage.metadata import open_metadata_store
 from engine.storage.objects.store import ObjectStore, make_object_store
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class Broker:
         self.zone = config.zone
         self.host = config.advertised
         self.port = config.port
+        #: What the controller, clients and other brokers are told (the bound port unless advertised_port).
+        self.advertised_port = config.advertised_port or config.port
         self.metrics_port: int | None = None
         self.storage: StorageEngine | None = None  # type: ignore[assignment]
         self.groups: Any = None
@@ -70,6 +73,7 @@ class Broker:
         self.counters: Counter[str] = Counter()
         self.zones = ZoneResolver(lambda: {b.zone for b in self.image.brokers.values()} | {self.zone})
         self.ledger = ZoneLedger()
+        self.router = Router(self)
         self.started_at = time.time()
         self._store: ObjectStore | None = None
         self._partitions: dict[tuple[str, int], Partition] = {}
@@ -110,6 +114,8 @@ class Broker:
         self._server = KafkaServer(self)
         # Bound before registering, so the controller learns the real port even when configured as 0.
         self.port = await self._server.bind(cfg.host, cfg.port)
+        self.advertised_port = cfg.advertised_port or self.port
+        await self.router.start()
         loop = asyncio.get_running_loop()
         # Heartbeats run from the registration on: recovering a large WAL may outlast the session.
         self._tasks = [loop.create_task(self._heartbeat_loop())]
@@ -141,7 +147,8 @@ class Broker:
                 await self._refresh_image(wait_ms=500)
             cfg = self.config
             assert self._store is not None
-            storage = StorageEngine(cfg.storage, self._store, SqliteMetadataStore(cfg.metadata_path))
+            storage = StorageEngine(cfg.storage, self._store, open_metadata_store(cfg.metadata_path))
+            storage.materialize = materialize  # our WAL may hold relayed batches (zone router)
             await storage.start()
             self.storage = storage
             ready = await self.controller.request(api.BrokerReady(self.node_id, self.broker_epoch))
@@ -191,6 +198,7 @@ class Broker:
         for t in [*self._tasks, *self._takeovers.values(), *others, *self._move_tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self.router.close()
         await self._close_storage(flush=flush)
         if self._store is not None:
             await self._store.close()
@@ -245,7 +253,7 @@ class Broker:
         while True:
             try:
                 res = await self.controller.request(
-                    api.RegisterBroker(self.node_id, self.config.zone, self.host, self.port, spec)
+                    api.RegisterBroker(self.node_id, self.config.zone, self.host, self.advertised_port, spec)
                 )
                 self.broker_epoch = res.broker_epoch
                 self.image.cluster_id = res.cluster_id
@@ -263,8 +271,13 @@ class Broker:
                 continue
             # Heartbeats go on while the broker (re)joins: recovering a WAL may outlast the session.
             try:
-                hb = api.Heartbeat(self.node_id, self.broker_epoch, self._load_report())
-                await self.controller.request(hb, timeout=interval * 5)
+                floor = self.router.relay_floor_ms() if not self._joining.locked() else -1
+                hb = api.Heartbeat(self.node_id, self.broker_epoch, self._load_report(), floor)
+                # Shorter than a session: a controller that stopped answering (paused) is left for
+                # the next one of the list before the new leader counts this broker's session.
+                res = await self.controller.request(hb, timeout=interval * 3)
+                if res.relay_horizon_ms > 0:
+                    await self.router.horizon(res.relay_horizon_ms)
             except ControllerUnavailable as e:
                 log.warning("heartbeat: %s", e)
             except RpcError as e:
@@ -657,7 +670,7 @@ class Broker:
 
     def _brokers_where(self, keep: Callable[[BrokerRecord], bool]) -> list[BrokerRecord]:
         out = {b.id: b for b in self.image.brokers.values() if keep(b)}
-        out[self.node_id] = BrokerRecord(self.node_id, self.zone, self.host, self.port, self.broker_epoch)
+        out[self.node_id] = BrokerRecord(self.node_id, self.zone, self.host, self.advertised_port, self.broker_epoch)
         return [out[k] for k in sorted(out)]
 
     # --- for the group coordinator (docs/broker.md) -------------------------------------------
@@ -690,13 +703,13 @@ class Broker:
         partition; this broker while the topic does not exist (the first group request creates it)."""
         topic = self.image.topics.get(OFFSETS_TOPIC)
         if topic is None:
-            return self.node_id, self.host, self.port
+            return self.node_id, self.host, self.advertised_port
         p = self.offsets_partition_for(key)
         if p >= len(topic.partitions):
-            return self.node_id, self.host, self.port
+            return self.node_id, self.host, self.advertised_port
         leader = topic.partitions[p].leader
         if leader == self.node_id:
-            return self.node_id, self.host, self.port
+            return self.node_id, self.host, self.advertised_port
         b = self.image.brokers.get(leader)
         if b is None or not b.alive:
             # Its broker died and the partition has not reopened elsewhere yet: retriable.
@@ -729,6 +742,14 @@ class Broker:
         else:
             self.ledger.add(self.zone, client, "client", n)
 
+    def zone_delay(self, client_id: str | None) -> float:
+        """Seconds a request of this client waits (--zone-latency-ms, both ways) when it is in another zone."""
+        ms = self.config.zone_latency_ms
+        if not ms:
+            return 0.0
+        zone = self.zones.client_zone(client_id)
+        return 2 * ms / 1000 if zone not in (UNKNOWN, self.zone) else 0.0
+
     def zone_traffic(self) -> list[dict[str, object]]:
         """The ledger's rows, with this broker's WAL and S3 traffic as `storage` rows."""
         rows = self.ledger.rows()
@@ -737,7 +758,9 @@ class Broker:
             wal = self.config.storage.wal.kind
             storage = [(self.zone, "s3", m["s3_put_bytes"]), ("s3", self.zone, m["s3_get_bytes"])]
             if wal == "nfs":  # a shared file system; a `file` WAL is this broker's own disk, no network
-                storage.append((self.zone, "nfs", m["wal_bytes_written"]))
+                relay = self.router.relay.bytes_written if self.router.relay is not None else 0
+                storage.append((self.zone, "nfs", m["wal_bytes_written"] + relay))
+                storage.append(("nfs", self.zone, self.storage.shared.bytes_read))
             rows += [{"src": s, "dst": d, "kind": "storage", "bytes": n} for s, d, n in storage if n]
         return rows
 
@@ -746,6 +769,13 @@ class Broker:
         if self.storage is not None:
             out.update(self.storage.metrics())
         out["cross_zone_bytes"] = self.ledger.cross_zone_bytes()
+        out["cross_zone_pointer_bytes"] = self.ledger.cross_zone_pointer_bytes()
+        out["zone_router"] = int(self.router.enabled)
+        if self.router.relay is not None:
+            out["relay_objects_written"] = self.router.relay.objects_written
+            out["relay_bytes_written"] = self.router.relay.bytes_written
+            out["relay_objects_kept"] = self.router.relay.objects_kept
+        out["relay_horizon_ms"] = self.router.horizon_ms
         out.update(sorted(self.counters.items()))
         out["partitions_open"] = len(self._partitions)
         out["connections_active"] = self._server.active_connections if self._server else 0

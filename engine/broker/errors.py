@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engine.protocol.errors import ErrorCode
 from engine.storage.errors import FencedError, OffsetOutOfRange, StorageError, StreamClosed
+from engine.storage.objects.store import ObjectStoreError
 
 
 class BrokerError(Exception):
@@ -14,6 +15,11 @@ class BrokerError(Exception):
         self.error_code = error_code
 
 
+#: What a handler answers with an error code instead of failing the request: refusals, and storage
+#: trouble (S3 failing while a partition opens or a read fetches objects is transient).
+ANSWERED = (BrokerError, StorageError, ObjectStoreError)
+
+
 def error_code_for(exc: BaseException) -> ErrorCode:
     if isinstance(exc, BrokerError):
         return exc.error_code
@@ -22,7 +28,10 @@ def error_code_for(exc: BaseException) -> ErrorCode:
     if isinstance(exc, (FencedError, StreamClosed)):
         # Another leader (or a newer incarnation) owns the partition now: the client refreshes metadata.
         return ErrorCode.NOT_LEADER_OR_FOLLOWER
-    if isinstance(exc, StorageError):
+    if isinstance(exc, (StorageError, ObjectStoreError)):
+        # S3 failing (an outage; a partition opened then reads its objects) is transient: a
+        # retriable code, so an idempotent producer retries instead of failing its records
+        # (UNKNOWN_SERVER_ERROR made librdkafka give up; found by `amq chaos trials`).
         return ErrorCode.KAFKA_STORAGE_ERROR
     if isinstance(exc, TimeoutError):
         return ErrorCode.REQUEST_TIMED_OUT

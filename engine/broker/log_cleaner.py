@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 
 from engine.protocol.errors import CorruptRecords
-from engine.protocol.records import RecordBatch, batch_records, build_batch, read_batches
+from engine.protocol.records import Record, RecordBatch, batch_records, build_batch, read_batches
 from engine.storage.objects.format import Batch
 
 
@@ -30,6 +30,19 @@ def _batches(payload: bytes) -> list[RecordBatch] | None:
         return read_batches(payload, verify_crc=False)
     except CorruptRecords:
         return None  # not Kafka batches (an internal stream's own format): kept as they are
+
+
+def _records(payload: bytes, rb: RecordBatch) -> list[Record] | None:
+    """The batch's records, or None if they do not decode.
+
+    Produce stores batches as clients send them, without inflating them, so a batch that
+    inflates past the bound (a compression bomb, found by benchmarks/fuzz.py) or holds damaged
+    records can be in a stream. Compaction keeps such a batch as it is: it cannot know its keys,
+    and raising would stop every later pass over the partition."""
+    try:
+        return batch_records(payload, rb)
+    except CorruptRecords:
+        return None
 
 
 class KeyCleaner:
@@ -46,7 +59,7 @@ class KeyCleaner:
         for rb in _batches(batch.payload) or []:
             if rb.is_control:
                 continue
-            for r in batch_records(batch.payload, rb):
+            for r in _records(batch.payload, rb) or []:
                 if r.key is not None:
                     self.latest[_key_hash(r.key)] = r.offset
 
@@ -62,7 +75,10 @@ class KeyCleaner:
             if rb.is_control:
                 parts.append((rb, original))
                 continue
-            records = batch_records(batch.payload, rb)
+            records = _records(batch.payload, rb)
+            if records is None:
+                parts.append((rb, original))
+                continue
             self.records_in += len(records)
             kept = [
                 r

@@ -34,6 +34,7 @@ from engine.protocol.records import (
     batch_records,
     read_batches,
 )
+from engine.storage.relay import RefRecord, RelayRef
 
 if TYPE_CHECKING:
     from engine.broker.image import TopicInfo
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 DEDUP_WINDOW = 5
 SCAN_CHUNK = 4 << 20
 INT32_MAX = 0x7FFFFFFF
+LATEST, EARLIEST = -1, -2  # ListOffsets' special timestamps
 
 
 @dataclass(slots=True)
@@ -272,6 +274,18 @@ class Partition:
             return requested, higher[1]
         return floor[-1][0], higher[1]
 
+    async def list_offset(self, timestamp: int) -> tuple[int, int, int]:
+        """ListOffsets for one timestamp: latest (-1), earliest (-2) or a time; (timestamp, offset, epoch)."""
+        stream = self.ready
+        if timestamp == LATEST:
+            return -1, stream.end_offset, self.leader_epoch
+        if timestamp == EARLIEST:
+            return -1, stream.start_offset, self.epoch_for_offset(stream.start_offset)
+        if timestamp < 0:
+            raise BrokerError(ErrorCode.INVALID_REQUEST, f"unknown special timestamp {timestamp}")
+        ts, offset = await self.offset_for_timestamp(timestamp)
+        return ts, offset, self.epoch_for_offset(offset) if offset >= 0 else -1
+
     async def offset_for_timestamp(self, target: int) -> tuple[int, int]:
         """(timestamp, offset) of the first record at or after `target` ms, or (-1, -1)."""
         stream = self.ready
@@ -294,7 +308,16 @@ class Partition:
                 for rb in batches:
                     if rb.max_timestamp < target or rb.next_offset <= offset:
                         continue
-                    for r in batch_records(b.payload, rb):
+                    try:
+                        records = batch_records(b.payload, rb)
+                    except CorruptRecords:
+                        # Stored as a client sent it (Produce does not inflate batches), e.g. one
+                        # that inflates past the bound: its header says a record at or after
+                        # `target` is in it, so the batch's first offset is the earliest answer
+                        # that skips nothing.
+                        first = max(rb.base_offset, offset)
+                        return (-1, -1) if first >= stream.end_offset else (rb.max_timestamp, first)
+                    for r in records:
                         if r.offset >= offset and r.timestamp is not None and r.timestamp >= target:
                             if r.offset >= stream.end_offset:
                                 return -1, -1
@@ -304,8 +327,13 @@ class Partition:
 
     # --- appending -----------------------------------------------------------------------------
 
-    def append(self, records: memoryview, batches: list[RecordBatch], now_ms: int) -> AppendResult:
+    def append(
+        self, records: memoryview, batches: list[RecordBatch], now_ms: int, relay: RelayRef | None = None
+    ) -> AppendResult:
         """Validate producer state, give the batches offsets and hand them to the stream.
+
+        `relay`: the bytes are in a zone proxy's relay object (engine/broker/router.py); the
+        WAL gets only a reference to them.
 
         Synchronous up to stream.append, so batches of concurrent requests cannot interleave
         between the sequence check and the offset assignment.
@@ -334,7 +362,14 @@ class Partition:
         )
         self.bytes_in += len(records)
         self.requests += 1
-        done = stream.append(bytes(records), end - first)
+        ref = None
+        if relay is not None:
+            ref = RefRecord(relay, self.leader_epoch, now_ms if log_append else -1)
+        done = (
+            stream.append(bytes(records), end - first)
+            if ref is None
+            else stream.append(bytes(records), end - first, ref)
+        )
         done.add_done_callback(self._append_done)
         self._last_done = done
         if self._first_append is not None and not self._first_append.done():

@@ -18,6 +18,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from engine.broker.context import RequestContext
+from engine.broker.router import ROUTER_API_KEY
 from engine.protocol import (
     ApiKey,
     CorruptRequest,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_ROUTER_HI, _ROUTER_LO = ROUTER_API_KEY.to_bytes(2, "big")
 MAX_QUEUED = 64
 RESUME_AT = 16
 #: Bytes of received requests a connection may hold (queued, or pipelined and awaiting the WAL):
@@ -48,6 +50,10 @@ RESUME_AT = 16
 MAX_HELD_BYTES = 32 << 20
 #: Pipelined requests of one connection whose answers may be pending at once.
 MAX_IN_FLIGHT = 16
+#: Largest frame of any API but Produce. Decoding makes a Python object per array element, up to
+#: 30 times the bytes (a Metadata request of 2-byte topic entries), so a 100 MiB frame of another
+#: API could cost GiBs; only Produce carries bulk data, and its records stay views of the frame.
+MAX_CONTROL_FRAME = 8 << 20
 
 
 class _Close:
@@ -118,6 +124,22 @@ class KafkaServer:
         """Handle one frame: its answer, or (pipelined APIs) a future of it once the ordered part is done."""
         broker = self.broker
         counters = broker.counters
+        if len(data) > MAX_CONTROL_FRAME and (len(data) < 2 or data[0] != 0 or data[1] != ApiKey.PRODUCE):
+            counters["requests_rejected"] += 1
+            log.info("%s: a %d-byte frame of api 0x%s; closing", conn.peer, len(data), bytes(data[:2]).hex())
+            return CLOSE
+        if len(data) >= 2 and data[0] == _ROUTER_HI and data[1] == _ROUTER_LO and broker.router is not None:
+            # Another broker's zone-router request (a private API key no Kafka client sends). Its
+            # answers may leave out of order (a long-polling Tail must not hold AppendRefs up).
+            counters["router_requests"] += 1
+            try:
+                ok = await broker.router.process(data, conn.send_now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: router request failed; closing the connection", conn.peer)
+                return CLOSE
+            return None if ok else CLOSE
         try:
             request = decode_request(data)
         except UnsupportedVersion as e:
@@ -142,6 +164,12 @@ class KafkaServer:
             counters["requests_closed_leaving"] += 1
             return CLOSE
         header = request.header
+        delay = broker.zone_delay(header.client_id)
+        if delay:
+            # --zone-latency-ms: a client in another zone, as if its bytes had crossed zones (both ways).
+            wait = conn.arrived + delay - asyncio.get_running_loop().time()
+            if wait > 0:
+                await asyncio.sleep(wait)
         ctx = RequestContext(broker, header.api_version, header.correlation_id, header.client_id, conn.host)
         counters["requests_total"] += 1
         counters[f"requests_{ApiKey(request.api_key).name.lower()}"] += 1
@@ -187,9 +215,12 @@ class Connection(asyncio.Protocol):
         self.peer = "?"
         self.decoder = FrameDecoder(server.broker.config.socket_request_max_bytes)
         self.queue: deque[memoryview] = deque()
+        #: When each queued frame arrived (loop time), for the simulated cross-zone delay.
+        self.arrivals: deque[float] = deque()
         self.worker: asyncio.Task[None] | None = None
         # Answers of pipelined requests (Produce) still in progress, in request order.
         self.answers: deque[asyncio.Future[Answer]] = deque()
+        self.arrived = 0.0  # arrival of the frame being handled
         self.held_bytes = 0  # frames received and not yet answered
         self.pending_bytes = 0  # of those, frames whose answers wait (pipelined produce)
         self.room = asyncio.Event()
@@ -220,6 +251,8 @@ class Connection(asyncio.Protocol):
         if not frames:
             return
         self.queue.extend(frames)
+        now = asyncio.get_running_loop().time()
+        self.arrivals.extend(now for _ in frames)
         self.held_bytes += sum(len(f) for f in frames)
         if (
             (len(self.queue) >= MAX_QUEUED or self.held_bytes >= MAX_HELD_BYTES)
@@ -235,6 +268,7 @@ class Connection(asyncio.Protocol):
         try:
             while self.queue:
                 data = self.queue.popleft()
+                self.arrived = self.arrivals.popleft() if self.arrivals else 0.0
                 size = len(data)
                 out = await self.server.process(data, self)
                 if isinstance(out, asyncio.Future):
@@ -314,8 +348,14 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.can_write.set()
 
+    def send_now(self, parts: list[Buffer]) -> None:
+        """Write an answer outside request order (router frames carry their correlation id)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(parts)
+
     def abort(self) -> None:
         self.queue.clear()
+        self.arrivals.clear()
         if self.transport is not None:
             self.transport.abort()
 

@@ -27,6 +27,14 @@ _MARKER = re.compile(r"(?:^|[&;,\s?])(?:automq_az|diskless_az)=([^&;,\s]+)", re.
 _CACHE_MAX = 4096
 
 
+_REAL_LEADERS = re.compile(r"(?:^|[&;,\s?])automq_route=leader(?:$|[&;,\s])", re.IGNORECASE)
+
+
+def wants_real_leaders(client_id: str | None) -> bool:
+    """`automq_route=leader` in client.id: Metadata names real leaders, not zone proxies (tools)."""
+    return bool(client_id) and _REAL_LEADERS.search(client_id or "") is not None
+
+
 def zone_marker(client_id: str | None) -> str | None:
     """The zone a client.id names (`automq_az=` or `diskless_az=`), else None."""
     if not client_id:
@@ -82,6 +90,10 @@ class ZoneLedger:
     def cross_zone_bytes(self) -> int:
         """Data bytes that crossed from one known zone to another."""
         return sum(n for (s, d, k), n in self.bytes.items() if k == "client" and s != d and UNKNOWN not in (s, d))
+
+    def cross_zone_pointer_bytes(self) -> int:
+        """Broker-to-broker bytes (the zone router's pointers, no data) that crossed zones: billed too."""
+        return sum(n for (s, d, k), n in self.bytes.items() if k == "broker" and s != d and UNKNOWN not in (s, d))
 
     def rows(self) -> list[dict[str, object]]:
         return [{"src": s, "dst": d, "kind": k, "bytes": n} for (s, d, k), n in sorted(self.bytes.items())]

@@ -153,6 +153,8 @@ class RegisterResult(msgspec.Struct):
 class HeartbeatResult(msgspec.Struct):
     version: int
     state: str
+    #: Relay objects created before this (ms) are referenced by no WAL any more; -1: not known.
+    relay_horizon_ms: int = -1
 
 
 class ShutdownResult(msgspec.Struct):
@@ -257,6 +259,8 @@ class Heartbeat(Request[HeartbeatResult]):
     #: Every few heartbeats: the partitions it leads that carried traffic; None between reports
     #: (the last report stands).
     loads: list[LoadReport] | None = None
+    #: The oldest relay object (ms) this broker's WAL may still need (docs/zones.md); -1: cannot say yet.
+    relay_floor_ms: int = -1
 
 
 class ControlledShutdown(Request[ShutdownResult]):

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import logging
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -29,15 +30,23 @@ MAX_MESSAGE = 64 << 20
 class RpcError(Exception):
     """The controller answered with an error, or could not be reached."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, leader: str = "") -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        #: With NOT_LEADER: the leading controller's address, when the standby knows it.
+        self.leader = leader
+
+
+#: A standby controller (or one that just lost its lease) answers every call with this code.
+NOT_LEADER = "NOT_LEADER"
 
 
 class ControllerUnavailable(RpcError):
     def __init__(self, message: str) -> None:
         super().__init__("UNAVAILABLE", message)
+        #: True when the request never left this process (no controller could be reached).
+        self.unsent = False
 
 
 R = TypeVar("R")
@@ -111,13 +120,21 @@ async def serve_connection(
                     brokers.add(int(request.broker_id))  # type: ignore[attr-defined]
                 out = {"id": rid, "result": msgspec.to_builtins(await method(request))}
             except RpcError as e:
-                out = {"id": rid, "error": {"code": e.code, "message": e.message}}
+                err: dict[str, Any] = {"code": e.code, "message": e.message}
+                if e.leader:
+                    err["leader"] = e.leader
+                out = {"id": rid, "error": err}
             except Exception as e:
                 log.exception("controller method %s failed", msg.get("method"))
                 out = {"id": rid, "error": {"code": "INTERNAL", "message": f"{type(e).__name__}: {e}"}}
         async with lock:
-            writer.write(encode(out))
-            await writer.drain()
+            if writer.is_closing():
+                return  # the connection was dropped (say, this controller stopped leading)
+            try:
+                writer.write(encode(out))
+                await writer.drain()
+            except (ConnectionError, RuntimeError):
+                return
 
     try:
         while True:
@@ -141,12 +158,40 @@ async def serve_connection(
             on_close(brokers)
 
 
-class ControllerClient:
-    """A reconnecting client; calls fail with ControllerUnavailable while the controller is down."""
+def parse_addresses(spec: str) -> list[tuple[str, int]]:
+    """`h1:p1,h2:p2` (one or more controllers) -> [(host, port)]; ValueError names a bad entry."""
+    out: list[tuple[str, int]] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"controller address {part!r} is not host:port")
+        out.append((host or "127.0.0.1", int(port)))
+    if not out:
+        raise ValueError("no controller address given")
+    return out
 
-    def __init__(self, host: str, port: int, *, connect_timeout: float = 3.0) -> None:
-        self.host = host
-        self.port = port
+
+class ControllerClient:
+    """A reconnecting client of one or more controllers; it follows the leader.
+
+    A call goes to the controller that answered last. A standby answers NOT_LEADER (with the
+    leader's address when it knows it): the call was not applied, so it is sent again to that
+    leader, or to the next controller of the list, until `timeout`. A controller that cannot
+    be reached is skipped the same way. A call whose connection broke after it was sent fails
+    with ControllerUnavailable: it may have been applied, and only the caller knows whether
+    sending it again is safe.
+    """
+
+    def __init__(
+        self, host: str | list[tuple[str, int]], port: int = 0, *, connect_timeout: float = 3.0, follow: bool = True
+    ) -> None:
+        """follow=False: ask exactly this controller (`amq cluster status` asks each whether it leads)."""
+        self.addresses: list[tuple[str, int]] = [(host, port)] if isinstance(host, str) else list(host)
+        self.follow = follow
+        self._current = 0
         self.connect_timeout = connect_timeout
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -155,10 +200,35 @@ class ControllerClient:
         self._connect_lock = asyncio.Lock()
         self._closed = False
 
+    @property
+    def host(self) -> str:
+        return self.addresses[self._current][0]
+
+    @property
+    def port(self) -> int:
+        return self.addresses[self._current][1]
+
     @classmethod
     def from_address(cls, address: str) -> ControllerClient:
-        host, _, port = address.rpartition(":")
-        return cls(host or "127.0.0.1", int(port))
+        """`host:port`, or `h1:p1,h2:p2` for controllers that fail over."""
+        return cls(parse_addresses(address))
+
+    def _move_to(self, leader: str) -> None:
+        """Use the named leader next (added to the list if new), else the next controller."""
+        self._drop_connection()
+        if leader:
+            with contextlib.suppress(ValueError):
+                target = parse_addresses(leader)[0]
+                if target not in self.addresses:
+                    self.addresses.append(target)
+                self._current = self.addresses.index(target)
+                return
+        self._current = (self._current + 1) % len(self.addresses)
+
+    def _drop_connection(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     async def _connect(self) -> asyncio.StreamWriter:
         async with self._connect_lock:
@@ -166,15 +236,19 @@ class ControllerClient:
                 return self._writer
             if self._closed:
                 raise ControllerUnavailable("client is closed")
-            try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), self.connect_timeout
-                )
-            except (OSError, TimeoutError) as e:
-                raise ControllerUnavailable(f"cannot reach the controller at {self.host}:{self.port}: {e}") from None
-            self._writer = writer
-            self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader, writer))
-            return writer
+            errors = []
+            for _ in range(len(self.addresses)):
+                host, port = self.addresses[self._current]
+                try:
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self.connect_timeout)
+                except (OSError, TimeoutError) as e:
+                    errors.append(f"{host}:{port}: {e or type(e).__name__}")
+                    self._current = (self._current + 1) % len(self.addresses)
+                    continue
+                self._writer = writer
+                self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader, writer))
+                return writer
+            raise ControllerUnavailable(f"cannot reach the controller at {'; '.join(errors)}")
 
     async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -187,7 +261,9 @@ class ControllerClient:
                     continue
                 if "error" in msg:
                     err = msg["error"] or {}
-                    fut.set_exception(RpcError(str(err.get("code")), str(err.get("message"))))
+                    fut.set_exception(
+                        RpcError(str(err.get("code")), str(err.get("message")), str(err.get("leader") or ""))
+                    )
                 else:
                     fut.set_result(msg.get("result"))
         except (ValueError, ConnectionError, asyncio.IncompleteReadError) as e:
@@ -204,7 +280,28 @@ class ControllerClient:
                         fut.set_exception(ControllerUnavailable("connection to the controller lost"))
 
     async def call(self, method: str, timeout: float = 30.0, **params: Any) -> Any:
-        writer = await self._connect()
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return await self._call_once(method, max(0.05, left), params)
+            except RpcError as e:
+                retry = e.code == NOT_LEADER or (isinstance(e, ControllerUnavailable) and e.unsent)
+                if not retry or not self.follow or (len(self.addresses) == 1 and e.code != NOT_LEADER):
+                    raise
+                if time.monotonic() + 0.1 >= deadline:
+                    raise ControllerUnavailable(f"no leading controller answered {method} within {timeout:.0f}s: "
+                                                f"{e.message}") from None  # fmt: skip
+                self._move_to(e.leader)
+                # Without a named leader the standbys are waiting for the lease: do not spin.
+                await asyncio.sleep(0.02 if e.leader else 0.1)
+
+    async def _call_once(self, method: str, timeout: float, params: dict[str, Any]) -> Any:
+        try:
+            writer = await self._connect()
+        except ControllerUnavailable as e:
+            e.unsent = True
+            raise
         rid = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut._amq_writer = writer  # type: ignore[attr-defined]
@@ -213,10 +310,14 @@ class ControllerClient:
             writer.write(encode({"id": rid, "method": method, "params": params}))
             await writer.drain()
             return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:  # before OSError, of which it is a subclass
+            # A controller that stopped answering (paused, cut off) may hold every call on this
+            # connection: the next call goes elsewhere.
+            if len(self.addresses) > 1 and self._writer is writer:
+                self._move_to("")
+            raise ControllerUnavailable(f"controller did not answer {method} within {timeout:.0f}s") from None
         except (ConnectionError, OSError) as e:
             raise ControllerUnavailable(f"controller connection failed: {e}") from None
-        except TimeoutError:
-            raise ControllerUnavailable(f"controller did not answer {method} within {timeout:.0f}s") from None
         finally:
             self._pending.pop(rid, None)
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import time
+import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,14 +18,26 @@ import msgspec
 
 from engine.controller import api
 from engine.controller.autobalance import AutoBalancer, BalancerSettings, result
-from engine.controller.rpc import Handler, RpcError, serve_connection
+from engine.controller.lease import Lease
+from engine.controller.rpc import NOT_LEADER, Handler, RpcError, serve_connection
 from engine.controller.state import ControllerState
+from engine.controller.store import NotLeader, PostgresControllerStore
+from engine.postgres import PgError, is_postgres_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class ControllerServer:
+    """The controller's RPC server.
+
+    On SQLite (the default) it leads from the start. On PostgreSQL any number of controller
+    processes share the database: each starts as a standby that answers NOT_LEADER (naming
+    the leader), and the one holding the lease (lease.py) loads the state and leads; every
+    write it makes checks the lease epoch (store.py). A leader that lost the lease, or could
+    not renew it within the TTL, drops its state and its connections and becomes a standby.
+    """
+
     def __init__(
         self,
         directory: str | Path,
@@ -29,22 +46,46 @@ class ControllerServer:
         session_timeout_ms: int = 3000,
         lost_grace_ms: int = 1500,
         balancer: BalancerSettings | None = None,
+        metadata: str = "",
+        lease_ttl_ms: int = 3000,
+        advertise: str = "",
     ) -> None:
+        """metadata: a postgresql:// URL for the cluster's state; empty: controller.db in `directory`.
+        advertise: host:port that brokers reach this controller at (default: host and bound port)."""
         self.directory = Path(directory)
+        self.metadata = metadata
+        self.replicated = is_postgres_url(metadata)
         self.host = host
         self.requested_port = port
         self.port = port
+        self.advertise = advertise
         self.session_timeout_s = session_timeout_ms / 1000
         self.lost_grace_s = lost_grace_ms / 1000
-        self.state = ControllerState(self.directory / "controller.db")
-        self.balancer = AutoBalancer(self.state, balancer or BalancerSettings())
+        self.lease_ttl_s = lease_ttl_ms / 1000
+        self.settings = balancer or BalancerSettings()
+        self.state: ControllerState
+        self.balancer: AutoBalancer
+        #: True while this process leads (always on SQLite).
+        self.leading = False
+        self.lease_epoch = 0
+        #: The leader's address as the lease row names it (for NOT_LEADER answers).
+        self.leader_address = ""
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        if not self.replicated:
+            self.state = ControllerState(metadata or self.directory / "controller.db")
+            self.balancer = AutoBalancer(self.state, self.settings)
+            self.leading = True
         self._balancing: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         #: The metadata version each broker has applied (the `since` of its latest metadata call).
         self._applied: dict[int, int] = {}
         self._server: asyncio.Server | None = None
         self._liveness: asyncio.Task[None] | None = None
-        self.methods: dict[str, Handler] = {
+        self._leasing: asyncio.Task[None] | None = None
+        self._lease: Lease | None = None
+        self._lease_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lease")
+        self._writers: set[asyncio.StreamWriter] = set()
+        methods: dict[str, Handler] = {
             "ping": self.ping,
             "register_broker": self.register_broker,
             "broker_ready": self.broker_ready,
@@ -52,7 +93,7 @@ class ControllerServer:
             "controlled_shutdown": self.controlled_shutdown,
             "cluster_shutdown": self.cluster_shutdown,
             "wal_taken_over": self.wal_taken_over,
-            "metadata": self.metadata,
+            "metadata": self.metadata_changes,
             "create_topics": self.create_topics,
             "delete_topics": self.delete_topics,
             "create_partitions": self.create_partitions,
@@ -67,28 +108,180 @@ class ControllerServer:
             "balance": self.balance,
             "forget_broker": self.forget_broker,
         }
+        self.methods = {name: self._guarded(h) for name, h in methods.items()}
+
+    @property
+    def address(self) -> str:
+        return self.advertise or f"{self.host}:{self.port}"
+
+    def _not_leader(self) -> RpcError:
+        where = f"the leader is at {self.leader_address}" if self.leader_address else "no leader is known yet"
+        return RpcError(NOT_LEADER, f"this controller is a standby; {where}", self.leader_address)
+
+    def _guarded(self, handler: Handler) -> Handler:
+        async def call(p: Any) -> Any:
+            if not self.leading:
+                raise self._not_leader()
+            try:
+                out = await handler(p)
+            except NotLeader as e:
+                self._step_down(str(e))
+                raise self._not_leader() from None
+            if not self.leading:
+                raise self._not_leader()  # stepped down meanwhile: the answer may come from a stale state
+            return out
+
+        return call
 
     async def start(self) -> None:
         def connected(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Any:
-            return serve_connection(r, w, self.methods, self.state.connection_lost)
+            self._writers.add(w)
+
+            def lost(ids: set[int]) -> None:
+                self._writers.discard(w)
+                if self.leading:
+                    self.state.connection_lost(ids)
+
+            return serve_connection(r, w, self.methods, lost)
 
         self._server = await asyncio.start_server(connected, self.host, self.requested_port)
         self.port = self._server.sockets[0].getsockname()[1]
-        self._liveness = asyncio.get_running_loop().create_task(self._liveness_loop())
-        self._balancing = asyncio.get_running_loop().create_task(self._balance_loop())
-        log.info("controller %s listening on %s:%d", self.state.cluster_id, self.host, self.port)
+        loop = asyncio.get_running_loop()
+        if self.replicated:
+            self._lease = Lease(self.metadata, self.holder, self.address, self.lease_ttl_s)
+            # The schema is checked before anything listens for real: a bad URL is one line at start.
+            await loop.run_in_executor(self._lease_pool, self._lease.current)
+            self._leasing = loop.create_task(self._lease_loop())
+            log.info("controller %s on %s:%d, standing by for the lease (TTL %.1fs)", self.holder, self.host,
+                     self.port, self.lease_ttl_s)  # fmt: skip
+        else:
+            self._start_leading_tasks()
+            log.info("controller %s listening on %s:%d", self.state.cluster_id, self.host, self.port)
+
+    def _start_leading_tasks(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._liveness = loop.create_task(self._liveness_loop())
+        self._balancing = loop.create_task(self._balance_loop())
+
+    async def _lease_loop(self) -> None:
+        assert self._lease is not None
+        lease, loop = self._lease, asyncio.get_running_loop()
+        poll = min(0.25, self.lease_ttl_s / 6)
+        renew_every = self.lease_ttl_s / 3
+        last_renewed = 0.0  # monotonic start of the last renewal the database confirmed
+        complained = 0.0
+        while True:
+            try:
+                if not self.leading:
+                    epoch = await loop.run_in_executor(self._lease_pool, lease.try_acquire)
+                    if epoch is None:
+                        info = await loop.run_in_executor(self._lease_pool, lease.current)
+                        self.leader_address = "" if info.expired else info.address
+                        await asyncio.sleep(poll)
+                        continue
+                    started = time.monotonic()
+                    await self._lead(epoch)
+                    last_renewed = started
+                    continue
+                await asyncio.sleep(renew_every)
+                started = time.monotonic()
+                budget = self.lease_ttl_s * 0.8 - (started - last_renewed)
+                try:
+                    held = await asyncio.wait_for(
+                        loop.run_in_executor(self._lease_pool, lease.renew, self.lease_epoch), max(0.05, budget)
+                    )
+                except TimeoutError:
+                    held = None
+                if held:
+                    last_renewed = started
+                elif held is False:
+                    self._step_down(f"the lease moved on from epoch {self.lease_epoch}")
+                elif time.monotonic() - last_renewed > self.lease_ttl_s * 0.8:
+                    self._step_down("the lease could not be renewed in time")
+            except asyncio.CancelledError:
+                raise
+            except PgError as e:
+                if self.leading and time.monotonic() - last_renewed > self.lease_ttl_s * 0.8:
+                    self._step_down(f"the lease could not be renewed: {e}")
+                if time.monotonic() - complained > 10:
+                    log.warning("%s", e)
+                    complained = time.monotonic()
+                await asyncio.sleep(poll)
+            except Exception:
+                log.exception("controller lease loop failed; retrying")
+                if self.leading:
+                    self._step_down("the lease loop failed")
+                await asyncio.sleep(poll)
+
+    async def _lead(self, epoch: int) -> None:
+        """Load the state under the new lease epoch and start leading."""
+        loop = asyncio.get_running_loop()
+
+        def load() -> ControllerState:
+            store = PostgresControllerStore(self.metadata, lease_epoch=epoch)
+            try:
+                return ControllerState(store, new_term=True, session_grace_s=self.session_timeout_s)
+            except BaseException:
+                store.close()
+                raise
+
+        try:
+            state = await loop.run_in_executor(self._lease_pool, load)
+        except NotLeader as e:
+            log.warning("took the lease at epoch %d but lost it while loading: %s", epoch, e)
+            return
+        self.state = state
+        self.balancer = AutoBalancer(state, self.settings)
+        self._applied.clear()
+        self.lease_epoch = epoch
+        self.leader_address = self.address
+        self.leading = True
+        self._start_leading_tasks()
+        log.info("controller %s leads at lease epoch %d: cluster %s, metadata version %d, %d brokers", self.holder,
+                 epoch, state.cluster_id, state.version, len(state.brokers))  # fmt: skip
+
+    def _step_down(self, reason: str) -> None:
+        """Stop acting as leader at once (synchronously: no other request runs on the old state)."""
+        if not self.leading:
+            return
+        self.leading = False
+        self.leader_address = ""
+        log.warning("controller %s stops leading: %s", self.holder, reason)
+        for task in (self._liveness, self._balancing):
+            if task is not None:
+                task.cancel()
+        self._liveness = self._balancing = None
+        with contextlib.suppress(Exception):
+            self.state.close()
+        # Brokers reconnect, are told NOT_LEADER and move to the new leader.
+        for w in list(self._writers):
+            w.close()
+        self._writers.clear()
 
     async def stop(self) -> None:
-        for task in (self._liveness, self._balancing):
+        for task in (self._leasing, self._liveness, self._balancing):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if self._server is not None:
             self._server.close()
+            for w in list(self._writers):
+                w.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
-        self.state.close()
+        if self.leading:
+            self.state.close()
+        if self._lease is not None:
+            if self.leading:
+                # A standby takes over at its next poll instead of after the TTL.
+                with contextlib.suppress(PgError):
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._lease_pool, self._lease.release, self.lease_epoch
+                    )
+            self._lease.close()
+        self.leading = False
+        self._lease_pool.shutdown(wait=False)
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -102,6 +295,9 @@ class ControllerServer:
             before = self.state.version
             try:
                 dead = self.state.expire(self.session_timeout_s, self.lost_grace_s)
+            except NotLeader as e:
+                self._step_down(str(e))
+                return
             except Exception:
                 log.exception("liveness check failed")
                 continue
@@ -124,6 +320,9 @@ class ControllerServer:
                 if moves:
                     log.info(self.balancer.decisions[-1])
                     await self._mutate(lambda m=moves: self.state.reassign(m, "balancer"))  # type: ignore[misc]
+            except NotLeader as e:
+                self._step_down(str(e))
+                return
             except Exception:
                 log.exception("balancer round failed")
 
@@ -154,8 +353,10 @@ class ControllerServer:
         return api.VersionResult(self.state.version)
 
     async def heartbeat(self, p: api.Heartbeat) -> api.HeartbeatResult:
-        b = await self._mutate(lambda: self.state.heartbeat(p.broker_id, p.broker_epoch, p.loads))
-        return api.HeartbeatResult(self.state.version, b.state)
+        b = await self._mutate(
+            lambda: self.state.heartbeat(p.broker_id, p.broker_epoch, p.loads, p.relay_floor_ms)
+        )
+        return api.HeartbeatResult(self.state.version, b.state, self.state.relay_horizon())
 
     async def controlled_shutdown(self, p: api.ControlledShutdown) -> api.ShutdownResult:
         moved = await self._mutate(lambda: self.state.controlled_shutdown(p.broker_id, p.broker_epoch, p.snapshots))
@@ -247,7 +448,7 @@ class ControllerServer:
             async with self._changed:
                 await asyncio.wait_for(self._changed.wait_for(caught_up), timeout)
 
-    async def metadata(self, p: api.Metadata) -> api.MetadataChanges:
+    async def metadata_changes(self, p: api.Metadata) -> api.MetadataChanges:
         if p.broker_id >= 0 and p.since > self._applied.get(p.broker_id, -1):
             self._applied[p.broker_id] = p.since
             await self._notify()

@@ -1,4 +1,5 @@
-"""The controller's cluster metadata: in memory for reads, written through to SQLite.
+"""The controller's cluster metadata: in memory for reads, written through to its store
+(engine/controller/store.py: SQLite by default, or PostgreSQL).
 
 Every change is a record with a version; followers (brokers) ask for the records
 after the version they have, or get a snapshot when they are too far behind
@@ -8,7 +9,6 @@ after the version they have, or get a snapshot when they are too far behind
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import uuid
 from collections import Counter, deque
@@ -35,6 +35,7 @@ from engine.controller.configs import (
     validate_configs,
     validate_topic_name,
 )
+from engine.controller.store import ControllerStore, open_controller_store
 from engine.protocol.errors import ErrorCode
 
 RESERVED_INTERNAL = frozenset({OFFSETS_TOPIC, "__transaction_state"})
@@ -42,33 +43,6 @@ MAX_PARTITIONS_PER_REQUEST = 10_000
 LOG_KEEP = 10_000
 #: Finished moves kept for `amq reassign --timeline` and ListPartitionReassignments.
 MOVES_KEEP = 2_000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS brokers (
-    id INTEGER PRIMARY KEY, zone TEXT NOT NULL, host TEXT NOT NULL, port INTEGER NOT NULL,
-    epoch INTEGER NOT NULL, alive INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS topics (
-    name TEXT PRIMARY KEY, id TEXT NOT NULL, internal INTEGER NOT NULL,
-    replication_factor INTEGER NOT NULL, configs TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS partitions (
-    topic TEXT NOT NULL, idx INTEGER NOT NULL, leader INTEGER NOT NULL,
-    leader_epoch INTEGER NOT NULL, stream_id INTEGER NOT NULL, PRIMARY KEY (topic, idx)
-);
-CREATE TABLE IF NOT EXISTS wal_takeovers (id INTEGER PRIMARY KEY, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS partition_snapshots (
-    topic TEXT NOT NULL, idx INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (topic, idx)
-);
-"""
-# Columns added after the first release; added to older files on open.
-_BROKER_COLUMNS = {"state": "TEXT NOT NULL DEFAULT 'running'", "wal": "TEXT NOT NULL DEFAULT '{}'"}
-_PARTITION_COLUMNS = {
-    "target": "INTEGER NOT NULL DEFAULT -1",
-    "move_id": "INTEGER NOT NULL DEFAULT -1",
-    "snapshot_end": "INTEGER NOT NULL DEFAULT -1",
-}
 
 
 def broker_dict(b: BrokerRecord) -> dict[str, Any]:
@@ -116,24 +90,24 @@ def _result(name: str, code: ErrorCode = ErrorCode.NONE, message: str | None = N
 
 
 class ControllerState:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
-        for table, columns in (("brokers", _BROKER_COLUMNS), ("partitions", _PARTITION_COLUMNS)):
-            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
-            for column, decl in columns.items():
-                if column not in have:
-                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    def __init__(
+        self, store: ControllerStore | str | Path, new_term: bool = False, session_grace_s: float = 0.0
+    ) -> None:
+        """store: a ControllerStore, or where one is: an SQLite file's path or a postgresql:// URL.
+
+        new_term: this controller just took the lease from another one. A leader that lost its
+        lease may have shown brokers versions it never committed; jumping the version past any
+        such makes every broker take a snapshot of the committed state. session_grace_s: extra
+        time for brokers to find the new leader before their sessions count."""
+        self.store = store if not isinstance(store, str | Path) else open_controller_store(store)
         self.brokers: dict[int, BrokerRecord] = {}
         #: When each broker was last heard from (monotonic); not persisted.
         self.last_seen: dict[int, float] = {}
         #: When a broker's session connection closed, if it has not been heard from since.
         self.lost_at: dict[int, float] = {}
         self.takeovers: dict[int, WalTakeover] = {}
+        #: broker id -> (broker epoch, relay floor ms) from its last heartbeat (relay_horizon).
+        self.relay_floors: dict[int, tuple[int, int]] = {}
         #: Set by `amq cluster down`: brokers that stop keep their partitions (they get them back on start).
         self.stopping = False
         self.topics: dict[str, TopicRec] = {}
@@ -148,38 +122,36 @@ class ControllerState:
         #: (topic, partition) -> when the balancer last moved it (monotonic): its cooldown. Moves for
         #: other causes (failover, a user's reassignment) are not counted: the balancer may even them out.
         self.last_moved: dict[tuple[str, int], float] = {}
-        meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+        loaded = self.store.load()
+        meta = loaded.meta
         self.cluster_id = meta.get("cluster_id") or uuid.uuid4().hex[:22]
         self.version = int(meta.get("version", 0))
         self.next_stream_id = int(meta.get("next_stream_id", 1))
         self.next_producer_id = int(meta.get("next_producer_id", 1000))
         self.next_takeover_id = int(meta.get("next_takeover_id", 1))
-        now = time.monotonic()
-        rows = self.db.execute("SELECT id, zone, host, port, epoch, state, wal FROM brokers")
-        for bid, zone, host, port, epoch, state, wal in rows:
+        now = time.monotonic() + session_grace_s
+        for bid, zone, host, port, epoch, state, wal in loaded.brokers:
             spec = msgspec.convert(json.loads(wal or "{}"), WalSpec)
             self.brokers[bid] = BrokerRecord(bid, zone, host, port, epoch, state, spec)
             # A restarted controller gives every broker a fresh session before judging liveness.
             self.last_seen[bid] = now
-        for tid_, body in self.db.execute("SELECT id, body FROM wal_takeovers"):
+        for tid_, body in loaded.takeovers:
             self.takeovers[tid_] = msgspec.json.decode(body, type=WalTakeover)
-        for name, tid, internal, rf, configs in self.db.execute("SELECT * FROM topics"):
+        for name, tid, internal, rf, configs in loaded.topics:
             self.topics[name] = TopicRec(name, tid, bool(internal), rf, json.loads(configs), [])
-        rows = self.db.execute(
-            "SELECT topic, idx, leader, leader_epoch, stream_id, target, move_id, snapshot_end "
-            "FROM partitions ORDER BY topic, idx"
-        )
-        for topic, *fields in rows:
+        for topic, *fields in loaded.partitions:
             self.topics[topic].partitions.append(PartitionRec(*fields))
-        for topic, idx, body in self.db.execute("SELECT topic, idx, body FROM partition_snapshots"):
+        for topic, idx, body in loaded.snapshots:
             self.snapshots[(topic, idx)] = msgspec.msgpack.decode(body, type=PartitionSnapshot)
+        if new_term:
+            self.version += LOG_KEEP
         # Followers behind this version get a snapshot: the record log is not persisted.
         self.log_start = self.version
         self.log: deque[tuple[int, dict[str, Any]]] = deque(maxlen=LOG_KEEP)
-        self._save_meta()
+        self._commit(lambda: None)
 
     def close(self) -> None:
-        self.db.close()
+        self.store.close()
 
     # --- persistence -------------------------------------------------------------------------
 
@@ -191,7 +163,7 @@ class ControllerState:
             ("next_producer_id", str(self.next_producer_id)),
             ("next_takeover_id", str(self.next_takeover_id)),
         ]
-        self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", rows)
+        self.store.save_meta(rows)
 
     def _emit(self, record: dict[str, Any]) -> None:
         self.version += 1
@@ -200,31 +172,23 @@ class ControllerState:
             self.log_start = self.log[0][0] - 1
 
     def _save_broker(self, b: BrokerRecord) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO brokers (id, zone, host, port, epoch, alive, state, wal) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (b.id, b.zone, b.host, b.port, b.epoch, int(b.alive), b.state, msgspec.json.encode(b.wal).decode()),
+        self.store.save_broker(
+            (b.id, b.zone, b.host, b.port, b.epoch, int(b.alive), b.state, msgspec.json.encode(b.wal).decode())
         )
         self._emit({"type": "broker", **broker_dict(b)})
 
     def _save_takeover(self, t: WalTakeover) -> None:
-        self.db.execute("INSERT OR REPLACE INTO wal_takeovers VALUES (?, ?)", (t.id, msgspec.json.encode(t).decode()))
+        self.store.save_takeover(t.id, msgspec.json.encode(t).decode())
         self._emit({"type": "wal_takeover", **msgspec.to_builtins(t)})
 
     def _drop_takeover(self, t: WalTakeover) -> None:
-        self.db.execute("DELETE FROM wal_takeovers WHERE id=?", (t.id,))
+        self.store.delete_takeover(t.id)
         del self.takeovers[t.id]
         self._emit({"type": "wal_takeover_done", "id": t.id, "wal_id": t.wal_id})
 
     def _save_topic(self, t: TopicRec) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO topics VALUES (?, ?, ?, ?, ?)",
+        self.store.save_topic(
             (t.name, t.id, int(t.internal), t.replication_factor, json.dumps(t.configs)),
-        )
-        self.db.execute("DELETE FROM partitions WHERE topic=?", (t.name,))
-        self.db.executemany(
-            "INSERT INTO partitions (topic, idx, leader, leader_epoch, stream_id, target, move_id, snapshot_end) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (t.name, p.index, p.leader, p.leader_epoch, p.stream_id, p.target, p.move_id, p.snapshot_end)
                 for p in t.partitions
@@ -233,15 +197,17 @@ class ControllerState:
         self._emit({"type": "topic", **t.to_dict()})
 
     def _commit(self, fn: Any) -> Any:
-        """Run a mutation in one SQLite transaction; memory is rolled back by reloading on failure."""
-        self.db.execute("BEGIN IMMEDIATE")
+        """Run a mutation in one transaction of the store. Memory is changed before the commit:
+        if it fails, this state must be thrown away and loaded again (the controller server
+        does that when it loses its lease)."""
+        self.store.begin()
         try:
             out = fn()
             self._save_meta()
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self.store.rollback()
             raise
-        self.db.execute("COMMIT")
+        self.store.commit()
         return out
 
     # --- reads -------------------------------------------------------------------------------
@@ -334,10 +300,11 @@ class ControllerState:
         return b
 
     def heartbeat(
-        self, broker_id: int, epoch: int, loads: list[LoadReport] | None = None
+        self, broker_id: int, epoch: int, loads: list[LoadReport] | None = None, relay_floor_ms: int = -1
     ) -> BrokerRecord:
         b = self._current(broker_id, epoch)
         self.last_seen[broker_id] = time.monotonic()
+        self.relay_floors[broker_id] = (epoch, relay_floor_ms)
         self.lost_at.pop(broker_id, None)
         if loads is not None:
             reported = {(r.topic, r.partition) for r in loads}
@@ -351,6 +318,24 @@ class ControllerState:
             self.report_at[broker_id] = time.monotonic()
         return b
 
+    def relay_horizon(self) -> int:
+        """Relay objects older than this are needed by no WAL (docs/zones.md); -1 while unknown.
+
+        Each live broker's floor only grows, so a stale one is only more careful. A dead broker's
+        WAL may refer to any relay object until a survivor has taken it over.
+        """
+        if self.takeovers:
+            return -1
+        floors = []
+        for b in self.brokers.values():
+            if not b.alive:
+                continue
+            epoch, floor = self.relay_floors.get(b.id, (-1, -1))
+            if epoch != b.epoch or floor < 0:
+                return -1
+            floors.append(floor)
+        return min(floors, default=-1)
+
     def forget_broker(self, broker_id: int) -> None:
         """Drop a broker that left for good (scale in): it must be stopped and lead nothing."""
         b = self.brokers.get(broker_id)
@@ -362,7 +347,7 @@ class ControllerState:
             raise KeyError("BROKER_STILL_IN_USE")
 
         def tx() -> None:
-            self.db.execute("DELETE FROM brokers WHERE id=?", (broker_id,))
+            self.store.delete_broker(broker_id)
             del self.brokers[broker_id]
             self.last_seen.pop(broker_id, None)
             self._emit({"type": "broker_removed", "id": broker_id})
@@ -528,9 +513,7 @@ class ControllerState:
         key = (snap.topic, snap.partition)
         self.snapshots[key] = snap
         p.snapshot_end = snap.end_offset
-        self.db.execute(
-            "INSERT OR REPLACE INTO partition_snapshots VALUES (?, ?, ?)", (*key, msgspec.msgpack.encode(snap))
-        )
+        self.store.save_snapshot(*key, msgspec.msgpack.encode(snap))
 
     def _end_move(self, t: TopicRec, p: PartitionRec, state: str, reason: str = "") -> None:
         """Forget the partition's move (if any) with its final state."""
@@ -833,9 +816,7 @@ class ControllerState:
 
         def tx() -> None:
             for t in doomed:
-                self.db.execute("DELETE FROM topics WHERE name=?", (t.name,))
-                self.db.execute("DELETE FROM partitions WHERE topic=?", (t.name,))
-                self.db.execute("DELETE FROM partition_snapshots WHERE topic=?", (t.name,))
+                self.store.delete_topic(t.name)
                 for p in t.partitions:
                     self.snapshots.pop((t.name, p.index), None)
                 del self.topics[t.name]

@@ -142,11 +142,12 @@ class AmqAssumptions:
       per broker per interval or per this many MiB; those objects are the
       stream-set objects, so the s3 kind has no separate upload.
     - file_wal_volume_gib: the `file` kind's block volume per broker.
-    - zone_routing: clients name their zone and are served by a broker there,
-      so no client byte crosses a zone. Off: 2 in 3 produce and fetch requests
-      reach a broker in another zone, as with Kafka. amq's zone router is not
-      built yet (docs/zones.md): with it on, this line prices the design, and says
-      so; `--no-zone-routing` or `--from-run` (the ledger's counts) price today.
+    - zone_routing: clients name their zone and are served by a broker there
+      (the zone router, docs/zones.md, with the nfs and s3 WALs), so no data byte
+      crosses a zone; the router's pointers do (a few % of the data with small
+      batches) and only `--from-run` prices them. Off: 2 in 3 produce and fetch
+      requests reach a broker in another zone, as with Kafka (the file WAL, or
+      clients that do not name their zone).
     """
 
     upload_object_mib: float = 32.0
@@ -509,9 +510,9 @@ def estimate_amq(workload: Workload, opts: AmqOptions, prices: PriceTable,
     elif workload.zones == 1:
         lines.append(_cross_zone_line(0.0, "one zone", prices))
     elif a.zone_routing:
-        lines.append(_cross_zone_line(0.0, "assumed: clients served in their own zone (the zone router is not "
-                                           "built yet; --no-zone-routing or --from-run price today's traffic)",
-                                      prices))  # fmt: skip
+        lines.append(_cross_zone_line(0.0, "assumed: clients name their zone and the zone router serves them "
+                                           "there (nfs/s3 WAL); its pointers not priced: --from-run prices "
+                                           "what a run's brokers counted", prices))  # fmt: skip
     else:
         share = (workload.zones - 1) / workload.zones
         produce = share * month_gib_written

@@ -110,6 +110,9 @@ def parse_run(raw: Any, source: str = "run") -> Run:
     get = per_mib(_num("cluster.s3", s3, "get"), "s3.get")
     lst = per_mib(_num("cluster.s3", s3, "list"), "s3.list")
     cross = _num("cluster", cluster, "cross_zone_bytes")
+    if cross is not None:
+        # Billed like data: what the zone router sends between zones instead of the data.
+        cross += _num("cluster", cluster, "cross_zone_pointer_bytes") or 0
     if cross is None or not produced_mib:
         missing.append("cross_zone_bytes")
         cross_per_byte = None

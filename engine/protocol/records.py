@@ -322,9 +322,7 @@ def build_batch(
     first_ts = stamps[0]
     max_ts = max(stamps)
     deltas = [r.offset - base_offset for r in records] if keep_offsets else list(range(len(records)))
-    payload = b"".join(
-        _encode_record(r, d, ts - first_ts) for r, d, ts in zip(records, deltas, stamps, strict=True)
-    )
+    payload = b"".join(_encode_record(r, d, ts - first_ts) for r, d, ts in zip(records, deltas, stamps, strict=True))
     if compression != Compression.NONE:
         payload = compress(compression, payload)
     attributes = int(compression) & COMPRESSION_MASK
@@ -339,7 +337,7 @@ def build_batch(
         out, 0, base_offset, HEADER_SIZE - LOG_OVERHEAD + len(payload), partition_leader_epoch, 2, 0,
         attributes, deltas[-1] if last_offset_delta is None else last_offset_delta, first_ts, max_ts, producer_id,
         producer_epoch, base_sequence, len(records),
-    )
+    )  # fmt: skip
     out += payload
     UINT32.pack_into(out, CRC_OFFSET, crc32c(memoryview(out)[ATTRIBUTES_OFFSET:]))
     return bytes(out)
@@ -436,26 +434,51 @@ def compress(codec: Compression, data: Buffer) -> bytes:
     raise CorruptRecords(f"unknown compression codec {codec}")
 
 
-def decompress(codec: Compression, data: Buffer) -> bytes:
+#: Most bytes one batch may inflate to. A batch's compressed size is bounded by the frame, but
+#: 32 KiB of zstd inflate to 1 GiB (a compression bomb); Kafka's batches are at most a few MiB
+#: of records, so this leaves room for any real producer.
+MAX_DECOMPRESSED = 64 << 20
+#: First output buffer, as a multiple of the compressed size: real data fits, a bomb does not.
+_FIRST_GUESS_RATIO = 8
+
+
+def decompress(codec: Compression, data: Buffer, max_size: int = MAX_DECOMPRESSED) -> bytes:
+    """Inflate one batch's records; ``CorruptRecords`` if they are corrupt or inflate past ``max_size``."""
     import cramjam
 
     try:
-        if codec == Compression.GZIP:
-            return bytes(cramjam.gzip.decompress(data))
         if codec == Compression.SNAPPY:
             if bytes(data[:8]) == _XERIAL_MAGIC:
-                return _xerial_decompress(data)
+                return _xerial_decompress(data, max_size)
+            # Raw snappy states its length up front: check it before allocating anything.
+            if cramjam.snappy.decompress_raw_len(data) > max_size:
+                raise CorruptRecords(f"SNAPPY batch inflates past {max_size} bytes")
             return bytes(cramjam.snappy.decompress_raw(data))
-        if codec == Compression.LZ4:
-            return bytes(cramjam.lz4.decompress(data))
-        if codec == Compression.ZSTD:
-            return bytes(cramjam.zstd.decompress(data))
+        module = {Compression.GZIP: cramjam.gzip, Compression.LZ4: cramjam.lz4, Compression.ZSTD: cramjam.zstd}.get(
+            codec
+        )
+        if module is None:
+            raise CorruptRecords(f"unknown compression codec {int(codec)}")
+        # Into a bounded buffer: the decompressor stops when it is full instead of inflating a bomb.
+        size = min(max_size, max(64 << 10, _FIRST_GUESS_RATIO * len(data)))
+        while True:
+            out = bytearray(size)
+            try:
+                n = module.decompress_into(data, out)
+            except cramjam.DecompressionError as e:
+                if "buffer" not in str(e):
+                    raise
+                if size >= max_size:
+                    raise CorruptRecords(f"{codec.name} batch inflates past {max_size} bytes") from None
+                size = min(max_size, size * 8)
+                continue
+            del out[n:]
+            return bytes(out)
     except (cramjam.DecompressionError, ValueError) as e:
         raise CorruptRecords(f"cannot decompress {codec.name} batch: {e}") from None
-    raise CorruptRecords(f"unknown compression codec {int(codec)}")
 
 
-def _xerial_decompress(data: Buffer) -> bytes:
+def _xerial_decompress(data: Buffer, max_size: int) -> bytes:
     """Java's snappy framing: 16-byte header, then (int32 size, raw snappy block)*."""
     import cramjam
 
@@ -467,6 +490,9 @@ def _xerial_decompress(data: Buffer) -> bytes:
         pos += 4
         if size < 0 or pos + size > len(mv):
             raise CorruptRecords("truncated xerial snappy block")
-        out += bytes(cramjam.snappy.decompress_raw(mv[pos : pos + size]))
+        block = mv[pos : pos + size]
+        if len(out) + cramjam.snappy.decompress_raw_len(block) > max_size:
+            raise CorruptRecords(f"SNAPPY batch inflates past {max_size} bytes")
+        out += bytes(cramjam.snappy.decompress_raw(block))
         pos += size
     return bytes(out)

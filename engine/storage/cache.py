@@ -25,6 +25,10 @@ class CacheEntry:
     uploaded: bool = False
     # Never upload it again: its stream was fenced, or release_streams uploaded it ahead of WAL order.
     dropped: bool = False
+    # Relayed by a zone proxy: the WAL holds only this reference (relay.RefRecord), the bytes are
+    # in the proxy's relay object until this entry is in S3.
+    ref: object = None
+    wal_frame: int = 0  # bytes of the WAL frame (header included) once written
 
 
 @dataclass

@@ -26,9 +26,10 @@ from engine.storage.metadata.interface import MetadataStore, ObjectCommit, Strea
 from engine.storage.objects.format import Batch, build_object, object_key
 from engine.storage.objects.reader import ObjectReader
 from engine.storage.objects.store import ObjectStore
+from engine.storage.relay import Location, Materialize, RefRecord, RelayUnavailable, SharedReader
 from engine.storage.stream import Stream
 from engine.storage.uploader import Uploader, body_crc, put_retrying
-from engine.storage.wal.base import Done, Wal, WalRecord
+from engine.storage.wal.base import KIND_REF, Done, Wal, WalRecord
 from engine.storage.wal.ring import RingWal
 from engine.storage.wal.s3 import S3Wal
 
@@ -85,6 +86,11 @@ class StorageEngine:
         self.upload_stats = self.uploader.stats
         self.compactor = Compactor(config, store, metadata, self.upload_stats)
         self.gc = GarbageCollector(config, store, metadata)
+        # Relayed bytes (zone router) and other brokers' WAL frames, read from shared storage.
+        self.shared = SharedReader(config.wal.kind, store, config.wal.path if config.wal.kind == "nfs" else None)
+        #: Set by the broker: redoes a leader's changes to relayed bytes when a WAL is recovered.
+        self.materialize: Materialize | None = None
+        self.refs_recovered = 0
         self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -175,6 +181,25 @@ class StorageEngine:
         """Upload and commit everything appended so far."""
         await self.uploader.flush()
 
+    def locate(self, entry: CacheEntry) -> tuple[Location, RefRecord | None] | None:
+        """Where another broker can read a durable entry in shared storage (the zone router)."""
+        rec = entry.ref
+        if isinstance(rec, RefRecord):
+            ref = rec.ref
+            return Location("relay", ref.key, ref.offset, ref.length, crc=ref.crc), rec
+        if entry.wal_end < 0:
+            return None
+        pos = entry.wal_end - entry.wal_frame
+        wal = self.wal
+        if isinstance(wal, RingWal) and self.config.wal.kind == "nfs":
+            key = f"{self.config.wal.wal_id}/wal.ring"
+            return Location("ring", key, pos % wal.capacity, entry.wal_frame, pos), None
+        if isinstance(wal, S3Wal):
+            found = wal.locate(pos)
+            if found is not None:
+                return Location("s3wal", found[0], found[1], entry.wal_frame, pos), None
+        return None
+
     # --- recovery --------------------------------------------------------------------------
 
     async def _recover(self, records: list[WalRecord], fenced: dict[int, tuple[int, int]] | None = None) -> int | None:
@@ -205,12 +230,26 @@ class StorageEngine:
                     continue  # already in an object
                 if r.base_offset != expected:
                     raise WalCorrupt(f"stream {sid}: WAL record at offset {r.base_offset}, expected {expected}")
-                kept.append(Batch(r.base_offset, r.record_count, r.payload))
+                payload = r.payload if r.kind != KIND_REF else await self._resolve_ref(r)
+                kept.append(Batch(r.base_offset, r.record_count, payload))
                 expected = r.base_offset + r.record_count
             if kept:
                 batches[sid] = (epoch, kept)
         await self._upload_recovered(batches)
         return max(r.position + r.frame_size for r in records)
+
+    async def _resolve_ref(self, r: WalRecord) -> bytes:
+        """The bytes a REF record stands for, as the leader appended them."""
+        rec = RefRecord.decode(r.payload)
+        if self.materialize is None:
+            raise StorageError(f"stream {r.stream_id}: the WAL holds relayed batches and nothing can read them")
+        try:
+            raw = await self.shared.read_ref(rec.ref)
+        except RelayUnavailable as e:
+            # The relay horizon keeps a relay object until every WAL that refers to it is recovered.
+            raise WalCorrupt(f"stream {r.stream_id} offset {r.base_offset}: relayed bytes missing: {e}") from e
+        self.refs_recovered += 1
+        return self.materialize(raw, r.base_offset, rec)
 
     async def _upload_recovered(self, batches: dict[int, tuple[int, list[Batch]]]) -> None:
         # Bounded objects, so recovering a large WAL does not build one huge object in memory.
@@ -313,4 +352,7 @@ class StorageEngine:
             "gc_objects_deleted": self.gc.stats.deleted,
             "gc_bytes_deleted": self.gc.stats.deleted_bytes,
             "gc_leftovers_deleted": self.gc.stats.leftovers,
+            "wal_refs_recovered": self.refs_recovered,
+            "shared_reads": self.shared.reads,
+            "shared_read_bytes": self.shared.bytes_read,
         }

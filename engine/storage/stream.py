@@ -15,7 +15,8 @@ from engine.storage.cache import CacheEntry, StreamCache
 from engine.storage.errors import FencedError, OffsetOutOfRange, StorageError, StreamClosed
 from engine.storage.metadata.interface import StreamMeta
 from engine.storage.objects.format import Batch
-from engine.storage.wal.base import Done, WalRecord
+from engine.storage.relay import RefRecord
+from engine.storage.wal.base import KIND_REF, Done, WalRecord
 
 
 class StreamHost(Protocol):
@@ -67,8 +68,12 @@ class Stream:
     def fenced(self) -> bool:
         return isinstance(self._error, FencedError)
 
-    def append(self, payload: bytes, record_count: int) -> asyncio.Future[int]:
-        """Append a batch of `record_count` records; resolves to its base offset once durable."""
+    def append(self, payload: bytes, record_count: int, ref: RefRecord | None = None) -> asyncio.Future[int]:
+        """Append a batch of `record_count` records; resolves to its base offset once durable.
+
+        With `ref` the bytes are already durable in a relay object: the WAL gets only the
+        reference, readers and the uploader get `payload` from the log cache.
+        """
         if record_count <= 0:
             raise ValueError("a batch holds at least one record")
         if self._error is not None:
@@ -77,11 +82,16 @@ class Stream:
             return fut
         base = self.next_offset
         self.next_offset += record_count
-        entry = CacheEntry(self.stream_id, Batch(base, record_count, payload))
+        entry = CacheEntry(self.stream_id, Batch(base, record_count, payload), ref=ref)
+        if ref is None:
+            record = WalRecord(self.stream_id, self.epoch, base, record_count, payload)
+        else:
+            record = WalRecord(self.stream_id, self.epoch, base, record_count, ref.encode(), kind=KIND_REF)
+        entry.wal_frame = record.frame_size
         result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._engine.submit(
             entry,
-            WalRecord(self.stream_id, self.epoch, base, record_count, payload),
+            record,
             lambda end, err: self._on_durable(end, err, entry, result),
         )
         return result

@@ -122,6 +122,10 @@ class Uploader:
         self._last_commit: asyncio.Future[None] | None = None
         self._uploads: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Relayed entries (zone router) until the WAL is trimmed past them: their relay objects
+        # must stay until then (relay_floor).
+        self._relayed: deque[CacheEntry] = deque()
+        self._trimmed = -1
 
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._upload_loop())
@@ -142,6 +146,8 @@ class Uploader:
     def submit(self, entry: CacheEntry, record: WalRecord, done: Done) -> None:
         self._seq += 1
         self._pending.append(entry)
+        if entry.ref is not None:
+            self._relayed.append(entry)
         self.log_cache.add(entry)
         self.wal.append(record, done)
 
@@ -153,6 +159,13 @@ class Uploader:
                 self._oldest_durable_at = time.monotonic()
         if self._durable_bytes >= self.config.upload_bytes:
             self._wake.set()
+
+    def oldest_relay_ms(self) -> int | None:
+        """Creation time of the oldest relay object the WAL still refers to, or None."""
+        relayed = self._relayed
+        while relayed and (0 <= relayed[0].wal_end <= self._trimmed or (relayed[0].wal_end < 0 and relayed[0].dropped)):
+            relayed.popleft()
+        return min((e.ref.ref.created_ms for e in relayed), default=None)  # type: ignore[attr-defined]
 
     def has_pending(self, stream_id: int) -> bool:
         """Whether the stream has appends not uploaded yet."""
@@ -236,6 +249,7 @@ class Uploader:
             wal_end = max((e.wal_end for e in taken), default=-1)
             if wal_end >= 0:
                 await self.wal.trim(wal_end)
+                self._trimmed = max(self._trimmed, wal_end)
             self._committed_seq += len(taken)
             async with self._committed:
                 self._committed.notify_all()

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -185,6 +186,10 @@ class LocalCluster:
         forgotten = {n: p for n, p in known.items() if n not in (self.state.get("pids") or {})}
         terminate_pids(forgotten, timeout=10)
         remove_state(self.home)
+        # A private PostgreSQL kept outside the cluster directory (running as root) goes too.
+        pg_dir = self.state.get("postgres_dir")
+        if pg_dir and not Path(pg_dir).is_relative_to(self.state["dir"]):
+            shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 def start_local_cluster(

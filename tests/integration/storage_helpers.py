@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.storage.config import StorageConfig, WalConfig, WalKind
 from engine.storage.engine import StorageEngine
-from engine.storage.metadata.sqlite import SqliteMetadataStore
+from engine.storage.metadata import open_metadata_store
 from engine.storage.objects.store import ObjectStoreConfig, make_object_store
 from engine.storage.stream import Stream
 
@@ -27,11 +27,12 @@ async def make_engine(
     s3: ObjectStoreConfig,
     kind: WalKind,
     start: bool = True,
-    metadata_path: Path | None = None,
+    metadata_path: Path | str | None = None,
     **overrides: object,
 ) -> StorageEngine:
+    """metadata_path: an SQLite file (default: data_dir/metadata.db) or a postgresql:// URL."""
     cfg = storage_config(data_dir, kind, **overrides)
-    metadata = SqliteMetadataStore(metadata_path or data_dir / "metadata.db")
+    metadata = open_metadata_store(metadata_path or data_dir / "metadata.db")
     engine = StorageEngine(cfg, make_object_store(s3), metadata)
     if start:
         await engine.start()

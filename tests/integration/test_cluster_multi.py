@@ -61,7 +61,9 @@ def test_three_brokers_in_three_zones(tmp_path: Path) -> None:
             cfg = json.loads(Path(state["brokers"][i]["config"]).read_text())
             assert (cfg["node_id"], cfg["zone"], cfg["storage"]["owner"]) == (i, f"az{i + 1}", f"broker-{i}")
             assert cfg["storage"]["wal"]["path"] == str(data / "shared-wal")
-        assert sorted(p.name for p in (data / "shared-wal").iterdir()) == ["broker-0", "broker-1", "broker-2"]
+        # One WAL per broker, and the zone router's relay objects (docs/zones.md) beside them.
+        shared = sorted(p.name for p in (data / "shared-wal").iterdir())
+        assert shared == ["broker-0", "broker-1", "broker-2", "relay"]
         md = AdminClient({"bootstrap.servers": state["bootstrap"]}).list_topics(timeout=30)
         assert sorted(md.brokers) == [0, 1, 2]
         assert {b.port for b in md.brokers.values()} == set(ports.values())

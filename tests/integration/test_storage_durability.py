@@ -103,6 +103,16 @@ def test_kill9_mid_append_loses_no_ack(kind: str, data_dir: Path, s3_config: Obj
     asyncio.run(verify_recovered(data_dir, s3_config, kind, acks + acks2, **overrides))
 
 
+def test_kill9_mid_append_loses_no_ack_with_postgres_metadata(
+    data_dir: Path, s3_config: ObjectStoreConfig, pg_url: str
+) -> None:
+    """The same crash, with the storage metadata on PostgreSQL (commits and epochs over the network)."""
+    overrides = {"upload_bytes": 256 << 10, "wal_capacity": 4 << 20, "metadata_path": pg_url}
+    acks = run_worker(data_dir, s3_config, "nfs", 2000, **overrides)
+    assert len(acks) >= 400
+    asyncio.run(verify_recovered(data_dir, s3_config, "nfs", acks, **overrides))
+
+
 def test_torn_tail_is_ignored(data_dir: Path, s3_config: ObjectStoreConfig) -> None:
     async def main() -> None:
         engine = await make_engine(data_dir, s3_config, "file", upload_interval_s=3600, upload_bytes=1 << 30)
@@ -174,20 +184,24 @@ def test_s3_outage_appends_continue_then_resume(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_nfs_takeover_fences_live_owner(data_dir: Path, s3_config: ObjectStoreConfig) -> None:
+def test_nfs_takeover_fences_live_owner(data_dir: Path, s3_config: ObjectStoreConfig, metadata_spec: str) -> None:
     async def main() -> None:
         shared = data_dir / "shared"
+        md = metadata_spec
         a = await make_engine(
             data_dir,
             s3_config,
             "nfs",
+            metadata_path=md,
             wal_path=str(shared),
             wal_wal_id="broker-a",
             owner="a",
             upload_interval_s=3600,
             upload_bytes=1 << 30,
         )
-        b = await make_engine(data_dir, s3_config, "nfs", wal_path=str(shared), wal_wal_id="broker-b", owner="b")
+        b = await make_engine(
+            data_dir, s3_config, "nfs", metadata_path=md, wal_path=str(shared), wal_wal_id="broker-b", owner="b"
+        )
         sa = await a.open_stream(1, 1)
         sb = await b.open_stream(2, 1)
         for i in range(50):
@@ -208,7 +222,9 @@ def test_nfs_takeover_fences_live_owner(data_dir: Path, s3_config: ObjectStoreCo
         await stop_engine(a, flush=False)
         await stop_engine(b)
         # After everything restarts, both streams hold exactly what was acknowledged.
-        c = await make_engine(data_dir, s3_config, "nfs", wal_path=str(shared), wal_wal_id="broker-b", owner="b")
+        c = await make_engine(
+            data_dir, s3_config, "nfs", metadata_path=md, wal_path=str(shared), wal_wal_id="broker-b", owner="b"
+        )
         s1 = await c.open_stream(1, 2)
         s2 = await c.open_stream(2, 1)
         assert [x.payload for x in await s1.read(0, 1 << 20)] == [payload(1, i) for i in range(51)]
@@ -218,15 +234,20 @@ def test_nfs_takeover_fences_live_owner(data_dir: Path, s3_config: ObjectStoreCo
     asyncio.run(main())
 
 
-def test_file_takeover_fences_listed_streams_before_reading(data_dir: Path, s3_config: ObjectStoreConfig) -> None:
+def test_file_takeover_fences_listed_streams_before_reading(
+    data_dir: Path, s3_config: ObjectStoreConfig, metadata_spec: str
+) -> None:
     """A `file` WAL has no owner check: the streams the controller lists are fenced first, so the
     old owner (if it still runs) acknowledges nothing the survivor did not read."""
 
     async def main() -> None:
-        a = await make_engine(data_dir, s3_config, "file", owner="a", upload_interval_s=3600, upload_bytes=1 << 30)
+        a = await make_engine(
+            data_dir, s3_config, "file", owner="a", metadata_path=metadata_spec, upload_interval_s=3600,
+            upload_bytes=1 << 30,
+        )  # fmt: skip
         b_dir = data_dir / "b"
         b_dir.mkdir()
-        b = await make_engine(b_dir, s3_config, "file", owner="b", metadata_path=data_dir / "metadata.db")
+        b = await make_engine(b_dir, s3_config, "file", owner="b", metadata_path=metadata_spec)
         s1 = await a.open_stream(1, 3)
         await a.open_stream(2, 3)  # led by a, never written
         for i in range(20):
@@ -243,15 +264,17 @@ def test_file_takeover_fences_listed_streams_before_reading(data_dir: Path, s3_c
     asyncio.run(main())
 
 
-def test_reopen_at_higher_epoch_fences_old_handle(data_dir: Path, s3_config: ObjectStoreConfig) -> None:
+def test_reopen_at_higher_epoch_fences_old_handle(
+    data_dir: Path, s3_config: ObjectStoreConfig, metadata_spec: str
+) -> None:
     async def main() -> None:
-        a = await make_engine(data_dir, s3_config, "file")
+        a = await make_engine(data_dir, s3_config, "file", metadata_path=metadata_spec)
         old = await a.open_stream(3, 1)
         await old.append(b"x", 1)
         # Another process opens the stream at epoch 2 through the shared metadata store.
-        from engine.storage.metadata.sqlite import SqliteMetadataStore
+        from engine.storage.metadata import open_metadata_store
 
-        other = SqliteMetadataStore(data_dir / "metadata.db")
+        other = open_metadata_store(metadata_spec)
         await other.open_stream(3, 2)
         with pytest.raises(FencedError):
             await old.append(b"y", 1)

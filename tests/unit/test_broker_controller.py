@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,10 +19,12 @@ from engine.protocol import ErrorCode
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> ControllerState:
-    s = ControllerState(tmp_path / "controller.db")
+def state(metadata_spec: str) -> Iterator[ControllerState]:
+    """On each backend: an SQLite file, then a PostgreSQL database (tests/conftest.py)."""
+    s = ControllerState(metadata_spec)
     join(s, 0, "az1")
-    return s
+    yield s
+    s.close()
 
 
 def join(s: ControllerState, broker_id: int, zone: str, kind: str = "nfs") -> int:
@@ -119,8 +123,8 @@ def test_partitions_configs_delete(state: ControllerState) -> None:
     assert "t" not in state.topics
 
 
-def test_registration_bumps_leader_epochs_and_state_persists(tmp_path: Path) -> None:
-    s = ControllerState(tmp_path / "c.db")
+def test_registration_bumps_leader_epochs_and_state_persists(metadata_spec: str) -> None:
+    s = ControllerState(metadata_spec)
     assert join(s, 0, "az1") == 1
     s.create_topics([{"name": "t", "num_partitions": 2, "replication_factor": 1}], False, False)
     assert [p.leader_epoch for p in s.topics["t"].partitions] == [0, 0]
@@ -129,7 +133,7 @@ def test_registration_bumps_leader_epochs_and_state_persists(tmp_path: Path) -> 
     pid = s.alloc_producer_ids(10)
     version = s.version
     s.close()
-    again = ControllerState(tmp_path / "c.db")
+    again = ControllerState(metadata_spec)
     assert again.version == version
     assert [p.leader_epoch for p in again.topics["t"].partitions] == [1, 1]
     assert again.alloc_producer_ids(10) == pid + 10
@@ -211,8 +215,8 @@ def test_rpc_round_trip_and_long_poll(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def test_placement_alternates_zones_and_spreads_brokers(tmp_path: Path) -> None:
-    s = ControllerState(tmp_path / "c.db")
+def test_placement_alternates_zones_and_spreads_brokers(metadata_spec: str) -> None:
+    s = ControllerState(metadata_spec)
     for i, zone in enumerate(["az1", "az2", "az3", "az1", "az2", "az3"]):
         join(s, i, zone)
     s.create_topics([{"name": "t", "num_partitions": 12, "replication_factor": 1}], False, False)
@@ -226,8 +230,8 @@ def test_placement_alternates_zones_and_spreads_brokers(tmp_path: Path) -> None:
     assert max(led.values()) - min(led.values()) <= 1
 
 
-def test_failover_fences_then_takeover_reopens_spread(tmp_path: Path) -> None:
-    s = ControllerState(tmp_path / "c.db")
+def test_failover_fences_then_takeover_reopens_spread(metadata_spec: str) -> None:
+    s = ControllerState(metadata_spec)
     epochs = {i: join(s, i, f"az{i + 1}", kind="file") for i in range(3)}
     join(s, 3, "az2", kind="file")
     s.create_topics([{"name": "t", "num_partitions": 12, "replication_factor": 1}], False, False)
@@ -259,8 +263,8 @@ def test_failover_fences_then_takeover_reopens_spread(tmp_path: Path) -> None:
     assert s.partitions_led()[1] == 0 and s.brokers[1].alive
 
 
-def test_file_wal_without_a_same_zone_survivor_waits(tmp_path: Path) -> None:
-    s = ControllerState(tmp_path / "c.db")
+def test_file_wal_without_a_same_zone_survivor_waits(metadata_spec: str) -> None:
+    s = ControllerState(metadata_spec)
     for i in range(3):
         join(s, i, f"az{i + 1}", kind="file")
     s.create_topics([{"name": "t", "num_partitions": 6, "replication_factor": 1}], False, False)
@@ -277,8 +281,8 @@ def test_file_wal_without_a_same_zone_survivor_waits(tmp_path: Path) -> None:
     assert s.partitions_led()[2] == 2
 
 
-def test_controlled_shutdown_moves_partitions_unless_the_cluster_stops(tmp_path: Path) -> None:
-    s = ControllerState(tmp_path / "c.db")
+def test_controlled_shutdown_moves_partitions_unless_the_cluster_stops(metadata_spec: str) -> None:
+    s = ControllerState(metadata_spec)
     for i in range(3):
         join(s, i, f"az{i + 1}")
     s.create_topics([{"name": "t", "num_partitions": 6, "replication_factor": 1}], False, False)
@@ -292,8 +296,8 @@ def test_controlled_shutdown_moves_partitions_unless_the_cluster_stops(tmp_path:
     assert s.partitions_led()[1] > 0
 
 
-def test_a_closed_session_connection_fences_before_the_session_timeout(tmp_path: Path) -> None:
-    s = ControllerState(tmp_path / "c.db")
+def test_a_closed_session_connection_fences_before_the_session_timeout(metadata_spec: str) -> None:
+    s = ControllerState(metadata_spec)
     for i in range(2):
         join(s, i, f"az{i + 1}")
     s.connection_lost({0, 1})
@@ -301,3 +305,33 @@ def test_a_closed_session_connection_fences_before_the_session_timeout(tmp_path:
     s.lost_at[0] -= 2.0  # broker 0 has been silent for 2 s since its connection closed
     assert s.expire(session_timeout_s=30.0, lost_grace_s=1.5) == [0]
     assert s.brokers[0].state == "fenced" and s.brokers[1].alive
+
+
+def test_a_controller_whose_lease_moved_writes_nothing(pg_url: str) -> None:
+    """A leader paused past its lease: the standby takes it (a new epoch), and the old leader's
+    next write is refused in the database, whatever its memory says."""
+    from engine.controller.lease import Lease
+    from engine.controller.store import NotLeader, PostgresControllerStore
+
+    a, b = Lease(pg_url, "a", "127.0.0.1:1", ttl_s=0.3), Lease(pg_url, "b", "127.0.0.1:2", ttl_s=5)
+    first = a.try_acquire()
+    assert first is not None and b.try_acquire() is None
+    old = ControllerState(PostgresControllerStore(pg_url, lease_epoch=first))
+    join(old, 0, "az1")
+    assert codes(old.create_topics([{"name": "before"}], validate_only=False, internal=False)) == [ErrorCode.NONE]
+    wait = time.monotonic() + 5
+    while (second := b.try_acquire()) is None:
+        assert time.monotonic() < wait, "the lease never expired"
+        time.sleep(0.05)
+    assert second == first + 1 and b.current().address == "127.0.0.1:2"
+    with pytest.raises(NotLeader):
+        old.create_topics([{"name": "after"}], validate_only=False, internal=False)
+    assert not a.renew(first)
+    new = ControllerState(PostgresControllerStore(pg_url, lease_epoch=second), new_term=True)
+    assert set(new.topics) == {"before"}
+    # Brokers that saw anything the old leader showed but never committed take a snapshot.
+    assert new.version > old.version and new.changes_since(old.version).get("snapshot") is not None
+    for x in (old, new):
+        x.close()
+    a.close()
+    b.close()

@@ -159,6 +159,29 @@ def test_offset_for_timestamp_finds_the_first_record_at_or_after() -> None:
     run(go)
 
 
+def test_offset_for_timestamp_over_a_batch_that_cannot_be_inflated() -> None:
+    """Found by benchmarks/fuzz.py (seed 7, the 6 handler errors of the 10^6-frame run): a zstd
+    bomb with a valid CRC is stored as sent, and ListOffsets by timestamp inflated it, so the
+    handler raised CorruptRecords and the connection closed. The answer is now the batch's first
+    offset (its header says a record at or after the time is in it)."""
+    from engine.devtools.fuzz import bomb_batch
+    from engine.protocol.records import Compression
+
+    async def go() -> None:
+        part, _ = make_partition()
+        bomb = bytearray(bomb_batch(Compression.ZSTD, record_count=3))
+        assert read_batches(memoryview(bomb))[0].max_timestamp == 0
+        await append(part, bomb)  # offsets 0-2, max timestamp 0
+        await append(part, batch(2, ts=3000))  # offsets 3-4
+        assert await part.offset_for_timestamp(0) == (0, 0)
+        # Past the bomb's max timestamp it is skipped by its header, never inflated.
+        assert await part.offset_for_timestamp(1) == (3000, 3)
+        assert await part.offset_for_timestamp(3001) == (3001, 4)
+        assert await part.list_offset(0) == (0, 0, 3)
+
+    run(go)
+
+
 def test_log_append_time_topic_stamps_batches() -> None:
     async def go() -> None:
         part, stream = make_partition("LogAppendTime")

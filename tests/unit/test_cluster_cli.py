@@ -89,6 +89,9 @@ def one_error_line(result: Any, prefix: str) -> str:
         (["--wal", "floppy"], "--wal must be file, nfs or s3"),
         (["--session-timeout", "0"], "--session-timeout must be more than 0"),
         (["--port", "70000"], "is not a TCP port"),
+        (["--controllers", "2"], "several controllers share their state in PostgreSQL"),
+        (["--controllers", "0"], "--controllers must be at least 1"),
+        (["--metadata", "mysql://u:hunter2@h/db"], "--metadata takes `postgres` or a postgresql:// URL"),
     ],
 )
 def test_up_bad_input_is_one_line_and_starts_nothing(
@@ -156,8 +159,15 @@ def fake_state(directory: Path, brokers: int = 3) -> dict[str, Any]:
         "wal_kind": "file",
         "zones": ["az1", "az2", "az3"],
         "brokers": [
-            {"id": i, "zone": f"az{i % 3 + 1}", "config": str(directory / f"broker-{i}" / "broker.json"),
-             "log": str(directory / "logs" / f"broker-{i}.log"), "pid": dead, "port": 40000 + i, "metrics_port": None}
+            {
+                "id": i,
+                "zone": f"az{i % 3 + 1}",
+                "config": str(directory / f"broker-{i}" / "broker.json"),
+                "log": str(directory / "logs" / f"broker-{i}.log"),
+                "pid": dead,
+                "port": 40000 + i,
+                "metrics_port": None,
+            }
             for i in range(brokers)
         ],
     }

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from crc32c import crc32c
+
 from engine.broker.log_cleaner import KeyCleaner
-from engine.protocol.records import Compression, Record, build_batch, decode_records, read_batches
+from engine.devtools.fuzz import bomb_batch
+from engine.protocol.records import CRC_OFFSET, UINT32, Compression, Record, build_batch, decode_records, read_batches
 from engine.storage.objects.format import Batch
 
 
@@ -57,3 +60,15 @@ def test_the_last_batch_of_the_stream_always_stays() -> None:
 def test_non_kafka_payloads_are_kept_as_they_are() -> None:
     raw = Batch(0, 1, b"not a record batch")
     assert clean([raw]) == [raw]
+
+
+def test_a_batch_whose_records_do_not_inflate_is_kept_as_it_is() -> None:
+    """Produce stores batches without inflating them, so a compression bomb (benchmarks/fuzz.py)
+    can sit in a compacted topic; compaction used to raise CorruptRecords on it at every pass."""
+    bomb = bytearray(bomb_batch(Compression.ZSTD, record_count=2))
+    bomb[:8] = (2).to_bytes(8, "big")  # base offset 2
+    UINT32.pack_into(bomb, CRC_OFFSET, crc32c(memoryview(bomb)[21:]))
+    src = [batch(0, [(b"a", b"1"), (b"a", b"2")]), Batch(2, 2, bytes(bomb)), batch(4, [(b"b", b"1")])]
+    out = clean(src)
+    assert out[1] is src[1]
+    assert records([out[0], out[2]]) == [(1, b"a", b"2"), (4, b"b", b"1")]

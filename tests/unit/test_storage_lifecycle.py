@@ -1,8 +1,9 @@
-"""Unit tests of the object lifecycle's pure parts and of the SQLite metadata's state changes."""
+"""Unit tests of the object lifecycle's pure parts and of the metadata stores' state changes (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,12 @@ from engine.storage.compact.compactor import plan_compaction, plan_stream_sets
 from engine.storage.compact.retention import retention_point
 from engine.storage.config import StorageConfig
 from engine.storage.errors import FencedError
+from engine.storage.metadata import open_metadata_store
 from engine.storage.metadata.interface import (
     COMMITTED,
     PREPARED,
     UNREFERENCED,
+    MetadataStore,
     ObjectCommit,
     ObjectGone,
     ObjectRecord,
@@ -102,24 +105,25 @@ def test_retention_point_by_bytes_and_age() -> None:
     assert retention_point(ranges, 25, now_ms=0, max_age_ms=1, max_bytes=-1) == 25
 
 
-def commit(store: SqliteMetadataStore, oid: int, start: int, end: int, kind: str = "stream-set") -> ObjectCommit:
+def commit(store: MetadataStore, oid: int, start: int, end: int, kind: str = "stream-set") -> ObjectCommit:
     c = ObjectCommit(oid, object_key(oid), 100, kind, (StreamRange(1, 1, start, end),), crc=7, range_sizes=(90,))
     asyncio.run(store.commit_objects([c]))
     return c
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteMetadataStore:
-    s = SqliteMetadataStore(tmp_path / "m.db")
+def store(metadata_spec: str) -> Iterator[MetadataStore]:
+    s = open_metadata_store(metadata_spec)
     asyncio.run(s.open_stream(1, 1))
-    return s
+    yield s
+    asyncio.run(s.close())
 
 
-def states(store: SqliteMetadataStore) -> dict[int, str]:
+def states(store: MetadataStore) -> dict[int, str]:
     return {o.object_id: o.state for o in asyncio.run(store.list_objects())}
 
 
-def test_objects_go_prepared_committed_unreferenced_forgotten(store: SqliteMetadataStore) -> None:
+def test_objects_go_prepared_committed_unreferenced_forgotten(store: MetadataStore) -> None:
     a, b = asyncio.run(store.next_object_id()), asyncio.run(store.next_object_id())
     assert states(store) == {a: PREPARED, b: PREPARED}
     commit(store, a, 0, 10)
@@ -133,7 +137,7 @@ def test_objects_go_prepared_committed_unreferenced_forgotten(store: SqliteMetad
     assert (info.object_id, info.size, info.start_offset) == (b, 90, 10)
 
 
-def test_replace_ranges_is_compare_and_swap(store: SqliteMetadataStore) -> None:
+def test_replace_ranges_is_compare_and_swap(store: MetadataStore) -> None:
     ids = [asyncio.run(store.next_object_id()) for _ in range(4)]
     commit(store, ids[0], 0, 10)
     commit(store, ids[1], 10, 20)
@@ -150,14 +154,14 @@ def test_replace_ranges_is_compare_and_swap(store: SqliteMetadataStore) -> None:
     ]
 
 
-def test_a_given_up_upload_cannot_commit(store: SqliteMetadataStore) -> None:
+def test_a_given_up_upload_cannot_commit(store: MetadataStore) -> None:
     oid = asyncio.run(store.next_object_id())
     assert asyncio.run(store.give_up_prepared(older_than_ms=2**62)) == 1
     with pytest.raises(ObjectGone):
         commit(store, oid, 0, 10)
 
 
-def test_a_deleted_stream_fences_its_uploads(store: SqliteMetadataStore) -> None:
+def test_a_deleted_stream_fences_its_uploads(store: MetadataStore) -> None:
     a = asyncio.run(store.next_object_id())
     commit(store, a, 0, 10)
     asyncio.run(store.delete_stream(1))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from engine.broker.context import RequestContext
-from engine.broker.errors import BrokerError, error_code_for
+from engine.broker.errors import ANSWERED, BrokerError, error_code_for
 from engine.protocol import ApiKey, ErrorCode
 from engine.protocol.messages import DeleteRecordsRequest, DeleteRecordsResponse
-from engine.storage.errors import StorageError
 
 API_KEY = ApiKey.DELETE_RECORDS
 HIGH_WATERMARK = -1
@@ -29,6 +28,6 @@ async def handle(ctx: RequestContext, request: DeleteRecordsRequest) -> DeleteRe
                     raise BrokerError(ErrorCode.OFFSET_OUT_OF_RANGE, f"offset {p.offset} is beyond the high watermark")
                 await stream.trim(offset)
                 resp.low_watermark = stream.start_offset
-            except (BrokerError, StorageError) as e:
+            except ANSWERED as e:
                 resp.error_code = int(error_code_for(e))
     return out

@@ -10,26 +10,37 @@ from __future__ import annotations
 import asyncio
 
 from engine.broker.context import RequestContext
-from engine.broker.errors import BrokerError, error_code_for
+from engine.broker.errors import ANSWERED, BrokerError, error_code_for
 from engine.broker.partition import Partition
+from engine.broker.router import TailItem, TailResult
+from engine.controller.api import BrokerRecord
 from engine.protocol import ApiKey, ErrorCode
 from engine.protocol.messages import FetchRequest, FetchResponse
 from engine.storage.errors import StorageError
+from engine.storage.objects.format import Batch
 
 API_KEY = ApiKey.FETCH
 PartitionData = FetchResponse.PartitionData
 
 
+Remote = dict[int, tuple["BrokerRecord", list[TailItem]]]
+
+
+Known = dict[tuple[str, int, int], TailResult]
+
+
 async def _read(
-    ctx: RequestContext, request: FetchRequest
-) -> tuple[FetchResponse, int, bool, list[tuple[Partition, int]]]:
-    """One pass over the requested partitions: (response, bytes, any error, partitions to wait on)."""
+    ctx: RequestContext, request: FetchRequest, known: Known
+) -> tuple[FetchResponse, int, bool, list[tuple[Partition, int]], Remote]:
+    """One pass over the requested partitions: (response, bytes, any error, partitions to wait on,
+    and partitions this zone proxy waits on at their leaders)."""
     b = ctx.broker
     out = FetchResponse(session_id=0)
     remaining = request.max_bytes if request.max_bytes > 0 else 0x7FFFFFFF
     total = 0
     errors = False
     waits: list[tuple[Partition, int]] = []
+    proxied: list[tuple[PartitionData, TailItem, BrokerRecord]] = []
     committed = request.isolation_level == 1
     for ft in request.topics:
         tr = FetchResponse.FetchableTopicResponse(topic=ft.topic)
@@ -44,6 +55,12 @@ async def _read(
                 records=b"",
             )
             tr.partitions.append(pd)
+            leader = b.router.leader_to_proxy(ft.topic, fp.partition)
+            if leader is not None:
+                item = TailItem(ft.topic, fp.partition, fp.fetch_offset, fp.current_leader_epoch,
+                                max(fp.partition_max_bytes, 1))  # fmt: skip
+                proxied.append((pd, item, leader))
+                continue
             try:
                 part = await b.partition(ft.topic, fp.partition)
                 part.check_leader_epoch(fp.current_leader_epoch)
@@ -62,16 +79,7 @@ async def _read(
                     continue
                 limit = min(fp.partition_max_bytes, remaining) if fp.partition_max_bytes > 0 else remaining
                 batches = await stream.read(offset, max(limit, 1))
-                chosen: list[bytes] = []
-                size = 0
-                for batch in batches:
-                    n = len(batch.payload)
-                    # KIP-74: the first batch of the response goes out whatever its size, so a
-                    # consumer always makes progress; later ones only within both limits.
-                    if (total or chosen) and size + n > limit:
-                        break
-                    chosen.append(batch.payload)
-                    size += n
+                chosen, size = _choose(batches, limit, total)
                 if chosen:
                     pd.records = chosen  # type: ignore[assignment]
                     total += size
@@ -80,10 +88,80 @@ async def _read(
                     part.requests += 1
                     offset = batches[len(chosen) - 1].end_offset
                 waits.append((part, offset))
-            except (BrokerError, StorageError) as e:
+            except ANSWERED as e:
                 pd.error_code = int(error_code_for(e))
                 errors = True
-    return out, total, errors, waits
+    remote: Remote = {}
+    if proxied:
+        # A zone proxy: the leader says where the tail is, the bytes come from shared storage.
+        # What a long poll just brought is used as it is; the rest is asked for now.
+        answers: dict[int, TailResult | BaseException] = {}
+        by_leader: dict[int, list[int]] = {}
+        for i, (_, item, leader) in enumerate(proxied):
+            found = known.get((item.topic, item.partition, item.offset)) or b.router.caught_up(
+                item.topic, item.partition, item.offset
+            )
+            if found is not None:
+                answers[i] = found
+            else:
+                by_leader.setdefault(leader.id, []).append(i)
+        asked = await asyncio.gather(
+            *(b.router.tail(proxied[idxs[0]][2], [proxied[i][1] for i in idxs], 0) for idxs in by_leader.values()),
+            return_exceptions=True,
+        )
+        for idxs, got in zip(by_leader.values(), asked, strict=True):
+            for n, i in enumerate(idxs):
+                answers[i] = got if isinstance(got, BaseException) else got[n]
+        for i, (pd, item, leader) in enumerate(proxied):
+            res = answers[i]
+            if isinstance(res, BaseException):
+                pd.error_code = int(ErrorCode.NOT_LEADER_OR_FOLLOWER)
+                errors = True
+                continue
+            if res.error_code:
+                pd.error_code = res.error_code
+                errors = True
+                continue
+            pd.high_watermark = pd.last_stable_offset = res.high_watermark
+            pd.log_start_offset = res.log_start_offset
+            if not res.log_start_offset <= item.offset <= res.high_watermark:
+                pd.error_code = int(ErrorCode.OFFSET_OUT_OF_RANGE)
+                errors = True
+                continue
+            offset = item.offset
+            if offset < res.high_watermark:
+                limit = min(item.max_bytes, remaining)
+                try:
+                    batches = await b.router.read_tail(res, offset, max(limit, 1))
+                except StorageError as e:
+                    pd.error_code = int(error_code_for(e))
+                    errors = True
+                    continue
+                chosen, size = _choose(batches, limit, total)
+                if chosen:
+                    pd.records = chosen  # type: ignore[assignment]
+                    total += size
+                    remaining -= size
+                    offset = batches[len(chosen) - 1].end_offset
+            if offset >= res.high_watermark:
+                remote.setdefault(leader.id, (leader, []))[1].append(
+                    TailItem(item.topic, item.partition, offset, item.leader_epoch, item.max_bytes)
+                )
+    return out, total, errors, waits, remote
+
+
+def _choose(batches: list[Batch], limit: int, total: int) -> tuple[list[bytes], int]:
+    chosen: list[bytes] = []
+    size = 0
+    for batch in batches:
+        n = len(batch.payload)
+        # KIP-74: the first batch of the response goes out whatever its size, so a consumer
+        # always makes progress; later ones only within both limits.
+        if (total or chosen) and size + n > limit:
+            break
+        chosen.append(batch.payload)
+        size += n
+    return chosen, size
 
 
 async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
@@ -92,10 +170,12 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(request.max_wait_ms, 0) / 1000
     min_bytes = max(request.min_bytes, 1)
+    known: Known = {}
     while True:
-        out, total, errors, waits = await _read(ctx, request)
+        out, total, errors, waits, remote = await _read(ctx, request, known)
+        known = {}
         left = deadline - loop.time()
-        if total >= min_bytes or errors or left <= 0 or not waits:
+        if total >= min_bytes or errors or left <= 0 or not (waits or remote):
             ctx.broker.counters["fetch_bytes"] += total
             ctx.broker.count_client_bytes(ctx.client_id, request.rack_id or None, total, to_broker=False)
             return out
@@ -109,14 +189,34 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
                 _wake(wake)
                 break
             stream.add_data_waiter(wake)
+        # Proxied partitions: long polls at their leaders, answered as soon as their ends move.
+        polls = [
+            asyncio.ensure_future(ctx.broker.router.tail(leader, items, int(left * 1000)))
+            for leader, items in remote.values()
+        ]
+        for poll in polls:
+            poll.add_done_callback(lambda _f, w=wake: _wake(w))
+            poll.add_done_callback(_retrieved)
         try:
             await wake
         finally:
             timer.cancel()
             _wake(wake)
-        if not any(p.ready.end_offset > off for p, off in waits) and deadline > loop.time():
+            for poll in polls:
+                poll.cancel()
+        for poll, (_, items) in zip(polls, remote.values(), strict=True):
+            if poll.done() and not poll.cancelled() and poll.exception() is None:
+                for item, res in zip(items, poll.result(), strict=True):
+                    known[(item.topic, item.partition, item.offset)] = res
+        if not polls and not any(p.ready.end_offset > off for p, off in waits) and deadline > loop.time():
             # Woken without data: a stream that stopped taking data (closed, fenced). Do not spin on it.
             await asyncio.sleep(min(0.05, deadline - loop.time()))
+
+
+def _retrieved(fut: asyncio.Future[object]) -> None:
+    # A long poll whose leader died fails with ConnectionError; the next pass asks again.
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

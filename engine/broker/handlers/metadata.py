@@ -5,6 +5,8 @@ from __future__ import annotations
 from engine.broker.context import RequestContext
 from engine.broker.errors import BrokerError
 from engine.broker.image import TopicInfo
+from engine.broker.router import Router
+from engine.broker.zones import UNKNOWN, wants_real_leaders
 from engine.controller.configs import ConfigError, validate_topic_name
 from engine.protocol import ApiKey, ErrorCode
 from engine.protocol.messages import MetadataRequest, MetadataResponse
@@ -13,19 +15,22 @@ API_KEY = ApiKey.METADATA
 _NO_OPS = -2147483648
 
 
-def _topic(t: TopicInfo, live: set[int]) -> MetadataResponse.MetadataResponseTopic:
+def _topic(t: TopicInfo, live: set[int], router: Router, zone: str | None) -> MetadataResponse.MetadataResponseTopic:
     parts = []
     for p in t.partitions:
         ok = p.leader in live
+        # The zone router shows a broker of the client's zone as the leader of a partition led
+        # elsewhere (its zone proxy); Fetch and Produce reach the real leader through it.
+        shown = router.metadata_leader(t.name, p.index, p.leader, zone) if ok and zone else p.leader
         parts.append(
             MetadataResponse.MetadataResponsePartition(
                 error_code=0 if ok else ErrorCode.LEADER_NOT_AVAILABLE,
                 partition_index=p.index,
-                leader_id=p.leader if ok else -1,
+                leader_id=shown if ok else -1,
                 leader_epoch=p.leader_epoch,
                 # One copy of the data (WAL, then S3): the leader is the only replica.
-                replica_nodes=[p.leader],
-                isr_nodes=[p.leader] if ok else [],
+                replica_nodes=[shown],
+                isr_nodes=[shown] if ok else [],
                 offline_replicas=[] if ok else [p.leader],
             )
         )
@@ -40,9 +45,15 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
     v = ctx.api_version
     brokers = b.listed_brokers()
     live = {x.id for x in b.live_brokers()}
+    # The client's zone as named in its client.id; else, the zone of the broker it asked.
+    zone: str | None = b.zones.client_zone(ctx.client_id)
+    if zone == UNKNOWN:
+        zone = b.zone
+    if wants_real_leaders(ctx.client_id):
+        zone = None
     topics: list[MetadataResponse.MetadataResponseTopic] = []
     if request.topics is None or (v == 0 and not request.topics):
-        topics = [_topic(t, live) for t in b.image.topics.values() if not t.internal]
+        topics = [_topic(t, live, b.router, zone) for t in b.image.topics.values() if not t.internal]
     else:
         allow_auto = request.allow_auto_topic_creation if v >= 4 else True
         names: list[str] = []
@@ -79,7 +90,7 @@ async def handle(ctx: RequestContext, request: MetadataRequest) -> MetadataRespo
             t = b.image.topics.get(name)
             code = missing.get(name, ErrorCode.NONE)
             if t is not None and code == ErrorCode.NONE:
-                topics.append(_topic(t, live))
+                topics.append(_topic(t, live, b.router, zone))
             else:
                 if code == ErrorCode.NONE:
                     code = ErrorCode.LEADER_NOT_AVAILABLE  # created, but not in this broker's image yet

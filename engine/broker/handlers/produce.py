@@ -13,12 +13,12 @@ import time
 from collections.abc import Awaitable
 
 from engine.broker.context import RequestContext
-from engine.broker.errors import BrokerError, error_code_for
+from engine.broker.errors import ANSWERED, BrokerError, error_code_for
 from engine.broker.partition import AppendResult
+from engine.broker.router import RefResult
 from engine.protocol import ApiKey, CorruptRecords, ErrorCode
 from engine.protocol.messages import ProduceRequest, ProduceResponse
 from engine.protocol.records import read_batches
-from engine.storage.errors import StorageError
 
 API_KEY = ApiKey.PRODUCE
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ async def begin(ctx: RequestContext, request: ProduceRequest) -> Awaitable[Produ
     now_ms = int(time.time() * 1000)
     out = ProduceResponse()
     pending: list[tuple[PartitionResponse, AppendResult]] = []
+    relayed: list[PartitionResponse] = []
+    relay_items: list[tuple[str, int, int, memoryview]] = []
     bad_request: tuple[ErrorCode, str] | None = None
     if request.acks not in (0, 1, -1):
         bad_request = (ErrorCode.INVALID_REQUIRED_ACKS, f"acks must be 0, 1 or -1, got {request.acks}")
@@ -62,6 +64,16 @@ async def begin(ctx: RequestContext, request: ProduceRequest) -> Awaitable[Produ
                 _fail(resp, *bad_request)
                 continue
             try:
+                if b.router.leader_to_proxy(td.name, pd.index) is not None:
+                    # A zone proxy: the batches go to shared storage, the leader gets a pointer.
+                    if pd.records is None or len(pd.records) == 0:
+                        raise CorruptRecords("no records")
+                    records = pd.records if isinstance(pd.records, memoryview) else memoryview(bytes(pd.records))
+                    read_batches(records)  # a corrupt batch is refused here, not after a relay write
+                    b.count_client_bytes(ctx.client_id, None, len(records), to_broker=True)
+                    relayed.append(resp)
+                    relay_items.append((td.name, pd.index, -1, records))
+                    continue
                 part = await b.partition(td.name, pd.index)
                 if pd.records is None or len(pd.records) == 0:
                     raise CorruptRecords("no records")
@@ -83,17 +95,30 @@ async def begin(ctx: RequestContext, request: ProduceRequest) -> Awaitable[Produ
                 pending.append((resp, result))
             except CorruptRecords as e:
                 _fail(resp, e.error_code, str(e))
-            except (BrokerError, StorageError) as e:
+            except ANSWERED as e:
                 _fail(resp, error_code_for(e), str(e))
+    relay = b.router.relay_produce(relay_items, request.timeout_ms) if relay_items else None
     if request.acks == 0:
         for _, result in pending:
             result.done.add_done_callback(_swallow)
-    return _complete(out, pending, request.acks, request.timeout_ms)
+    return _complete(out, pending, request.acks, request.timeout_ms, relayed, relay)
 
 
 async def _complete(
-    out: ProduceResponse, pending: list[tuple[PartitionResponse, AppendResult]], acks: int, timeout_ms: int
+    out: ProduceResponse,
+    pending: list[tuple[PartitionResponse, AppendResult]],
+    acks: int,
+    timeout_ms: int,
+    relayed: list[PartitionResponse],
+    relay: Awaitable[list[RefResult]] | None,
 ) -> ProduceResponse:
+    if relay is not None:
+        for resp, r in zip(relayed, await relay, strict=True):
+            if r.error_code:
+                _fail(resp, ErrorCode(r.error_code), r.message)
+            else:
+                resp.base_offset, resp.log_append_time_ms, resp.log_start_offset = (
+                    r.base_offset, r.log_append_time, r.log_start_offset)  # fmt: skip
     if acks == 0 or not pending:
         return out
     futures = [asyncio.shield(r.done) for _, r in pending]

@@ -29,6 +29,9 @@ _AFTER_CRC = 12  # magic, length and crc come first
 
 KIND_DATA = 1
 KIND_PAD = 2  # the rest of the ring's lap is unused: continue at the next lap
+# The payload is a reference to bytes in shared storage (a zone proxy's relay object,
+# engine/storage/relay.py), not the bytes: recovery reads them from there.
+KIND_REF = 3
 
 MAX_PAYLOAD = 1 << 30
 
@@ -41,13 +44,14 @@ class WalRecord:
     record_count: int
     payload: bytes
     position: int = -1  # assigned by the WAL when written
+    kind: int = KIND_DATA
 
     @property
     def frame_size(self) -> int:
         return HEADER_SIZE + len(self.payload)
 
 
-def encode_header(rec: WalRecord, position: int, wal_epoch: int, kind: int = KIND_DATA) -> bytes:
+def encode_header(rec: WalRecord, position: int, wal_epoch: int, kind: int | None = None) -> bytes:
     """The frame's header; the payload follows it unchanged (written without a copy)."""
     head = HEADER.pack(
         MAGIC,
@@ -59,13 +63,13 @@ def encode_header(rec: WalRecord, position: int, wal_epoch: int, kind: int = KIN
         rec.stream_epoch,
         rec.base_offset,
         rec.record_count,
-        kind,
+        rec.kind if kind is None else kind,
     )
     crc = crc32c.crc32c(rec.payload, crc32c.crc32c(head[_AFTER_CRC:]))
     return head[:8] + struct.pack("<I", crc) + head[_AFTER_CRC:]
 
 
-def encode_frame(rec: WalRecord, position: int, wal_epoch: int, kind: int = KIND_DATA) -> bytes:
+def encode_frame(rec: WalRecord, position: int, wal_epoch: int, kind: int | None = None) -> bytes:
     return encode_header(rec, position, wal_epoch, kind) + rec.payload
 
 
@@ -95,7 +99,7 @@ def decode_frame(buf: bytes | memoryview, at: int, expected_position: int) -> De
     if crc32c.crc32c(view[at + HEADER_SIZE : end], crc32c.crc32c(view[at + _AFTER_CRC : at + HEADER_SIZE])) != crc:
         return None
     payload = bytes(view[at + HEADER_SIZE : end])
-    rec = WalRecord(stream_id, stream_epoch, base, count, payload, position)
+    rec = WalRecord(stream_id, stream_epoch, base, count, payload, position, kind)
     return DecodedFrame(rec, wal_epoch, kind, HEADER_SIZE + length)
 
 

@@ -13,6 +13,7 @@ listing returns them in write order and tells which owner wrote them.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -168,6 +169,15 @@ class S3Wal:
                 done(-1, err)
             else:
                 done(ends[i], None)
+
+    def locate(self, position: int) -> tuple[str, int] | None:
+        """(WAL object key, byte offset in it) of the frame at `position`, if the object is still there."""
+        i = bisect.bisect_right(self._objects, position, key=lambda o: o[1])
+        if i >= len(self._objects):
+            return None
+        key = self._objects[i][0]
+        start = int(key.rsplit("-", 1)[1])
+        return (key, position - start) if start <= position else None
 
     def used_bytes(self) -> int:
         return self._pos - self._trim_pos

@@ -1,0 +1,834 @@
+"""The zone router: clients talk only to brokers of their own zone; data crosses zones only as pointers.
+
+Who does what (docs/zones.md has the whole picture):
+
+- Metadata names, for every partition led in another zone, the partition's zone proxy: a
+  broker of the client's zone picked by rendezvous hashing (stable, spread over the zone's
+  brokers). A zone without live brokers gets the real leader.
+- Produce to a proxy: the proxy writes the batches into a relay object in shared storage
+  (engine/storage/relay.py) and sends the leader AppendRefs (where the bytes are). The leader
+  reads them from shared storage, checks idempotence and ordering as for any produce, gives
+  them offsets and writes only the reference into its WAL; it answers once that is durable.
+- Fetch from a proxy: the proxy asks the leader for the tail's locations (Tail, a long poll
+  answered as soon as the leader's end moves) and reads the bytes from shared storage; what
+  is already in S3 objects it reads from there itself.
+
+Broker-to-broker messages travel on the Kafka port under a private API key (ROUTER_API_KEY)
+that no Kafka client sends: msgpack bodies, answered in order per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from engine.broker.errors import ANSWERED, BrokerError, error_code_for
+from engine.protocol import CorruptRecords, ErrorCode
+from engine.protocol.framing import frame
+from engine.protocol.records import assign_offsets, read_batches
+from engine.storage.errors import StorageError
+from engine.storage.objects.format import Batch
+from engine.storage.objects.store import ObjectStoreError
+from engine.storage.relay import (
+    ACCEPT_WINDOW_MS,
+    Location,
+    RefRecord,
+    RelayLog,
+    RelayRef,
+    RelayUnavailable,
+)
+
+if TYPE_CHECKING:
+    from engine.broker.broker import Broker
+    from engine.controller.api import BrokerRecord
+
+log = logging.getLogger(__name__)
+
+#: Far above every Kafka API key; a Kafka client never sends it.
+ROUTER_API_KEY = 32_001
+_HEAD = struct.Struct(">hhi")  # api key, method, correlation id
+_CORR = struct.Struct(">i")
+APPEND_REFS = 1
+TAIL = 2
+OFFSETS = 3
+LIST, EPOCH = 1, 2  # OffsetItem kinds: ListOffsets, OffsetForLeaderEpoch
+_METHOD_BYTES = {APPEND_REFS: "router_append_refs_bytes", TAIL: "router_tail_bytes", OFFSETS: "router_offsets_bytes"}
+#: Bytes of tail batches a proxy keeps for its zone's consumers (all partitions).
+TAIL_CACHE_BYTES = 64 << 20
+
+
+# --- proxy choice -------------------------------------------------------------------------------
+
+
+def proxy_for(topic: str, partition: int, zone: str, brokers: Iterable[BrokerRecord]) -> int | None:
+    """The broker of `zone` that proxies this partition: highest rendezvous hash, so adding or
+    removing a broker moves only the partitions it wins or held."""
+    best: tuple[int, int] | None = None
+    key = f"{topic}\x00{partition}\x00".encode()
+    for b in brokers:
+        if b.zone != zone:
+            continue
+        score = zlib.crc32(key + str(b.id).encode())
+        if best is None or (score, -b.id) > best:
+            best = (score, -b.id)
+    return None if best is None else -best[1]
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+class AppendRef(msgspec.Struct, array_like=True):
+    topic: str
+    partition: int
+    leader_epoch: int  # the client's current leader epoch (-1: not sent)
+    ref: RelayRef
+
+
+class AppendRefs(msgspec.Struct, array_like=True):
+    items: list[AppendRef]
+    timeout_ms: int
+
+
+class RefResult(msgspec.Struct, array_like=True):
+    error_code: int = 0
+    message: str | None = None
+    base_offset: int = -1
+    log_append_time: int = -1
+    log_start_offset: int = -1
+
+
+class TailItem(msgspec.Struct, array_like=True):
+    topic: str
+    partition: int
+    offset: int
+    leader_epoch: int
+    max_bytes: int
+
+
+class Tail(msgspec.Struct, array_like=True):
+    items: list[TailItem]
+    max_wait_ms: int
+
+
+_KINDS = ("relay", "ring", "s3wal")
+
+
+class TailEntry(msgspec.Struct, array_like=True, omit_defaults=True):
+    """A durable batch and where its bytes are: a Location, its key an index into TailResult.keys
+    (a tail's entries share a few keys; these are most of what crosses zones for a consumer)."""
+
+    base_offset: int
+    record_count: int
+    kind: int  # index in _KINDS
+    key: int
+    offset: int
+    length: int
+    position: int = -1
+    crc: int = 0
+    leader_epoch: int = -1  # for relayed bytes: what the leader gave them (RefRecord)
+    log_append_time: int = -1
+
+    def location(self, keys: list[str]) -> Location:
+        return Location(_KINDS[self.kind], keys[self.key], self.offset, self.length, self.position, self.crc)
+
+
+class TailResult(msgspec.Struct, array_like=True):
+    error_code: int = 0
+    message: str | None = None
+    high_watermark: int = -1
+    log_start_offset: int = -1
+    committed_offset: int = -1
+    stream_id: int = -1
+    leader_epoch: int = -1
+    entries: list[TailEntry] = []
+    keys: list[str] = []
+
+
+class OffsetItem(msgspec.Struct, array_like=True):
+    kind: int  # LIST: value is a timestamp; EPOCH: value is a leader epoch
+    topic: str
+    partition: int
+    current_leader_epoch: int
+    value: int
+
+
+class OffsetResult(msgspec.Struct, array_like=True):
+    error_code: int = 0
+    timestamp: int = -1
+    offset: int = -1
+    leader_epoch: int = -1
+
+
+_ENC = msgspec.msgpack.Encoder()
+_DEC_OFFSETS = msgspec.msgpack.Decoder(list[OffsetItem])
+_DEC_OFFSET_RESULTS = msgspec.msgpack.Decoder(list[OffsetResult])
+_DEC_REFS = msgspec.msgpack.Decoder(AppendRefs)
+_DEC_REF_RESULTS = msgspec.msgpack.Decoder(list[RefResult])
+_DEC_TAIL = msgspec.msgpack.Decoder(Tail)
+_DEC_TAIL_RESULTS = msgspec.msgpack.Decoder(list[TailResult])
+
+
+def materialize(raw: bytes, base_offset: int, rec: RefRecord) -> bytes:
+    """Relayed batches as the leader appended them: its offsets, leader epoch and append time."""
+    buf = bytearray(raw)
+    view = memoryview(buf)
+    assign_offsets(
+        view,
+        read_batches(view, verify_crc=False),
+        base_offset,
+        log_append_time_ms=rec.log_append_time if rec.log_append_time >= 0 else None,
+        partition_leader_epoch=rec.leader_epoch,
+    )
+    return bytes(buf)
+
+
+# --- the client side of the channel -------------------------------------------------------------
+
+
+class RouterClient:
+    """One connection to another broker; requests leave in the order they are sent."""
+
+    def __init__(self, host: str, port: int, on_bytes: Any, delay_s: float = 0.0) -> None:
+        self.host = host
+        self.port = port
+        self._delay = delay_s  # --zone-latency-ms: both ways, before the request leaves
+        self._delayed: list[tuple[float, bytes]] = []
+        self._delayer: asyncio.Task[None] | None = None
+        self._on_bytes = on_bytes  # (sent, received, method) -> None, for the zone ledger
+        self._writer: asyncio.StreamWriter | None = None
+        self._outbox: list[bytes] = []
+        self._waiting: OrderedDict[int, asyncio.Future[bytes]] = OrderedDict()
+        self._methods: dict[int, int] = {}
+        self._corr = 0
+        self._connecting: asyncio.Task[None] | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def send(self, method: int, body: bytes) -> asyncio.Future[bytes]:
+        """Queue a request now (order matters for idempotent producers); the answer's body later."""
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        if self.closed:
+            fut.set_exception(ConnectionError("router client closed"))
+            return fut
+        self._corr = (self._corr + 1) & 0x7FFFFFFF
+        data = _HEAD.pack(ROUTER_API_KEY, method, self._corr) + body
+        msg = struct.pack(">i", len(data)) + data
+        self._waiting[self._corr] = fut
+        self._methods[self._corr] = method
+        self._on_bytes(len(msg), 0, method)
+        if self._delay:
+            self._delayed.append((asyncio.get_running_loop().time() + self._delay, msg))
+            if self._delayer is None or self._delayer.done():
+                self._delayer = asyncio.get_running_loop().create_task(self._send_delayed())
+        else:
+            self._write(msg)
+        return fut
+
+    async def _send_delayed(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._delayed:
+            due, msg = self._delayed[0]
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            self._delayed.pop(0)
+            self._write(msg)
+
+    def _write(self, msg: bytes) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(msg)
+        else:
+            self._outbox.append(msg)
+            if self._connecting is None or self._connecting.done():
+                self._connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
+        except (OSError, TimeoutError) as e:
+            self._fail(ConnectionError(f"broker {self.host}:{self.port} unreachable: {e}"))
+            return
+        self._writer = writer
+        for msg in self._outbox:
+            writer.write(msg)
+        self._outbox.clear()
+        self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                head = await reader.readexactly(4)
+                (n,) = struct.unpack(">i", head)
+                data = await reader.readexactly(n)
+                (corr,) = _CORR.unpack_from(data)
+                self._on_bytes(0, n + 4, self._methods.pop(corr, 0))
+                fut = self._waiting.pop(corr, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(data[4:])
+        except (asyncio.IncompleteReadError, OSError) as e:
+            self._fail(ConnectionError(f"broker {self.host}:{self.port} closed the connection: {e}"))
+
+    def _fail(self, err: BaseException) -> None:
+        waiting, self._waiting = self._waiting, OrderedDict()
+        self._methods.clear()
+        self._outbox.clear()
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(err)
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = None
+
+    async def close(self) -> None:
+        self.closed = True
+        self._fail(ConnectionError("router client closed"))
+        for t in (self._connecting, self._reader_task, self._delayer):
+            if t is not None and not t.done():
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+
+# --- the router ------------------------------------------------------------------------------
+
+
+class Router:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        cfg = broker.config
+        wal = cfg.storage.wal
+        #: Off with the `file` WAL: nothing is shared to relay through (said at `amq cluster up`).
+        self.enabled = cfg.zone_router and wal.kind in ("nfs", "s3")
+        self.relay: RelayLog | None = None
+        self._clients: dict[int, RouterClient] = {}
+        self._inflight: dict[int, int] = {}  # created ms of references being appended -> count
+        self._tail_cache: OrderedDict[tuple[int, int], Batch] = OrderedDict()
+        self._tail_cache_bytes = 0
+        self._ends: dict[tuple[str, int], TailResult] = {}  # the last Tail answer per partition
+        self.horizon_ms = -1
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: The last AppendRefs step of each connection (by its answer callable), to append in order.
+        self._chains: dict[Callable[[list[Any]], None], asyncio.Task[Any]] = {}
+
+    async def start(self) -> None:
+        if not self.enabled:
+            return
+        b = self.broker
+        wal = b.config.storage.wal
+        assert b._store is not None
+        self.relay = RelayLog(wal.kind, b._store, wal.path if wal.kind == "nfs" else None, wal.wal_id)
+        await self.relay.open()
+
+    async def close(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+        for t in list(self._tasks):
+            t.cancel()
+        for c in self._clients.values():
+            await c.close()
+        self._clients.clear()
+
+    # --- who answers for a partition --------------------------------------------------------
+
+    def _routing_brokers(self) -> list[BrokerRecord]:
+        return [x for x in self.broker.live_brokers() if x.state == "running"]
+
+    def metadata_leader(self, topic: str, partition: int, leader: int, client_zone: str) -> int:
+        """The broker a client of `client_zone` should see as this partition's leader."""
+        if not self.enabled:
+            return leader
+        brokers = self._routing_brokers()
+        real = next((x for x in brokers if x.id == leader), None)
+        if real is None or real.zone == client_zone:
+            return leader
+        proxy = proxy_for(topic, partition, client_zone, brokers)
+        return leader if proxy is None else proxy
+
+    def leader_to_proxy(self, topic: str, partition: int) -> BrokerRecord | None:
+        """The leader, when this broker should relay for the partition instead of leading it."""
+        if not self.enabled or self.relay is None:
+            return None
+        t = self.broker.image.topics.get(topic)
+        if t is None or not 0 <= partition < len(t.partitions):
+            return None
+        leader = t.partitions[partition].leader
+        if leader == self.broker.node_id:
+            return None
+        return next((x for x in self._routing_brokers() if x.id == leader), None)
+
+    def _client(self, b: BrokerRecord) -> RouterClient:
+        c = self._clients.get(b.id)
+        if c is None or c.closed or (c.host, c.port) != (b.host, b.port):
+            zone = b.zone
+
+            def count(sent: int, received: int, method: int, zone: str = zone) -> None:
+                self.broker.ledger.add(self.broker.zone, zone, "broker", sent)
+                self.broker.ledger.add(zone, self.broker.zone, "broker", received)
+                self.broker.counters[_METHOD_BYTES.get(method, "router_other_bytes")] += sent + received
+
+            ms = self.broker.config.zone_latency_ms if b.zone != self.broker.zone else 0
+            c = RouterClient(b.host, b.port, count, 2 * ms / 1000)
+            self._clients[b.id] = c
+        return c
+
+    # --- proxy: produce ---------------------------------------------------------------------
+
+    def relay_produce(
+        self, items: list[tuple[str, int, int, memoryview]], timeout_ms: int
+    ) -> Awaitable[list[RefResult]]:
+        """Relay (topic, partition, leader epoch, records) to their leaders; results in item order.
+
+        Called in request order; the relay write and the AppendRefs to each leader keep that order.
+        """
+        assert self.relay is not None
+        loop = asyncio.get_running_loop()
+        written = self.relay.write([bytes(r) for _, _, _, r in items])
+        self.broker.counters["relayed_batches"] += len(items)
+        self.broker.counters["relayed_bytes"] += sum(len(r) for *_, r in items)
+        out: asyncio.Future[list[RefResult]] = loop.create_future()
+
+        def sent(refs_fut: asyncio.Future[list[RelayRef]]) -> None:
+            # Runs in the order the relay writes finished, which is the order of the requests.
+            if refs_fut.exception() is not None:
+                failed = RefResult(int(ErrorCode.KAFKA_STORAGE_ERROR), f"relay write failed: {refs_fut.exception()}")
+                out.set_result([failed] * len(items))
+                return
+            refs = refs_fut.result()
+            by_leader: dict[int, list[int]] = {}
+            answers: dict[int, asyncio.Future[bytes]] = {}
+            results: list[RefResult | None] = [None] * len(items)
+            for i, (topic, partition, _, _) in enumerate(items):
+                leader = self.leader_to_proxy(topic, partition)
+                if leader is None:
+                    results[i] = RefResult(int(ErrorCode.NOT_LEADER_OR_FOLLOWER), "the partition moved; ask again")
+                    continue
+                by_leader.setdefault(leader.id, []).append(i)
+            for lid, idxs in by_leader.items():
+                leader = next(x for x in self._routing_brokers() if x.id == lid)
+                req = AppendRefs([AppendRef(items[i][0], items[i][1], items[i][2], refs[i]) for i in idxs], timeout_ms)
+                answers[lid] = self._client(leader).send(APPEND_REFS, _ENC.encode(req))
+            self._spawn(self._collect(by_leader, answers, results, out, timeout_ms / 1000 + 5))
+
+        written.add_done_callback(sent)
+        return out
+
+    async def _collect(
+        self,
+        by_leader: dict[int, list[int]],
+        answers: dict[int, asyncio.Future[bytes]],
+        results: list[RefResult | None],
+        out: asyncio.Future[list[RefResult]],
+        timeout_s: float,
+    ) -> None:
+        for lid, idxs in by_leader.items():
+            try:
+                # A leader that never answers (paused, or a lost answer) must not hold the client for ever.
+                got = _DEC_REF_RESULTS.decode(await asyncio.wait_for(answers[lid], timeout_s))
+            except TimeoutError:
+                got = [RefResult(int(ErrorCode.REQUEST_TIMED_OUT), f"leader {lid} did not answer")] * len(idxs)
+            except (ConnectionError, msgspec.DecodeError) as e:
+                got = [RefResult(int(ErrorCode.NOT_LEADER_OR_FOLLOWER), f"leader {lid}: {e}")] * len(idxs)
+            for i, r in zip(idxs, got, strict=False):
+                results[i] = r
+        if not out.done():
+            out.set_result([r or RefResult(int(ErrorCode.UNKNOWN_SERVER_ERROR), "no answer") for r in results])
+
+    # --- leader: AppendRefs -------------------------------------------------------------------
+
+    def relay_floor_ms(self) -> int:
+        """The oldest relay object this broker may still need (heartbeats; see relay.py)."""
+        b = self.broker
+        if b.storage is None:
+            return -1
+        floor = int(time.time() * 1000) - ACCEPT_WINDOW_MS
+        oldest = b.storage.uploader.oldest_relay_ms()
+        if oldest is not None:
+            floor = min(floor, oldest)
+        if self._inflight:
+            floor = min(floor, min(self._inflight))
+        return floor
+
+    async def horizon(self, horizon_ms: int) -> None:
+        """The controller's relay horizon: relay objects before it are needed by nobody."""
+        self.horizon_ms = horizon_ms
+        if self.relay is not None and horizon_ms > 0:
+            n = await self.relay.delete_before(horizon_ms)
+            self.broker.counters["relay_objects_deleted"] += n
+
+    def _start_reads(self, req: AppendRefs) -> tuple[list[asyncio.Future[bytes] | None], list[int], int]:
+        """Start reading every referenced batch now (a request's reads overlap the appends of the
+        requests before it); refuse references older than the accept window."""
+        storage = self.broker.storage
+        now_ms = int(time.time() * 1000)
+        reads: list[asyncio.Future[bytes] | None] = []
+        created: list[int] = []
+        for item in req.items:
+            ms = item.ref.created_ms
+            if storage is None or now_ms - ms > ACCEPT_WINDOW_MS:
+                reads.append(None)
+                continue
+            # Counted in the relay floor from now on: the relay object must outlive this append.
+            self._inflight[ms] = self._inflight.get(ms, 0) + 1
+            created.append(ms)
+            reads.append(asyncio.ensure_future(storage.shared.read_ref(item.ref)))
+        return reads, created, now_ms
+
+    async def _append_refs(
+        self,
+        req: AppendRefs,
+        started: tuple[list[asyncio.Future[bytes] | None], list[int], int],
+        before: asyncio.Task[Any] | None,
+    ) -> Awaitable[list[RefResult]]:
+        """Append after the connection's previous AppendRefs (order is what idempotence checks)."""
+        if before is not None and not before.done():
+            await asyncio.wait([before])
+        b = self.broker
+        reads, created, now_ms = started
+        results = [RefResult() for _ in req.items]
+        pending: list[tuple[int, Any]] = []
+        try:
+            for i, item in enumerate(req.items):
+                res = results[i]
+                read = reads[i]
+                if read is None:
+                    res.error_code = int(ErrorCode.REQUEST_TIMED_OUT)
+                    res.message = "the relayed batch is older than the relay accept window"
+                    continue
+                try:
+                    part = await b.partition(item.topic, item.partition)
+                    part.check_leader_epoch(item.leader_epoch)
+                    raw = await read
+                    records = memoryview(bytearray(raw))
+                    batches = read_batches(records)
+                    topic = b.topic(item.topic)
+                    limit = int(topic.config("max.message.bytes")) if topic is not None else b.config.message_max_bytes
+                    for rb in batches:
+                        if rb.size > limit:
+                            msg = f"batch of {rb.size} bytes is over max.message.bytes {limit}"
+                            raise BrokerError(ErrorCode.MESSAGE_TOO_LARGE, msg)
+                    result = part.append(records, batches, now_ms, relay=item.ref)
+                    b.counters["relayed_appends"] += 1
+                    b.counters["produce_bytes"] += len(records)
+                    b.counters["produce_batches"] += len(batches)
+                    res.base_offset = result.base_offset
+                    res.log_append_time = result.log_append_time
+                    res.log_start_offset = part.log_start_offset
+                    pending.append((i, result))
+                except RelayUnavailable as e:
+                    res.error_code, res.message = int(ErrorCode.KAFKA_STORAGE_ERROR), str(e)
+                except CorruptRecords as e:
+                    res.error_code, res.message = int(e.error_code), str(e)
+                except (BrokerError, StorageError, ObjectStoreError) as e:
+                    res.error_code, res.message = int(error_code_for(e)), str(e)
+        finally:
+            for r in reads:
+                if r is not None and not r.done():
+                    r.cancel()
+            for ms in created:
+                n = self._inflight[ms] - 1
+                if n:
+                    self._inflight[ms] = n
+                else:
+                    del self._inflight[ms]
+        return self._durable(results, pending, req.timeout_ms)
+
+    async def _durable(
+        self, results: list[RefResult], pending: list[tuple[int, Any]], timeout_ms: int
+    ) -> list[RefResult]:
+        if pending:
+            # asyncio.wait neither cancels nor wraps them: no extra hop per batch.
+            futures = [r.done for _, r in pending]
+            waiting = [f for f in futures if not f.done()]
+            if waiting:
+                await asyncio.wait(waiting, timeout=max(timeout_ms, 1) / 1000)
+            done = {f for f in futures if f.done()}
+            for (i, _), fut in zip(pending, futures, strict=True):
+                res = results[i]
+                if fut not in done:
+                    res.error_code, res.message = int(ErrorCode.REQUEST_TIMED_OUT), "not durable in time"
+                    res.base_offset = -1
+                elif fut.exception() is not None:
+                    exc = fut.exception()
+                    assert exc is not None
+                    res.error_code, res.message, res.base_offset = int(error_code_for(exc)), str(exc), -1
+        return results
+
+    # --- leader: Tail ---------------------------------------------------------------------------
+
+    async def _tail(self, req: Tail) -> list[TailResult]:
+        b = self.broker
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(req.max_wait_ms, 0) / 1000
+        while True:
+            results: list[TailResult] = []
+            waits = []
+            for item in req.items:
+                res = TailResult()
+                results.append(res)
+                try:
+                    part = await b.partition(item.topic, item.partition)
+                    part.check_leader_epoch(item.leader_epoch)
+                    stream = part.ready
+                    res.high_watermark = stream.end_offset
+                    res.log_start_offset = stream.start_offset
+                    res.committed_offset = stream.committed_offset
+                    res.stream_id = stream.stream_id
+                    res.leader_epoch = part.leader_epoch
+                    if item.offset >= stream.end_offset:
+                        waits.append((stream, item.offset))
+                        continue
+                    res.entries, res.keys = self._locations(
+                        stream.stream_id, item.offset, stream.end_offset, item.max_bytes
+                    )
+                except ANSWERED as e:
+                    res.error_code, res.message = int(error_code_for(e)), str(e)
+            left = deadline - loop.time()
+            if len(waits) < len(req.items) or left <= 0:
+                return results
+            wake: asyncio.Future[None] = loop.create_future()
+            timer = loop.call_later(left, _wake, wake)
+            for s, _ in waits:
+                s.add_data_waiter(wake)
+            try:
+                await wake
+            finally:
+                timer.cancel()
+                _wake(wake)
+            if not any(s.end_offset > off for s, off in waits):
+                await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+
+    def _locations(self, stream_id: int, offset: int, end: int, max_bytes: int) -> tuple[list[TailEntry], list[str]]:
+        storage = self.broker.storage
+        assert storage is not None
+        cache = storage.log_cache.streams.get(stream_id)
+        keys: dict[str, int] = {}
+        if cache is None:
+            return [], []
+        entries = cache.entries
+        lo, hi = cache.head, len(entries)
+        while lo < hi:  # the last entry whose base offset is <= offset
+            mid = (lo + hi) // 2
+            if entries[mid].batch.base_offset <= offset:
+                lo = mid + 1
+            else:
+                hi = mid
+        i = max(cache.head, lo - 1)
+        out: list[TailEntry] = []
+        size = 0
+        while i < len(entries) and size < max_bytes:
+            e = entries[i]
+            i += 1
+            batch = e.batch
+            if batch.end_offset > end:
+                break
+            if batch.end_offset <= offset:
+                continue
+            if not out and batch.base_offset > offset:
+                break  # the cache starts after `offset`: the proxy reads S3 objects
+            found = storage.locate(e)
+            if found is None:
+                break
+            loc, rec = found
+            key = keys.setdefault(loc.key, len(keys))
+            out.append(TailEntry(batch.base_offset, batch.record_count, _KINDS.index(loc.kind), key, loc.offset,
+                                 loc.length, loc.position, loc.crc, rec.leader_epoch if rec else -1,
+                                 rec.log_append_time if rec else -1))  # fmt: skip
+            size += len(batch.payload)
+        return out, list(keys)
+
+    # --- proxy: fetch ----------------------------------------------------------------------------
+
+    async def tail(self, leader: BrokerRecord, items: list[TailItem], max_wait_ms: int) -> list[TailResult]:
+        asked = self._client(leader).send(TAIL, _ENC.encode(Tail(items, max_wait_ms)))
+        try:
+            body = await asyncio.wait_for(asked, max_wait_ms / 1000 + 30)
+        except TimeoutError:
+            raise ConnectionError(f"broker {leader.id} did not answer a Tail") from None
+        results = _DEC_TAIL_RESULTS.decode(body)
+        for item, res in zip(items, results, strict=False):
+            if not res.error_code:
+                self._ends[(item.topic, item.partition)] = res
+        return results
+
+    def caught_up(self, topic: str, partition: int, offset: int) -> TailResult | None:
+        """The last answer for a partition whose end a consumer has reached: it need not be asked
+        again before the long poll (which answers at once if the end moved meanwhile)."""
+        last = self._ends.get((topic, partition))
+        if last is None or last.high_watermark != offset:
+            return None
+        return TailResult(0, None, last.high_watermark, last.log_start_offset, last.committed_offset,
+                          last.stream_id, last.leader_epoch)  # fmt: skip
+
+    async def read_tail(self, res: TailResult, offset: int, max_bytes: int) -> list[Batch]:
+        """The batches `res` locates from `offset`, from this proxy's cache or shared storage; then,
+        below the leader's log cache, from S3 objects."""
+        storage = self.broker.storage
+        assert storage is not None
+        if res.entries and res.entries[0].base_offset <= offset:
+            wanted: list[TailEntry] = []
+            size = 0
+            for e in res.entries:
+                wanted.append(e)
+                size += e.length
+                if size >= max_bytes:
+                    break
+            # Read what this proxy does not have yet all at once: one shared-storage round trip.
+            reads = (self._cached_or_read(res.stream_id, e, res.keys) for e in wanted)
+            got = await asyncio.gather(*reads, return_exceptions=True)
+            out: list[Batch] = []
+            for g in got:
+                if isinstance(g, RelayUnavailable):
+                    break  # uploaded and trimmed meanwhile: S3 has it, from the next read on
+                if isinstance(g, BaseException):
+                    raise g
+                out.append(g)
+            if out:
+                return out
+        end = res.committed_offset
+        if offset < end:
+            return await storage.read_objects(res.stream_id, offset, max_bytes, end)
+        return []
+
+    async def _cached_or_read(self, stream_id: int, e: TailEntry, keys: list[str]) -> Batch:
+        key = (stream_id, e.base_offset)
+        got = self._tail_cache.get(key)
+        if got is not None:
+            self._tail_cache.move_to_end(key)
+            return got
+        got = await self._read_entry(e, e.location(keys))
+        self._cache_put(key, got)
+        return got
+
+    async def _read_entry(self, e: TailEntry, loc: Location) -> Batch:
+        storage = self.broker.storage
+        assert storage is not None
+        if loc.kind == "relay":
+            raw = await storage.shared.read_ref(RelayRef(loc.key, loc.offset, loc.length, loc.crc))
+            payload = materialize(raw, e.base_offset, RefRecord(RelayRef(loc.key, loc.offset, loc.length, loc.crc),
+                                                                 e.leader_epoch, e.log_append_time))  # fmt: skip
+        else:
+            payload = await storage.shared.read_frame(loc)
+        self.broker.counters["proxy_tail_reads"] += 1
+        return Batch(e.base_offset, e.record_count, payload)
+
+    def _cache_put(self, key: tuple[int, int], batch: Batch) -> None:
+        self._tail_cache[key] = batch
+        self._tail_cache_bytes += len(batch.payload)
+        while self._tail_cache_bytes > TAIL_CACHE_BYTES and self._tail_cache:
+            _, old = self._tail_cache.popitem(last=False)
+            self._tail_cache_bytes -= len(old.payload)
+
+    # --- offsets (ListOffsets, OffsetForLeaderEpoch) through a proxy --------------------------------
+
+    async def offsets(self, items: list[OffsetItem]) -> list[OffsetResult]:
+        """Ask each item's leader; results in item order."""
+        by_leader: dict[int, list[int]] = {}
+        results = [OffsetResult(int(ErrorCode.NOT_LEADER_OR_FOLLOWER)) for _ in items]
+        leaders: dict[int, BrokerRecord] = {}
+        for i, it in enumerate(items):
+            leader = self.leader_to_proxy(it.topic, it.partition)
+            if leader is not None:
+                leaders[leader.id] = leader
+                by_leader.setdefault(leader.id, []).append(i)
+
+        async def ask(lid: int, idxs: list[int]) -> None:
+            try:
+                asked = self._client(leaders[lid]).send(OFFSETS, _ENC.encode([items[i] for i in idxs]))
+                body = await asyncio.wait_for(asked, 30)
+                for i, r in zip(idxs, _DEC_OFFSET_RESULTS.decode(body), strict=True):
+                    results[i] = r
+            except (ConnectionError, msgspec.DecodeError, ValueError, TimeoutError) as e:
+                log.info("offsets from broker %d: %s", lid, e)
+
+        await asyncio.gather(*(ask(lid, idxs) for lid, idxs in by_leader.items()))
+        return results
+
+    async def _offsets(self, items: list[OffsetItem]) -> list[OffsetResult]:
+        out = []
+        for it in items:
+            res = OffsetResult()
+            out.append(res)
+            try:
+                part = await self.broker.partition(it.topic, it.partition)
+                part.check_leader_epoch(it.current_leader_epoch)
+                if it.kind == LIST:
+                    res.timestamp, res.offset, res.leader_epoch = await part.list_offset(it.value)
+                else:
+                    res.leader_epoch, res.offset = part.end_offset_for_epoch(it.value)
+            except ANSWERED as e:
+                res.error_code = int(error_code_for(e))
+        return out
+
+    # --- the server side of the channel ------------------------------------------------------------
+
+    async def process(self, data: memoryview, send: Callable[[list[Any]], None]) -> bool:
+        """One router frame; `send` writes its answer whenever it is ready. False: a bad frame.
+
+        AppendRefs of a connection are appended in the order they came (each waits for the one
+        before, while its reads already run); answers, also of Tail and offsets, leave when ready.
+        """
+        if len(data) < _HEAD.size:
+            return False
+        _, method, corr = _HEAD.unpack_from(data)
+        body = data[_HEAD.size :]
+        try:
+            if method == APPEND_REFS:
+                req = _DEC_REFS.decode(body)
+                step = asyncio.get_running_loop().create_task(
+                    self._append_refs(req, self._start_reads(req), self._chains.get(send))
+                )
+                self._chains[send] = step
+                step.add_done_callback(lambda t, k=send: self._chains.pop(k) if self._chains.get(k) is t else None)
+                self._spawn(self._answer_after(corr, step, send, len(req.items)))
+            elif method == TAIL:
+                self._spawn(self._answer_later(corr, self._tail(_DEC_TAIL.decode(body)), send))
+            elif method == OFFSETS:
+                self._spawn(self._answer_later(corr, self._offsets(_DEC_OFFSETS.decode(body)), send))
+            else:
+                return False
+        except msgspec.DecodeError as e:
+            log.info("bad router frame: %s", e)
+            return False
+        return True
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_after(
+        self, corr: int, step: asyncio.Task[Awaitable[list[RefResult]]], send: Callable[[list[Any]], None], n: int
+    ) -> None:
+        try:
+            results = await (await step)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # A bug, not a refusal: the proxy still gets an answer (its client retries).
+            log.exception("AppendRefs failed")
+            results = [RefResult(int(ErrorCode.UNKNOWN_SERVER_ERROR), str(e))] * n
+        send(frame([_CORR.pack(corr), _ENC.encode(results)]))
+
+    async def _answer_later(self, corr: int, rest: Awaitable[Any], send: Callable[[list[Any]], None]) -> None:
+        try:
+            result = await rest
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug: the asking broker times out and its client retries; this one keeps serving.
+            log.exception("a router request failed")
+            return
+        send(frame([_CORR.pack(corr), _ENC.encode(result)]))
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,0 +1,124 @@
+"""The zone router's pure parts: proxy choice, the real-leader marker, relay objects, materialize."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from engine.broker.router import materialize, proxy_for
+from engine.broker.zones import wants_real_leaders
+from engine.controller.api import BrokerRecord
+from engine.protocol.records import Record, build_batch, read_batches
+from engine.storage import relay
+from engine.storage.relay import (
+    Location,
+    RefRecord,
+    RelayLog,
+    RelayRef,
+    RelayUnavailable,
+    SharedReader,
+    relay_created_ms,
+)
+
+
+def _brokers(*zones: str) -> list[BrokerRecord]:
+    return [BrokerRecord(i, z, "127.0.0.1", 9000 + i, 1, "running") for i, z in enumerate(zones)]
+
+
+def test_proxy_is_stable_spread_and_in_the_zone() -> None:
+    brokers = _brokers("az1", "az1", "az1", "az2", "az3")
+    picks = [proxy_for("t", p, "az1", brokers) for p in range(300)]
+    assert picks == [proxy_for("t", p, "az1", list(reversed(brokers))) for p in range(300)]  # order-free
+    counts = Counter(picks)
+    assert set(counts) == {0, 1, 2}
+    assert min(counts.values()) >= 60, counts  # spread: about 100 each
+    assert proxy_for("t", 0, "az2", brokers) == 3
+
+
+def test_removing_a_broker_moves_only_the_partitions_it_proxied() -> None:
+    brokers = _brokers("az1", "az1", "az1")
+    before = {p: proxy_for("t", p, "az1", brokers) for p in range(300)}
+    after = {p: proxy_for("t", p, "az1", brokers[:2]) for p in range(300)}
+    moved = {p for p in before if before[p] != after[p]}
+    assert moved == {p for p in before if before[p] == 2}
+
+
+def test_a_zone_without_brokers_has_no_proxy() -> None:
+    assert proxy_for("t", 0, "az9", _brokers("az1", "az2")) is None
+    assert proxy_for("t", 0, "az1", []) is None
+
+
+@pytest.mark.parametrize(
+    ("client_id", "real"),
+    [("amq-cli&automq_route=leader", True), ("AUTOMQ_ROUTE=LEADER", True), ("x automq_route=leader", True),
+     ("automq_route=leaderx", False), ("myautomq_route=leader", False), ("app&automq_az=az1", False), (None, False)],
+)  # fmt: skip
+def test_real_leader_marker(client_id: str | None, real: bool) -> None:
+    assert wants_real_leaders(client_id) is real
+
+
+def _batch(n: int) -> bytes:
+    return bytes(build_batch([Record(key=None, value=f"v{i}".encode()) for i in range(n)], base_offset=0))
+
+
+def test_materialize_gives_the_leaders_offsets_epoch_and_append_time() -> None:
+    raw = _batch(3) + _batch(2)
+    ref = RelayRef("relay/b/0000000000001-00000000", 0, len(raw), 0)
+    out = materialize(raw, 100, RefRecord(ref, 7, 1234))
+    batches = read_batches(memoryview(bytearray(out)))  # CRCs still hold
+    assert [(b.base_offset, b.partition_leader_epoch) for b in batches] == [(100, 7), (103, 7)]
+    assert all(b.max_timestamp == 1234 for b in batches)
+    assert materialize(raw, 100, RefRecord(ref, 7, -1)) != out  # CreateTime keeps the client's times
+
+
+def test_relay_log_writes_reads_and_deletes_behind_the_horizon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay, "SEGMENT_MS", -1)  # a new segment file for every write
+
+    async def run() -> None:
+        store = None  # the nfs kind needs no object store
+        log = RelayLog("nfs", store, str(tmp_path), "broker-1")  # type: ignore[arg-type]
+        await log.open()
+        reader = SharedReader("nfs", store, str(tmp_path))  # type: ignore[arg-type]
+        a, b = await asyncio.gather(log.write([b"one", b"two"]), log.write([b"three"]))
+        assert a[0].key == b[0].key  # one group commit
+        b = await log.write([b"three"])
+        assert [await reader.read_ref(r) for r in a + b] == [b"one", b"two", b"three"]
+        assert relay_created_ms(a[0].key) > 0
+        with pytest.raises(RelayUnavailable):
+            await reader.read_ref(RelayRef(a[0].key, a[0].offset, a[0].length, a[0].crc ^ 1))
+        assert await log.delete_before(relay_created_ms(a[0].key)) == 0  # within the margin: kept
+        assert a[0].key != b[0].key
+        # Everything before the horizon, the last segment too once no write can go to it.
+        assert await log.delete_before(relay_created_ms(b[0].key) + 10_000) == 2
+        for ref in (a[0], b[0]):
+            with pytest.raises(RelayUnavailable):
+                await reader.read_ref(ref)
+        monkeypatch.setattr(relay, "SEGMENT_MS", 60_000)
+        (c,) = await log.write([b"four"])
+        assert await log.delete_before(relay_created_ms(c.key) + 60_000) == 0  # still written to: kept
+        assert await reader.read_ref(c) == b"four"
+        again = RelayLog("nfs", store, str(tmp_path), "broker-1")  # type: ignore[arg-type]
+        await again.open()
+        assert again.objects_kept == log.objects_kept
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["../secret", "relay/../1796618028969-00000000", "/etc/passwd", "relay/b/../../x", "broker-0/wal.ring"],
+)
+def test_a_reference_never_reads_outside_the_relay_objects(tmp_path: Path, key: str) -> None:
+    reader = SharedReader("nfs", None, str(tmp_path))  # type: ignore[arg-type]
+    with pytest.raises(RelayUnavailable, match="not a relay reference"):
+        asyncio.run(reader.read_ref(RelayRef(key, 0, 10, 0)))
+
+
+@pytest.mark.parametrize("key", ["../wal.ring", "/abs/wal.ring", "relay/b/1796618028969-00000000"])
+def test_a_frame_location_is_a_wal(tmp_path: Path, key: str) -> None:
+    reader = SharedReader("nfs", None, str(tmp_path))  # type: ignore[arg-type]
+    with pytest.raises(RelayUnavailable, match="not a WAL frame location"):
+        asyncio.run(reader.read_frame(Location("ring", key, 0, 100, 0)))
