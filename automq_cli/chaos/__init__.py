@@ -2,7 +2,7 @@
 
 amq chaos kill broker 1 | controller | s3
 amq chaos pause broker 1 --for 10s
-amq chaos s3 --latency-ms 200 | --error-rate 0.2 | --down 30s | --clear
+amq chaos object-store --latency-ms 200 | --error-rate 0.2 | --down 30s | --clear
 amq chaos zone-down az2 [--for 30s]
 amq chaos wal-tear 1 [--mode tail|last]
 amq chaos trials --count 20 [--seed 7] [--faults kill,pause,s3,zone,tear] [--wal nfs|s3] [--json out.json]
@@ -92,8 +92,8 @@ def pause(
         raise _fail(str(e)) from None
 
 
-@app.command()
-def s3(
+@app.command("object-store")
+def object_store(
     latency_ms: Annotated[float | None, typer.Option("--latency-ms", help="Added to every S3 request.")] = None,
     error_rate: Annotated[
         float | None, typer.Option("--error-rate", help="0..1: answer 500 / 503 / SlowDown instead.")
@@ -120,6 +120,10 @@ def s3(
         typer.echo(set_s3_faults(state, clear=clear, down_s=down_s, **changes))
     except FaultError as e:
         raise _fail(str(e)) from None
+
+
+# The S3 name, kept for whoever typed it first.
+app.command("s3", hidden=True)(object_store)
 
 
 @app.command("zone-down")

@@ -111,7 +111,8 @@ def up(
         bool | None,
         typer.Option(
             "--s3-faults/--no-s3-faults",
-            help="Put the S3 fault proxy between brokers and S3, for `amq chaos s3` (docs/chaos.md). Default: off.",
+            help="Put the S3 fault proxy between brokers and S3, for `amq chaos object-store` (docs/chaos.md). "
+            "Default: off.",
         ),
     ] = None,
 ) -> None:
@@ -154,7 +155,7 @@ def up(
     _out.print(f"  {n} broker{'s' if n != 1 else ''} in {z} zone{'s' if z != 1 else ''} ({', '.join(state['zones'])}); "
                f"WAL: {state['wal_kind']}; S3: {state['s3_endpoint']}")  # fmt: skip
     if state.get("s3_proxy"):
-        _out.print(f"  S3 fault proxy: brokers reach S3 through {state['s3_proxy']} (`amq chaos s3 --help`)")
+        _out.print(f"  S3 fault proxy: brokers reach S3 through {state['s3_proxy']} (`amq chaos object-store --help`)")
     if state.get("metadata"):
         ctl = state["controller"].split(",")
         _out.print(f"  metadata: {state['metadata']}; controllers: {', '.join(ctl)}")

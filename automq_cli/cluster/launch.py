@@ -112,7 +112,7 @@ class ClusterOptions:
     #: The controllers' leader lease (PostgreSQL): a standby takes over this long after a leader died.
     lease_ttl_s: float = 3.0
     #: Put the S3 fault proxy (engine/devtools/s3proxy.py) between the brokers and S3, so
-    #: `amq chaos s3` can add latency, errors and outages while the cluster runs (docs/chaos.md).
+    #: `amq chaos object-store` can add latency, errors and outages while the cluster runs (docs/chaos.md).
     s3_faults: bool = False
 
 

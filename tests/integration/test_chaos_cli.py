@@ -46,13 +46,13 @@ def test_chaos_commands_under_load_lose_nothing(tmp_path: Path) -> None:
 
         amq_fails("kill", "broker", "7", says="no broker 7")
         amq_fails("kill", "database", says="cannot target")
-        amq_fails("s3", "--error-rate", "2", says="between 0 and 1")
+        amq_fails("object-store", "--error-rate", "2", says="between 0 and 1")
         amq_fails("zone-down", "az9", says="no zone 'az9'")
         amq_fails("wal-tear", "0", says="is running")
 
         out = amq_ok("pause", "broker", "1", "--for", "1s")
         assert "SIGSTOP" in out and "SIGCONT" in out
-        assert "latency 20 ms" in amq_ok("s3", "--latency-ms", "20", "--error-rate", "0.1")
+        assert "latency 20 ms" in amq_ok("object-store", "--latency-ms", "20", "--error-rate", "0.1")
         assert "no faults" in amq_ok("s3", "--clear")
 
         mark = load.total
