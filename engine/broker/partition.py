@@ -343,6 +343,12 @@ class Partition:
             raise BrokerError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"{self!r} failed: {self.failed}")
         if self.draining:
             raise BrokerError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"{self!r} is moving to another broker")
+        limit = int(self.topic.config("max.message.bytes"))
+        for rb in batches:
+            if rb.size > limit:
+                raise BrokerError(
+                    ErrorCode.MESSAGE_TOO_LARGE, f"batch of {rb.size} bytes is over max.message.bytes {limit}"
+                )
         dup = self._check_producer(batches)
         if dup is not None:
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -508,12 +508,6 @@ class Router:
                     raw = await read
                     records = memoryview(bytearray(raw))
                     batches = read_batches(records)
-                    topic = b.topic(item.topic)
-                    limit = int(topic.config("max.message.bytes")) if topic is not None else b.config.message_max_bytes
-                    for rb in batches:
-                        if rb.size > limit:
-                            msg = f"batch of {rb.size} bytes is over max.message.bytes {limit}"
-                            raise BrokerError(ErrorCode.MESSAGE_TOO_LARGE, msg)
                     result = part.append(records, batches, now_ms, relay=item.ref)
                     b.counters["relayed_appends"] += 1
                     b.counters["produce_bytes"] += len(records)

@@ -218,3 +218,18 @@ def test_leader_epoch_checks() -> None:
     with pytest.raises(BrokerError) as e:
         part.check_leader_epoch(5)
     assert e.value.error_code == ErrorCode.UNKNOWN_LEADER_EPOCH
+
+
+def test_a_batch_over_max_message_bytes_is_refused_whoever_appends_it() -> None:
+    """The limit is the partition's (the topic's current config), so direct and relayed produce share it."""
+
+    async def go() -> None:
+        part, stream = make_partition()
+        part.topic = TopicInfo("t", part.topic.id, False, 1, {"max.message.bytes": "100"})
+        data = bytearray(build_batch([Record(value=b"x" * 200)]))
+        with pytest.raises(BrokerError) as e:
+            part.append(memoryview(data), read_batches(memoryview(data)), 5000)
+        assert e.value.error_code == ErrorCode.MESSAGE_TOO_LARGE
+        assert stream.batches == []
+
+    run(go)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable
 
 from engine.broker.context import RequestContext
-from engine.broker.errors import ANSWERED, BrokerError, error_code_for
+from engine.broker.errors import ANSWERED, error_code_for
 from engine.broker.partition import AppendResult
 from engine.broker.router import RefResult
 from engine.protocol import ApiKey, CorruptRecords, ErrorCode
@@ -56,7 +56,6 @@ async def begin(ctx: RequestContext, request: ProduceRequest) -> Awaitable[Produ
     for td in request.topic_data:
         tr = ProduceResponse.TopicProduceResponse(name=td.name)
         out.responses.append(tr)
-        topic = b.topic(td.name)
         for pd in td.partition_data:
             resp = PartitionResponse(index=pd.index, base_offset=-1, log_append_time_ms=-1, log_start_offset=-1)
             tr.partition_responses.append(resp)
@@ -79,12 +78,6 @@ async def begin(ctx: RequestContext, request: ProduceRequest) -> Awaitable[Produ
                     raise CorruptRecords("no records")
                 records = pd.records if isinstance(pd.records, memoryview) else memoryview(bytearray(pd.records))
                 batches = read_batches(records)
-                limit = int(topic.config("max.message.bytes")) if topic is not None else b.config.message_max_bytes
-                for rb in batches:
-                    if rb.size > limit:
-                        raise BrokerError(
-                            ErrorCode.MESSAGE_TOO_LARGE, f"batch of {rb.size} bytes is over max.message.bytes {limit}"
-                        )
                 result = part.append(records, batches, now_ms)
                 b.counters["produce_bytes"] += len(records)
                 b.count_client_bytes(ctx.client_id, None, len(records), to_broker=True)
