@@ -22,6 +22,7 @@ from engine.broker.config import BrokerConfig
 from engine.broker.dispatch import Dispatcher
 from engine.broker.errors import BrokerError
 from engine.broker.image import MetadataImage, TopicInfo
+from engine.broker.latency import BrokerLatency
 from engine.broker.lifecycle import Lifecycle
 from engine.broker.partition import Partition
 from engine.broker.router import Router, materialize
@@ -71,6 +72,7 @@ class Broker:
         self.broker_epoch = -1
         self.dispatcher = Dispatcher()
         self.counters: Counter[str] = Counter()
+        self.latency = BrokerLatency()
         self.zones = ZoneResolver(lambda: {b.zone for b in self.image.brokers.values()} | {self.zone})
         self.ledger = ZoneLedger()
         self.router = Router(self)
@@ -118,7 +120,7 @@ class Broker:
         await self.router.start()
         loop = asyncio.get_running_loop()
         # Heartbeats run from the registration on: recovering a large WAL may outlast the session.
-        self._tasks = [loop.create_task(self._heartbeat_loop())]
+        self._tasks = [loop.create_task(self._heartbeat_loop()), loop.create_task(self.latency.watch_loop())]
         await self._join(timeout=30.0)
         self._tasks.append(loop.create_task(self._follow_metadata()))
         await self._start_groups()

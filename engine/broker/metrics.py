@@ -1,5 +1,8 @@
 """GET /metrics: the broker's counters as one JSON object (docs/perf.md), or in Prometheus' text
-format for a scraper (it asks for text/plain or OpenMetrics) and at /metrics/prometheus."""
+format for a scraper (it asks for text/plain or OpenMetrics) and at /metrics/prometheus.
+
+Besides the flat counters, the JSON has `zone_traffic` (a list), `latency` and `sizes` (objects
+of histogram summaries, engine/broker/latency.py); the Prometheus text has the histograms whole."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import contextlib
 import json
 from typing import TYPE_CHECKING
 
+from engine.broker import latency
 from engine.broker.zones import prometheus
 
 if TYPE_CHECKING:
@@ -35,11 +39,14 @@ async def start_metrics_server(broker: Broker, host: str, port: int) -> tuple[as
                 status, body = "404 Not Found", b'{"error": "try /metrics"}'
             elif path == _PROMETHEUS or (path == "/metrics" and ("openmetrics" in accept or "text/plain" in accept)):
                 kind = "text/plain; version=0.0.4"
-                status, body = "200 OK", prometheus(broker.zone_traffic(), broker.metrics()).encode()
+                text = prometheus(broker.zone_traffic(), broker.metrics())
+                text += latency.prometheus(latency.series(broker), broker.node_id, broker.config.zone)
+                status, body = "200 OK", text.encode()
             else:
+                histograms = latency.json_objects(latency.series(broker))
                 status, body = (
                     "200 OK",
-                    json.dumps({**broker.metrics(), "zone_traffic": broker.zone_traffic()}).encode(),
+                    json.dumps({**broker.metrics(), "zone_traffic": broker.zone_traffic(), **histograms}).encode(),
                 )
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"

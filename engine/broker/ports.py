@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from engine.broker.groups.coordinator import GroupCoordinator
     from engine.broker.groups.store import StreamLike
     from engine.broker.image import MetadataImage, TopicInfo
+    from engine.broker.latency import BrokerLatency
     from engine.broker.partition import Partition
     from engine.protocol import ErrorCode
     from engine.protocol.messages import ApiVersionsResponse
@@ -70,6 +71,11 @@ class HandlerBroker(Protocol):
     @property
     def counters(self) -> Counter[str]:
         """Metrics counters (``counters["produce_bytes"] += n``)."""
+        ...
+
+    @property
+    def latency(self) -> BrokerLatency:
+        """Latency histograms (``latency.fetched(...)``; docs/perf.md)."""
         ...
 
     def topic(self, name: str) -> TopicInfo | None: ...

@@ -35,6 +35,7 @@ from engine.protocol.codec import Request
 from engine.protocol.framing import frame
 from engine.protocol.headers import RequestHeader, encode_response_header
 from engine.protocol.messages import ApiVersionsResponse
+from engine.util.histogram import now
 
 if TYPE_CHECKING:
     from engine.broker.broker import Broker
@@ -140,6 +141,7 @@ class KafkaServer:
                 log.exception("%s: router request failed; closing the connection", conn.peer)
                 return CLOSE
             return None if ok else CLOSE
+        decode_started = now()
         try:
             request = decode_request(data)
         except UnsupportedVersion as e:
@@ -153,6 +155,7 @@ class KafkaServer:
             counters["requests_rejected"] += 1
             log.info("%s: %s; closing the connection", conn.peer, e)
             return CLOSE
+        decode_s = now() - decode_started
         handle = broker.dispatcher.get(request.api_key)
         if handle is None:
             counters["requests_rejected"] += 1
@@ -167,7 +170,7 @@ class KafkaServer:
         delay = broker.zone_delay(header.client_id)
         if delay:
             # --zone-latency-ms: a client in another zone, as if its bytes had crossed zones (both ways).
-            wait = conn.arrived + delay - asyncio.get_running_loop().time()
+            wait = conn.arrived + delay - now()
             if wait > 0:
                 await asyncio.sleep(wait)
         ctx = RequestContext(broker, header.api_version, header.correlation_id, header.client_id, conn.host)
@@ -176,8 +179,11 @@ class KafkaServer:
         begin = broker.dispatcher.begin(request.api_key)
         try:
             if begin is not None:
+                began = now()
                 rest = await begin(ctx, request.body)
-                return asyncio.ensure_future(self._finish(rest, request, conn))
+                answer = asyncio.ensure_future(self._finish(rest, request, conn))
+                broker.latency.produce_begun(decode_s, began, answer)
+                return answer
             return self._encode(request, await handle(ctx, request.body))
         except asyncio.CancelledError:
             raise
@@ -215,11 +221,14 @@ class Connection(asyncio.Protocol):
         self.peer = "?"
         self.decoder = FrameDecoder(server.broker.config.socket_request_max_bytes)
         self.queue: deque[memoryview] = deque()
-        #: When each queued frame arrived (loop time), for the simulated cross-zone delay.
+        #: When each queued frame arrived (histogram.now()): the simulated cross-zone delay and
+        #: the produce latency histogram count from there.
         self.arrivals: deque[float] = deque()
         self.worker: asyncio.Task[None] | None = None
-        # Answers of pipelined requests (Produce) still in progress, in request order.
+        # Answers of pipelined requests (Produce) still in progress, in request order, and the
+        # arrival of each one's request (0.0: an answer queued behind them, not timed).
         self.answers: deque[asyncio.Future[Answer]] = deque()
+        self.answer_arrivals: deque[float] = deque()
         self.arrived = 0.0  # arrival of the frame being handled
         self.held_bytes = 0  # frames received and not yet answered
         self.pending_bytes = 0  # of those, frames whose answers wait (pipelined produce)
@@ -251,8 +260,8 @@ class Connection(asyncio.Protocol):
         if not frames:
             return
         self.queue.extend(frames)
-        now = asyncio.get_running_loop().time()
-        self.arrivals.extend(now for _ in frames)
+        arrived = now()
+        self.arrivals.extend(arrived for _ in frames)
         self.held_bytes += sum(len(f) for f in frames)
         if (
             (len(self.queue) >= MAX_QUEUED or self.held_bytes >= MAX_HELD_BYTES)
@@ -275,7 +284,7 @@ class Connection(asyncio.Protocol):
                     # The frame stays alive (its records are being appended) until the answer is ready.
                     self.pending_bytes += size
                     out.add_done_callback(lambda _f, size=size: self._release(size, pending=True))
-                    self._queue_answer(out)
+                    self._queue_answer(out, self.arrived)
                     await self.room.wait()
                     continue
                 self._release(size)
@@ -314,8 +323,9 @@ class Connection(asyncio.Protocol):
             self.reading_paused = False
             self.transport.resume_reading()
 
-    def _queue_answer(self, fut: asyncio.Future[Answer]) -> None:
+    def _queue_answer(self, fut: asyncio.Future[Answer], arrived: float = 0.0) -> None:
         self.answers.append(fut)
+        self.answer_arrivals.append(arrived)
         self._update_room()
         if self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write_answers())
@@ -325,9 +335,12 @@ class Connection(asyncio.Protocol):
             while self.answers:
                 out = await asyncio.shield(self.answers[0])
                 self.answers.popleft()
+                arrived = self.answer_arrivals.popleft()
                 self._update_room()
                 if not self._emit(out):
                     return
+                if arrived:
+                    self.server.broker.latency.produce_answered(arrived)
                 if not self.can_write.is_set():
                     await self.can_write.wait()
         finally:

@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.broker.context import RequestContext
 from engine.broker.handlers import fetch, list_offsets, produce
+from engine.broker.latency import BrokerLatency
 from engine.protocol import ErrorCode
 from engine.protocol.messages import FetchRequest, ListOffsetsRequest, ProduceRequest
 from engine.protocol.records import Record, build_batch
@@ -23,6 +24,7 @@ class _Broker:
         self.counters: Counter[str] = Counter()
         self.router = SimpleNamespace(leader_to_proxy=lambda *_: None)
         self.config = SimpleNamespace(message_max_bytes=1 << 20)
+        self.latency = BrokerLatency()
 
     def topic(self, _name: str) -> None:
         return None

@@ -297,6 +297,22 @@ def test_cluster_block_records_counter_deltas_cpu_and_rss(counters_url: str) -> 
     assert c["broker_rss_bytes"] > 0 and c["broker_cpu_percent"] >= 0
 
 
+def test_cluster_block_leaves_the_brokers_histogram_summaries_out_of_the_counters() -> None:
+    """/metrics nests `latency` and `sizes` objects (docs/perf.md): never summed as counters."""
+    fixed = {
+        "latency": {"produce_total": {"count": 10, "sum_s": 0.5, "p50_ms": 4.0, "p99_ms": 9.0, "max_ms": 9.5}},
+        "sizes": {"wal_group_bytes": {"count": 3, "sum_bytes": 3000, "p50_bytes": 900, "p99_bytes": 1100,
+                                      "max_bytes": 1100}},
+    }  # fmt: skip
+    with growing_counters({"s3_put_requests": 5, "uploads": 1}, fixed) as url:
+        m = ClusterMetrics(Target(bootstrap="x:1", metrics_urls=[url]))
+        m.start()
+        m.finish()
+        c = m.result()
+    assert c["metrics_available"] is True and c["s3"]["put"] == 5
+    assert c["other_counters"] == {"uploads": 1} and c["other_at_end"] == {"uploads": 2}
+
+
 def test_cluster_block_without_a_source_says_so() -> None:
     m = ClusterMetrics(Target(bootstrap="x:1"))
     m.start()

@@ -18,6 +18,7 @@ from engine.protocol import ApiKey, ErrorCode
 from engine.protocol.messages import FetchRequest, FetchResponse
 from engine.storage.errors import StorageError
 from engine.storage.objects.format import Batch
+from engine.util.histogram import now
 
 API_KEY = ApiKey.FETCH
 PartitionData = FetchResponse.PartitionData
@@ -171,14 +172,21 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
     deadline = loop.time() + max(request.max_wait_ms, 0) / 1000
     min_bytes = max(request.min_bytes, 1)
     known: Known = {}
+    started = now()  # latency histograms: the passes over the partitions (read) and the long polls (wait)
+    read_s = 0.0
+    wait_s: float | None = None
     while True:
+        pass_started = now()
         out, total, errors, waits, remote = await _read(ctx, request, known)
+        read_s += now() - pass_started
         known = {}
         left = deadline - loop.time()
         if total >= min_bytes or errors or left <= 0 or not (waits or remote):
             ctx.broker.counters["fetch_bytes"] += total
             ctx.broker.count_client_bytes(ctx.client_id, request.rack_id or None, total, to_broker=False)
+            ctx.broker.latency.fetched(started, read_s, wait_s)
             return out
+        wait_started = now()
         # Long poll: one future that any waited-on partition resolves when it gets data, or
         # max_wait does; a task per partition would cost more than the fetch itself.
         wake: asyncio.Future[None] = loop.create_future()
@@ -211,6 +219,7 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
         if not polls and not any(p.ready.end_offset > off for p, off in waits) and deadline > loop.time():
             # Woken without data: a stream that stopped taking data (closed, fenced). Do not spin on it.
             await asyncio.sleep(min(0.05, deadline - loop.time()))
+        wait_s = (wait_s or 0.0) + now() - wait_started
 
 
 def _retrieved(fut: asyncio.Future[object]) -> None:

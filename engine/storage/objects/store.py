@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+
+from engine.util.histogram import Histogram, now
 
 
 class ObjectStoreError(RuntimeError):
@@ -58,6 +61,11 @@ class ObjectStoreStats:
     get_bytes: int = 0
     list: int = 0
     delete: int = 0
+    #: Seconds per successful call by kind (put, get, list, delete); a multipart upload is one put.
+    #: Observed on the event loop (engine/util/histogram.py), not under the lock.
+    latency: dict[str, Histogram] = field(
+        default_factory=lambda: {k: Histogram() for k in ("put", "get", "list", "delete")}, repr=False, compare=False
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, count: int = 1, nbytes: int = 0) -> None:
@@ -100,6 +108,34 @@ class ObjectStore(Protocol):
     async def close(self) -> None: ...
 
 
+class _HasStats(Protocol):
+    stats: ObjectStoreStats
+
+
+_S = TypeVar("_S", bound=_HasStats)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+_Method = Callable[Concatenate[_S, _P], Coroutine[Any, Any, _R]]
+
+
+def _timed(kind: str) -> Callable[[_Method[_S, _P, _R]], _Method[_S, _P, _R]]:
+    """Observe how long each successful call takes in `stats.latency[kind]` (the metrics endpoint)."""
+
+    def wrap(fn: _Method[_S, _P, _R]) -> _Method[_S, _P, _R]:
+        @functools.wraps(fn)
+        async def timed(self: _S, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            started = now()
+            result = await fn(self, *args, **kwargs)
+            self.stats.latency[kind].observe(now() - started)
+            return result
+
+        return timed
+
+    return wrap
+
+
 class S3ObjectStore:
     def __init__(self, config: ObjectStoreConfig) -> None:
         self.config = config
@@ -135,6 +171,7 @@ class S3ObjectStore:
         except BotoCoreError as e:
             raise ObjectStoreError(f"s3 {op} {key} failed: {e}") from e
 
+    @_timed("put")
     async def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         key = self.config.prefix + key
         size = len(data)
@@ -193,6 +230,7 @@ class S3ObjectStore:
                 )
             raise
 
+    @_timed("get")
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         key = self.config.prefix + key
         kwargs: dict[str, Any] = {"Bucket": self.config.bucket, "Key": key}
@@ -207,6 +245,7 @@ class S3ObjectStore:
         self.stats.add("get", 1, len(body))
         return body
 
+    @_timed("list")
     async def list(self, prefix: str) -> list[ObjectInfo]:
         strip = len(self.config.prefix)
         prefix = self.config.prefix + prefix
@@ -231,6 +270,7 @@ class S3ObjectStore:
         result: list[ObjectInfo] = await self._run("LIST", prefix, list_all)
         return result
 
+    @_timed("delete")
     async def delete(self, keys: Sequence[str]) -> None:
         keys = [self.config.prefix + k for k in keys]
         for i in range(0, len(keys), 1000):
@@ -296,6 +336,7 @@ class ObstoreObjectStore:
         except (oe.BaseError, OSError, RuntimeError) as e:
             raise ObjectStoreError(f"s3 {op} {key} failed: {e}") from e
 
+    @_timed("put")
     async def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         import obstore
 
@@ -317,6 +358,7 @@ class ObstoreObjectStore:
         parts = -(-size // self.config.multipart_part_size) + 2 if multipart else 1
         self.stats.add("put", parts, size)
 
+    @_timed("get")
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         import obstore
 
@@ -338,6 +380,7 @@ class ObstoreObjectStore:
         self.stats.add("get", 1, len(body))
         return body
 
+    @_timed("list")
     async def list(self, prefix: str) -> list[ObjectInfo]:
         import obstore
 
@@ -349,13 +392,13 @@ class ObstoreObjectStore:
             async for chunk in obstore.list(self._store, full, chunk_size=1000):
                 self.stats.add("list")
                 out.extend(
-                    ObjectInfo(str(m["path"])[strip:], int(m["size"]), m["last_modified"].timestamp())
-                    for m in chunk
+                    ObjectInfo(str(m["path"])[strip:], int(m["size"]), m["last_modified"].timestamp()) for m in chunk
                 )
 
         await self._call("LIST", full, collect())
         return out
 
+    @_timed("delete")
     async def delete(self, keys: Sequence[str]) -> None:
         import obstore
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import crc32c
+
+from engine.util.histogram import BYTES, Histogram
 
 MAGIC = 0xA3171A1F
 HEADER = struct.Struct("<IIIQQQQQII")
@@ -109,6 +111,14 @@ class WalStats:
     records_written: int = 0
     syncs: int = 0
     full_waits: int = 0
+    #: Per group made durable (fdatasync of the ring; the PUT of an s3 WAL object): how long it
+    #: took and how many bytes it held. Observed on the event loop (engine/util/histogram.py).
+    sync_seconds: Histogram = field(default_factory=Histogram)
+    group_bytes: Histogram = field(default_factory=lambda: Histogram(BYTES))
+
+    def synced(self, seconds: float, nbytes: int) -> None:
+        self.sync_seconds.observe(seconds)
+        self.group_bytes.observe(nbytes)
 
 
 # Called on the event loop once a record is durable (end position, None) or failed (-1, error).

@@ -40,6 +40,7 @@ from engine.storage.wal.base import (
     encode_header,
     pad_frame,
 )
+from engine.util.histogram import now
 
 _SCAN_CHUNK = 8 << 20
 _LENGTH = struct.Struct("<I")
@@ -251,7 +252,7 @@ class RingWal:
             if group is None:
                 return
             try:
-                ends = self._write_group(group)
+                ends, synced = self._write_group(group)
             except BaseException as e:
                 # Every waiter must hear of the failure, and no later append may succeed: after a
                 # failed write or fsync the ring's tail is unknown (fsync errors are not retryable).
@@ -260,9 +261,10 @@ class RingWal:
                 self._failed = err
                 self._complete(group, None, err)
                 continue
-            self._complete(group, ends, None)
+            self._complete(group, ends, None, synced)
 
-    def _write_group(self, group: list[Pending]) -> list[int]:
+    def _write_group(self, group: list[Pending]) -> tuple[list[int], tuple[float, int]]:
+        """Write and sync one group: the end position of each record, and (fdatasync seconds, bytes)."""
         need = self._needed(self._write_pos, group)
         with self._cond:
             if self._write_pos + need - self._trim_pos > self.capacity:
@@ -304,7 +306,9 @@ class RingWal:
                     raise StorageError(f"short WAL write: {n} of {want} bytes")
                 offset += n
                 written += n
+        started = now()
         os.fdatasync(self._fd)
+        synced = (now() - started, written)
         self.stats.syncs += 1
         self.stats.bytes_written += written
         if self._check_owner and os.stat(self.header_path).st_ino != self._header_ino:
@@ -314,7 +318,7 @@ class RingWal:
         self._write_pos = pos
         if trim - self._persisted_trim >= self.capacity // 8:
             self._persist_trim(trim)
-        return ends
+        return ends, synced
 
     def _persist_trim(self, trim: int) -> None:
         if self._check_owner and os.stat(self.header_path).st_ino != self._header_ino:
@@ -322,12 +326,20 @@ class RingWal:
         _write_atomically(self.directory / "wal.trim", str(trim).encode())
         self._persisted_trim = trim
 
-    def _complete(self, group: list[Pending], ends: list[int] | None, err: BaseException | None) -> None:
+    def _complete(
+        self,
+        group: list[Pending],
+        ends: list[int] | None,
+        err: BaseException | None,
+        synced: tuple[float, int] | None = None,
+    ) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
 
         def resolve() -> None:
+            if synced is not None:
+                self.stats.synced(*synced)  # on the loop: histograms take no lock
             for i, (_, done) in enumerate(group):
                 if err is not None:
                     done(-1, err)

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from engine.storage.errors import FencedError, StorageError
 from engine.storage.objects.store import ObjectStore, ObjectStoreError
 from engine.storage.wal.base import Done, WalRecord, WalStats, decode_frame, encode_frame
+from engine.util.histogram import now
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class S3Wal:
     ) -> None:
         err: StorageError | None = None
         async with self._inflight:
+            started = now()  # the group's durable write: its PUT, retries included
             while True:
                 try:
                     await self.store.put(key, body)
@@ -152,6 +154,7 @@ class S3Wal:
                     # Not durable yet, so not acknowledged: keep trying until S3 is back.
                     log.warning("WAL PUT %s failed, retrying: %s", key, e)
                     await asyncio.sleep(self.retry_backoff_s)
+            put_s = now() - started
         if err is None and self._still_owner is not None and not await self._still_owner(self.epoch):
             err = FencedError(f"WAL {self.prefix} was taken over by another owner")
             self._failed = err
@@ -163,6 +166,7 @@ class S3Wal:
         if err is None:
             self.stats.bytes_written += len(body)
             self.stats.syncs += 1
+            self.stats.synced(put_s, len(body))
             self._objects.append((key, ends[-1]))
         for i, (_, done) in enumerate(group):
             if err is not None:
