@@ -11,6 +11,7 @@ ObjectStoreStats); `series()` collects every histogram under one naming scheme, 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,9 +51,12 @@ class BrokerLatency:
         durable = self.produce["durable"]
         answer.add_done_callback(lambda _f: durable.observe(now() - returned))
 
-    def produce_answered(self, arrived: float) -> None:
-        """A Produce answer went to the transport; `arrived` is when its frame was read (now())."""
-        self.produce["total"].observe(now() - arrived)
+    def produce_answered(self, arrivals: Iterable[float]) -> None:
+        """Produce answers went to the transport; `arrivals`: when each one's frame was read (now())."""
+        total = self.produce["total"]
+        written = now()
+        for arrived in arrivals:
+            total.observe(written - arrived)
 
     def fetched(self, started: float, read_s: float, wait_s: float | None) -> None:
         """A Fetch request was answered; wait_s is None when it did not long-poll."""

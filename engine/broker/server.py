@@ -181,7 +181,10 @@ class KafkaServer:
             if begin is not None:
                 began = now()
                 rest = await begin(ctx, request.body)
-                answer = asyncio.ensure_future(self._finish(rest, request, conn))
+                if isinstance(rest, asyncio.Future):
+                    answer = self._answer_when(rest, request, conn)
+                else:
+                    answer = asyncio.ensure_future(self._finish(rest, request, conn))
                 broker.latency.produce_begun(decode_s, began, answer)
                 return answer
             return self._encode(request, await handle(ctx, request.body))
@@ -197,6 +200,25 @@ class KafkaServer:
             raise
         except Exception:
             return self._failed(request, conn)
+
+    def _answer_when(self, rest: asyncio.Future[Any], request: Request, conn: Connection) -> asyncio.Future[Answer]:
+        """The encoded answer once `rest` resolves: a callback, not a task per request."""
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                answer.cancel()
+                return
+            exc = f.exception()
+            try:
+                if exc is not None:
+                    raise exc
+                answer.set_result(self._encode(request, f.result()))
+            except Exception:
+                answer.set_result(self._failed(request, conn))
+
+        rest.add_done_callback(done)
+        return answer
 
     def _encode(self, request: Request, response: Any) -> Answer:
         if request.api_key == ApiKey.PRODUCE and getattr(request.body, "acks", 1) == 0:
@@ -234,7 +256,6 @@ class Connection(asyncio.Protocol):
         self.pending_bytes = 0  # of those, frames whose answers wait (pipelined produce)
         self.room = asyncio.Event()
         self.room.set()
-        self.writer: asyncio.Task[None] | None = None
         self.reading_paused = False
         self.can_write = asyncio.Event()
         self.can_write.set()
@@ -327,30 +348,40 @@ class Connection(asyncio.Protocol):
         self.answers.append(fut)
         self.answer_arrivals.append(arrived)
         self._update_room()
-        if self.writer is None:
-            self.writer = asyncio.get_running_loop().create_task(self._write_answers())
+        fut.add_done_callback(self._flush_answers)
 
-    async def _write_answers(self) -> None:
-        try:
-            while self.answers:
-                out = await asyncio.shield(self.answers[0])
-                self.answers.popleft()
-                arrived = self.answer_arrivals.popleft()
-                self._update_room()
-                if not self._emit(out):
-                    return
-                if arrived:
-                    self.server.broker.latency.produce_answered(arrived)
-                if not self.can_write.is_set():
-                    await self.can_write.wait()
-        finally:
-            self.writer = None
+    def _flush_answers(self, _: object = None) -> None:
+        """Write the answers that are ready at the head of the queue, in order, in one write.
+
+        Callbacks rather than a writer task: a producer with many requests in flight gets the
+        answers that one WAL sync completed in one syscall.
+        """
+        parts: list[Buffer] = []
+        arrivals: list[float] = []  # of the produce requests answered here, for the latency histogram
+        while self.answers and self.answers[0].done() and self.can_write.is_set():
+            fut = self.answers.popleft()
+            arrived = self.answer_arrivals.popleft()
+            out = CLOSE if fut.cancelled() else fut.result()
+            if isinstance(out, _Close):
+                self._emit(parts)
+                self.abort()
+                self.answers.clear()
+                self.answer_arrivals.clear()
+                break
+            if out is not None:
+                parts.extend(out)
+            if arrived:
+                arrivals.append(arrived)
+        self._update_room()
+        self._emit(parts)
+        if arrivals:
+            self.server.broker.latency.produce_answered(arrivals)
 
     def _emit(self, out: Answer) -> bool:
         if isinstance(out, _Close):
             self.abort()
             return False
-        if out is not None and self.transport is not None and not self.transport.is_closing():
+        if out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(out)
             self.server.broker.counters["bytes_out"] += sum(len(p) for p in out)
         return True
@@ -360,6 +391,7 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.can_write.set()
+        self._flush_answers()
 
     def send_now(self, parts: list[Buffer]) -> None:
         """Write an answer outside request order (router frames carry their correlation id)."""
