@@ -177,6 +177,8 @@ class KafkaServer:
         try:
             if begin is not None:
                 rest = await begin(ctx, request.body)
+                if isinstance(rest, asyncio.Future):
+                    return self._answer_when(rest, request, conn)
                 return asyncio.ensure_future(self._finish(rest, request, conn))
             return self._encode(request, await handle(ctx, request.body))
         except asyncio.CancelledError:
@@ -191,6 +193,25 @@ class KafkaServer:
             raise
         except Exception:
             return self._failed(request, conn)
+
+    def _answer_when(self, rest: asyncio.Future[Any], request: Request, conn: Connection) -> asyncio.Future[Answer]:
+        """The encoded answer once `rest` resolves: a callback, not a task per request."""
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                answer.cancel()
+                return
+            exc = f.exception()
+            try:
+                if exc is not None:
+                    raise exc
+                answer.set_result(self._encode(request, f.result()))
+            except Exception:
+                answer.set_result(self._failed(request, conn))
+
+        rest.add_done_callback(done)
+        return answer
 
     def _encode(self, request: Request, response: Any) -> Answer:
         if request.api_key == ApiKey.PRODUCE and getattr(request.body, "acks", 1) == 0:
@@ -225,7 +246,6 @@ class Connection(asyncio.Protocol):
         self.pending_bytes = 0  # of those, frames whose answers wait (pipelined produce)
         self.room = asyncio.Event()
         self.room.set()
-        self.writer: asyncio.Task[None] | None = None
         self.reading_paused = False
         self.can_write = asyncio.Event()
         self.can_write.set()
@@ -317,27 +337,33 @@ class Connection(asyncio.Protocol):
     def _queue_answer(self, fut: asyncio.Future[Answer]) -> None:
         self.answers.append(fut)
         self._update_room()
-        if self.writer is None:
-            self.writer = asyncio.get_running_loop().create_task(self._write_answers())
+        fut.add_done_callback(self._flush_answers)
 
-    async def _write_answers(self) -> None:
-        try:
-            while self.answers:
-                out = await asyncio.shield(self.answers[0])
-                self.answers.popleft()
-                self._update_room()
-                if not self._emit(out):
-                    return
-                if not self.can_write.is_set():
-                    await self.can_write.wait()
-        finally:
-            self.writer = None
+    def _flush_answers(self, _: object = None) -> None:
+        """Write the answers that are ready at the head of the queue, in order, in one write.
+
+        Callbacks rather than a writer task: a producer with many requests in flight gets the
+        answers that one WAL sync completed in one syscall.
+        """
+        parts: list[Buffer] = []
+        while self.answers and self.answers[0].done() and self.can_write.is_set():
+            fut = self.answers.popleft()
+            out = CLOSE if fut.cancelled() else fut.result()
+            if isinstance(out, _Close):
+                self._emit(parts)
+                self.abort()
+                self.answers.clear()
+                break
+            if out is not None:
+                parts.extend(out)
+        self._update_room()
+        self._emit(parts)
 
     def _emit(self, out: Answer) -> bool:
         if isinstance(out, _Close):
             self.abort()
             return False
-        if out is not None and self.transport is not None and not self.transport.is_closing():
+        if out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(out)
             self.server.broker.counters["bytes_out"] += sum(len(p) for p in out)
         return True
@@ -347,6 +373,7 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.can_write.set()
+        self._flush_answers()
 
     def send_now(self, parts: list[Buffer]) -> None:
         """Write an answer outside request order (router frames carry their correlation id)."""

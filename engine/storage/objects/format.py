@@ -108,6 +108,15 @@ class _ObjectBuffer:
         ctypes.memmove(self._addr + at, bytes(data) if isinstance(data, memoryview) else data, n)
 
     def fill_block(self, at: int, block: list[Batch]) -> None:
+        if len(block) > 1:
+            # One memmove per block: with thousands of streams, batches are small and a ctypes
+            # call per header and per payload cost more than copying the block once more.
+            parts: list[bytes | memoryview] = []
+            for b in block:
+                parts.append(BATCH_HEADER.pack(b.base_offset, b.record_count, len(b.payload)))
+                parts.append(b.payload)
+            self.write(at, b"".join(parts))
+            return
         for b in block:
             self.write(at, BATCH_HEADER.pack(b.base_offset, b.record_count, len(b.payload)))
             at += BATCH_HEADER.size
