@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -44,6 +45,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from automq_cli.cluster import ClusterOptions, start_cluster, stop_cluster
 from benchmarks.report import provenance, write_section
+from engine.devtools.s3server import EmbeddedS3
 
 PARTITIONS = 100
 BEGIN, END = "<!-- lifecycle:begin -->", "<!-- lifecycle:end -->"
@@ -149,7 +151,9 @@ def metrics(url: str) -> dict[str, Any]:
         return data
 
 
-def run_phase(name: str, root: Path, seconds: float, rate: int, size: int, compaction: bool) -> Phase:
+def run_phase(
+    name: str, root: Path, seconds: float, rate: int, size: int, compaction: bool, s3_dir: Path | None = None
+) -> Phase:
     storage = dict(ACCELERATED)
     if not compaction:
         storage.update(compaction_min_ranges=10**9, stream_set_max_age_s=1e12, max_stream_set_objects=10**9)
@@ -158,7 +162,21 @@ def run_phase(name: str, root: Path, seconds: float, rate: int, size: int, compa
     settings.write_text(yaml.safe_dump({"storage": storage}))
     opts = ClusterOptions(dir=str(root / name / "data"), port=0, wal_capacity=256 << 20,
                           upload_interval_s=ACCELERATED["upload_interval_s"], broker_config=str(settings))  # fmt: skip
-    state = start_cluster(opts, home=root / name / "home")
+    s3 = None
+    if s3_dir is not None:
+        # The S3 server's files on another file system: in production S3 is not on the broker's
+        # disk, and here its writeback otherwise stalls the WAL's fdatasync (ext4 journal).
+        s3 = EmbeddedS3(Path(tempfile.mkdtemp(prefix=f"lifecycle-{name}-", dir=s3_dir)))
+        ep = s3.start(timeout=60)
+        opts.s3_endpoint, opts.s3_bucket, opts.access_key, opts.secret_key = (
+            ep.url, ep.bucket, ep.access_key, ep.secret_key)  # fmt: skip
+    try:
+        state = start_cluster(opts, home=root / name / "home")
+    except BaseException:
+        if s3 is not None:
+            s3.stop()
+            shutil.rmtree(s3.directory, ignore_errors=True)
+        raise
     phase = Phase(name)
     try:
         cfg = json.loads(Path(state["brokers"][0]["config"]).read_text())
@@ -185,6 +203,9 @@ def run_phase(name: str, root: Path, seconds: float, rate: int, size: int, compa
                      "get_mib_s": get_bandwidth(client, cfg), **object_bytes(metadata), **m}  # fmt: skip
     finally:
         stop_cluster(state, timeout=30)
+        if s3 is not None:
+            s3.stop()
+            shutil.rmtree(s3.directory, ignore_errors=True)
     return phase
 
 
@@ -260,11 +281,12 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     ap.add_argument("--only-on", action="store_true", help="skip the compaction-off phase (implies --no-write)")
     ap.add_argument("--samples", type=Path, help="write every stored/live sample here (JSON)")
+    ap.add_argument("--s3-dir", type=Path, help="the S3 server's files here (e.g. /dev/shm), not beside the WAL")
     args = ap.parse_args()
     names = ("on",) if args.only_on else ("on", "off")
     with tempfile.TemporaryDirectory(prefix="amq-lifecycle-") as tmp:
-        phases = [run_phase(name, Path(tmp), args.seconds, args.rate, args.size, compaction=name == "on")
-                  for name in names]  # fmt: skip
+        phases = [run_phase(name, Path(tmp), args.seconds, args.rate, args.size, compaction=name == "on",
+                            s3_dir=args.s3_dir) for name in names]  # fmt: skip
     if args.samples is not None:
         args.samples.write_text(json.dumps({p.name: [vars(x) for x in p.samples] for p in phases}, indent=1))
     rows = report(phases if len(phases) == 2 else [*phases, phases[0]])
@@ -345,7 +367,12 @@ def write_report(args: argparse.Namespace, rows: list[str]) -> None:
         "with boto3; live bytes = payload of the ranges at or above each stream's start offset, sampled every 3 s "
         "once retention has started deleting. End figures one grace period and two lifecycle passes after the load "
         "stopped. Compaction is throttled to storage.compaction_bytes_per_s (32 MiB/s); merged stream objects "
-        "hold at most a tenth of retention.ms of data.",
+        "hold at most a tenth of retention.ms of data."
+        + (
+            f" The S3 server's files on {args.s3_dir} (another file system than the WAL's)."
+            if args.s3_dir
+            else " The S3 server's files on the same disk as the WAL."
+        ),
         "",
         *rows,
         "",

@@ -130,6 +130,10 @@ class CompactionStats:
     seconds: float = 0.0
 
 
+#: Stream objects one compaction group PUTs at the same time.
+COMPACTION_PUTS_IN_FLIGHT = 2
+
+
 class _Throttle:
     """At most `rate` bytes per second on average, measured from the first byte."""
 
@@ -211,8 +215,16 @@ class Compactor:
                 lambda: [[b for r in run for b in _batches_in(bodies[r.object_id], r)] for _, run in runs]
             )
             jobs = [(sid, run, bs) for (sid, run), bs in zip(runs, batches, strict=True)]
-            commits = await asyncio.gather(*(self._put(sid, epochs[sid], bs, max(r.data_ms for r in run))
-                                             for sid, run, bs in jobs))  # fmt: skip
+            # A group splits into one object per stream (a hundred, say): PUT all at once, they
+            # reach the S3 server as one burst (and build on the event loop all at once); a few
+            # at a time, the throttle spreads them out.
+            puts = asyncio.Semaphore(COMPACTION_PUTS_IN_FLIGHT)
+
+            async def put(sid: int, run: list[RangeInfo], bs: list[Batch]) -> ObjectCommit:
+                async with puts:
+                    return await self._put(sid, epochs[sid], bs, max(r.data_ms for r in run))
+
+            commits = await asyncio.gather(*(put(sid, run, bs) for sid, run, bs in jobs))
             for (sid, run, _), commit in zip(jobs, commits, strict=True):
                 await self._swap(sid, run, [commit])
             self.stats.seconds += time.monotonic() - started
