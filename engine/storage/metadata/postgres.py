@@ -16,8 +16,9 @@ would have to retry.
 
 Writes run on one thread with one connection, like the SQLite store. Epochs for
 the per-acknowledgement check are re-read on the caller's thread over a second
-connection, only when the `epoch_changes` counter moved (every change of a
-stream's epoch bumps it in the same transaction).
+connection, only when another process moved the `epoch_changes` counter (every
+change of a stream's epoch bumps it in the same transaction; this store knows
+the values its own transactions produced, epochs.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import psycopg.errors
 
 from engine.postgres import PgError, check_schema, connect, describe, redact
 from engine.storage.errors import FencedError, StorageError
+from engine.storage.metadata.epochs import EpochCache
 from engine.storage.metadata.interface import (
     COMMITTED,
     PREPARED,
@@ -52,6 +54,7 @@ T = TypeVar("T")
 Conn = psycopg.Connection[Any]
 #: Reruns of a transaction that lost a deadlock or a serialization check.
 _RETRIES = 8
+_COUNTER = "SELECT n FROM epoch_changes WHERE id = 1"
 
 
 def _now_ms() -> int:
@@ -72,8 +75,12 @@ def _unreference_orphans(c: Conn, object_ids: Iterable[int]) -> None:
             )
 
 
-def _bump_epochs(c: Conn) -> None:
-    c.execute("UPDATE epoch_changes SET n = n + 1 WHERE id = 1")
+def _bump_epochs(c: Conn) -> int:
+    """Count a change of a stream's epoch; the value is this transaction's (the row stays locked
+    until it commits, so values follow commit order)."""
+    row = c.execute("UPDATE epoch_changes SET n = n + 1 WHERE id = 1 RETURNING n").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 class PostgresMetadataStore:
@@ -87,28 +94,46 @@ class PostgresMetadataStore:
             if read_only:
                 self._writer.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
             self._reader = connect(url)
+            self._cache = EpochCache()
+            # Nothing cached yet, so the cache is current at today's value.
+            self._cache.seen = int(self._reader_query(_COUNTER)[0][0])
         except BaseException:
             self._writer.close()
+            if hasattr(self, "_reader"):
+                self._reader.close()
             raise
         self._reader_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata")
-        self._seen_changes = -1
-        self._epochs: dict[int, int] = {}
 
     def __repr__(self) -> str:
         return f"PostgresMetadataStore({redact(self.url)})"
 
-    async def _run(self, fn: Callable[[Conn], T]) -> T:
+    async def _run(self, fn: Callable[[Conn], T], after: Callable[[T], None] | None = None) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._tx, fn)
+        return await loop.run_in_executor(self._pool, self._tx, fn, after)
 
-    def _tx(self, fn: Callable[[Conn], T]) -> T:
+    def _tx(self, fn: Callable[[Conn], T], after: Callable[[T], None] | None = None) -> T:
+        """Run fn in a transaction, again if it lost a deadlock. `after` (for transactions that may
+        change epochs) runs once it committed, under the epoch cache's commit lock taken before
+        COMMIT (epochs.py says why)."""
         for attempt in range(_RETRIES):
             try:
                 if self._writer.closed or self._writer.broken:
                     self._writer = connect(self.url)
-                with self._writer.transaction():
-                    return fn(self._writer)
+                if after is None:
+                    with self._writer.transaction():
+                        return fn(self._writer)
+                locked = False
+                try:
+                    with self._writer.transaction():
+                        result = fn(self._writer)
+                        self._cache.commit_lock.acquire()
+                        locked = True
+                    after(result)
+                    return result
+                finally:
+                    if locked:
+                        self._cache.commit_lock.release()
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise StorageError("metadata transaction kept losing to concurrent ones") from None
@@ -124,29 +149,33 @@ class PostgresMetadataStore:
     # --- streams ---------------------------------------------------------------------------
 
     async def open_stream(self, stream_id: int, epoch: int) -> StreamMeta:
-        def tx(c: Conn) -> StreamMeta:
+        def tx(c: Conn) -> tuple[StreamMeta, list[int]]:
             created = c.execute(
                 "INSERT INTO streams VALUES (%s, %s, 0, 0) ON CONFLICT (stream_id) DO NOTHING RETURNING 1",
                 (stream_id, epoch),
             ).fetchone()
             if created is not None:
-                _bump_epochs(c)
-                return StreamMeta(stream_id, epoch, 0, 0)
+                return StreamMeta(stream_id, epoch, 0, 0), [_bump_epochs(c)]
             row = c.execute(
                 "SELECT epoch, start_offset, end_offset FROM streams WHERE stream_id=%s FOR UPDATE", (stream_id,)
             ).fetchone()
             if row is None:  # deleted between the two statements: as if it never existed
                 c.execute("INSERT INTO streams VALUES (%s, %s, 0, 0)", (stream_id, epoch))
-                row = (epoch, 0, 0)
+                return StreamMeta(stream_id, epoch, 0, 0), [_bump_epochs(c)]
             if epoch < row[0]:
                 raise FencedError(f"stream {stream_id}: epoch {epoch} is older than the current epoch {row[0]}")
+            bumps: list[int] = []
             if epoch != row[0]:
                 c.execute("UPDATE streams SET epoch=%s WHERE stream_id=%s", (epoch, stream_id))
-                _bump_epochs(c)
-            return StreamMeta(stream_id, epoch, row[1], row[2])
+                bumps.append(_bump_epochs(c))
+            return StreamMeta(stream_id, epoch, row[1], row[2]), bumps
 
-        meta = await self._run(tx)
-        self._epochs[stream_id] = meta.epoch
+        def after(result: tuple[StreamMeta, list[int]]) -> None:
+            meta, bumps = result
+            self._cache.epochs[stream_id] = meta.epoch
+            self._cache.record_own(bumps)
+
+        meta, _ = await self._run(tx, after)
         return meta
 
     async def get_stream(self, stream_id: int) -> StreamMeta | None:
@@ -159,20 +188,33 @@ class PostgresMetadataStore:
         return await self._run(tx)
 
     def refresh_epochs(self) -> None:
-        """Re-read cached epochs if any stream's epoch changed since the last look (one round trip
-        when nothing changed). Called by the WAL after each sync, off the event loop."""
+        """Re-read cached epochs if another process changed a stream's epoch since the last look
+        (one round trip otherwise, also after this store's own opens). Called by the WAL after
+        each sync, off the event loop."""
+        cache = self._cache
         with self._reader_lock:
             try:
-                changes = self._reader_query("SELECT n FROM epoch_changes WHERE id = 1")[0][0]
-                if changes == self._seen_changes:
+                n = int(self._reader_query(_COUNTER)[0][0])
+                if cache.covered(n):
                     return
-                ids = list(self._epochs)
-                rows = self._reader_query("SELECT stream_id, epoch FROM streams WHERE stream_id = ANY(%s)", (ids,))
+                with cache.commit_lock:
+                    # An own transaction that had committed when n was read has recorded its
+                    # values by now: what is still unknown was another process's.
+                    if not cache.covered(n):
+                        self._reread_epochs()
             except psycopg.Error as e:
                 # Unknown epochs acknowledge nothing: the WAL fails this sync's appends, clients retry.
                 raise StorageError(f"metadata database: {describe(self.url, e)}") from None
-            self._seen_changes = changes
-            self._epochs = {int(s): int(e) for s, e in rows}
+
+    def _reread_epochs(self) -> None:
+        """Every cached epoch and the counter, in one statement (one snapshot). Holding the reader
+        and commit locks."""
+        rows = self._reader_query(
+            "SELECT e.n, s.stream_id, s.epoch FROM epoch_changes e "
+            "LEFT JOIN streams s ON s.stream_id = ANY(%s) WHERE e.id = 1",
+            (list(self._cache.epochs),),
+        )
+        self._cache.replace({int(s): int(e) for _, s, e in rows if s is not None}, int(rows[0][0]))
 
     def _reader_query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if self._reader.closed or self._reader.broken:
@@ -183,15 +225,17 @@ class PostgresMetadataStore:
         return self._reader.execute(sql, params).fetchall()  # type: ignore[arg-type]
 
     def current_epochs(self, stream_ids: Iterable[int]) -> dict[int, int]:
-        epochs = self._epochs
+        epochs = self._cache.epochs
         out: dict[int, int] = {}
         for s in stream_ids:
             e = epochs.get(s)
             if e is None:
+                # Query and insert under the reader lock, so a refresh cannot swap the dictionary
+                # in between and keep a value read before a change it has already accounted for.
+                # setdefault: an own open that landed meanwhile is newer than this read.
                 with self._reader_lock:
                     rows = self._reader_query("SELECT epoch FROM streams WHERE stream_id=%s", (s,))
-                e = -1 if not rows else int(rows[0][0])
-                self._epochs[s] = e
+                    e = self._cache.epochs.setdefault(s, -1 if not rows else int(rows[0][0]))
             out[s] = e
         return out
 
@@ -263,15 +307,21 @@ class PostgresMetadataStore:
         return await self._run(tx)
 
     async def delete_stream(self, stream_id: int) -> None:
-        def tx(c: Conn) -> None:
+        def tx(c: Conn) -> int:
             # The stream's row goes first: a commit racing this one either finished before (its
             # ranges are deleted below) or finds no stream and is fenced.
             c.execute("DELETE FROM streams WHERE stream_id=%s", (stream_id,))
-            _bump_epochs(c)
+            bump = _bump_epochs(c)
             rows = c.execute("DELETE FROM object_ranges WHERE stream_id=%s RETURNING object_id", (stream_id,))
             _unreference_orphans(c, [oid for (oid,) in rows.fetchall()])
+            return bump
 
-        await self._run(tx)
+        def after(bump: int) -> None:
+            # As a re-read would: gone from the cache, so a lookup finds no stream (-1).
+            self._cache.epochs.pop(stream_id, None)
+            self._cache.record_own([bump])
+
+        await self._run(tx, after)
 
     async def list_streams(self) -> list[StreamMeta]:
         def tx(c: Conn) -> list[StreamMeta]:

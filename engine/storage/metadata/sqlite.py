@@ -1,9 +1,12 @@
 """SQLite implementation of MetadataStore: one file, shared by every process of a local cluster.
 
 Writes run on one thread with synchronous=FULL, so a returned commit is on
-disk. current_epochs() runs on the caller's thread with its own connection
-and re-reads only when `PRAGMA data_version` says another connection wrote,
-which keeps the per-group-commit fencing check at a few microseconds.
+disk. refresh_epochs() runs on the caller's thread with its own connection and
+re-reads epochs only when another process changed one (epochs.py): triggers on
+`streams` bump the `epoch_changes` counter, so every writer of the file bumps
+it, including an older amq that does not know it. `PRAGMA data_version` tells
+first whether anything at all was committed, which keeps the per-group-commit
+check at a few microseconds.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from engine.storage.errors import FencedError, StorageError
+from engine.storage.metadata.epochs import EpochCache
 from engine.storage.metadata.interface import (
     COMMITTED,
     PREPARED,
@@ -70,6 +74,18 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS object_ranges_by_object ON object_ranges (object_id);
+-- Bumped by every change of a stream's epoch (a stream created, raised, deleted), so brokers
+-- re-read epochs only when one moved. Triggers rather than the store's code: every writer of
+-- the file bumps it, also an amq from before the counter, and a store from before it gains
+-- table and triggers on open (IF NOT EXISTS).
+CREATE TABLE IF NOT EXISTS epoch_changes (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+INSERT OR IGNORE INTO epoch_changes VALUES (1, 0);
+CREATE TRIGGER IF NOT EXISTS streams_created AFTER INSERT ON streams
+BEGIN UPDATE epoch_changes SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS streams_epoch_changed AFTER UPDATE OF epoch ON streams WHEN NEW.epoch IS NOT OLD.epoch
+BEGIN UPDATE epoch_changes SET n = n + 1 WHERE id = 1; END;
+CREATE TRIGGER IF NOT EXISTS streams_deleted AFTER DELETE ON streams
+BEGIN UPDATE epoch_changes SET n = n + 1 WHERE id = 1; END;
 """
 
 # Columns added after the first release (the schema above has them); a store written by an
@@ -94,6 +110,11 @@ def _unreference_orphans(c: sqlite3.Connection, object_ids: Iterable[int]) -> No
                 "UPDATE objects SET state=?, unreferenced_ms=? WHERE object_id=? AND state<>?",
                 (UNREFERENCED, now, oid, UNREFERENCED),
             )
+
+
+def _epoch_changes(c: sqlite3.Connection) -> int:
+    value: int = c.execute("SELECT n FROM epoch_changes WHERE id = 1").fetchone()[0]
+    return value
 
 
 def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
@@ -127,7 +148,10 @@ class SqliteMetadataStore:
         self._reader_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata")
         self._seen_version = -1
-        self._epochs: dict[int, int] = {}
+        self._cache = EpochCache()
+        if not read_only:  # (an inspector never refreshes, and an old file has no counter yet)
+            # Nothing cached yet, so the cache is current at today's value.
+            self._cache.seen = _epoch_changes(self._reader)
 
     @staticmethod
     def _add_columns(c: sqlite3.Connection) -> None:
@@ -137,11 +161,13 @@ class SqliteMetadataStore:
                 if column not in have:
                     c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], after: Callable[[T], None] | None = None) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._tx, fn)
+        return await loop.run_in_executor(self._pool, self._tx, fn, after)
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _tx(self, fn: Callable[[sqlite3.Connection], T], after: Callable[[T], None] | None = None) -> T:
+        """Run fn in a write transaction. `after` (for transactions that may change epochs) runs once
+        it committed, under the epoch cache's commit lock taken before COMMIT (epochs.py says why)."""
         conn = self._writer
         conn.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
         try:
@@ -149,26 +175,40 @@ class SqliteMetadataStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+        if after is None:
+            conn.execute("COMMIT")
+            return result
+        with self._cache.commit_lock:
+            conn.execute("COMMIT")
+            after(result)
         return result
 
     # --- streams ---------------------------------------------------------------------------
 
     async def open_stream(self, stream_id: int, epoch: int) -> StreamMeta:
-        def tx(c: sqlite3.Connection) -> StreamMeta:
+        def tx(c: sqlite3.Connection) -> tuple[StreamMeta, range]:
+            # The triggers bump the counter; the values between before and after are ours (this
+            # transaction holds the file's write lock).
+            before = _epoch_changes(c)
             row = c.execute(
                 "SELECT epoch, start_offset, end_offset FROM streams WHERE stream_id=?", (stream_id,)
             ).fetchone()
             if row is None:
                 c.execute("INSERT INTO streams VALUES (?, ?, 0, 0)", (stream_id, epoch))
-                return StreamMeta(stream_id, epoch, 0, 0)
-            if epoch < row[0]:
+                meta = StreamMeta(stream_id, epoch, 0, 0)
+            elif epoch < row[0]:
                 raise FencedError(f"stream {stream_id}: epoch {epoch} is older than the current epoch {row[0]}")
-            c.execute("UPDATE streams SET epoch=? WHERE stream_id=?", (epoch, stream_id))
-            return StreamMeta(stream_id, epoch, row[1], row[2])
+            else:
+                c.execute("UPDATE streams SET epoch=? WHERE stream_id=?", (epoch, stream_id))
+                meta = StreamMeta(stream_id, epoch, row[1], row[2])
+            return meta, range(before + 1, _epoch_changes(c) + 1)
 
-        meta = await self._run(tx)
-        self._epochs[stream_id] = meta.epoch
+        def after(result: tuple[StreamMeta, range]) -> None:
+            meta, bumps = result
+            self._cache.epochs[stream_id] = meta.epoch
+            self._cache.record_own(bumps)
+
+        meta, _ = await self._run(tx, after)
         return meta
 
     async def get_stream(self, stream_id: int) -> StreamMeta | None:
@@ -181,37 +221,57 @@ class SqliteMetadataStore:
         return await self._run(tx)
 
     def refresh_epochs(self) -> None:
-        """Re-read cached epochs if another connection wrote since the last look.
+        """Bring cached epochs up to date: a full re-read only when another process changed one.
 
         Called by the WAL after each fsync, off the event loop, so that current_epochs()
         (on the loop, for every acknowledgement) is a dictionary lookup. `PRAGMA data_version`
-        changes only when another connection committed, so most calls cost microseconds.
+        moves whenever any other connection committed, this store's writer included (uploads,
+        opens); the `epoch_changes` counter then tells whether an epoch moved, and whether only
+        this store moved it (epochs.py).
         """
+        cache = self._cache
         with self._reader_lock:
             version = self._reader.execute("PRAGMA data_version").fetchone()[0]
             if version == self._seen_version:
                 return
+            n = _epoch_changes(self._reader)
+            if not cache.covered(n):
+                with cache.commit_lock:
+                    # An own transaction that had committed when n was read has recorded its
+                    # values by now: what is still unknown was another process's.
+                    if not cache.covered(n):
+                        self._reread_epochs()
             self._seen_version = version
-            ids = list(self._epochs)
-            fresh: dict[int, int] = {}
+
+    def _reread_epochs(self) -> None:
+        """Every cached epoch and the counter, in one read snapshot. Holding the reader and commit locks."""
+        ids = list(self._cache.epochs)
+        fresh: dict[int, int] = {}
+        self._reader.execute("BEGIN")
+        try:
+            n = _epoch_changes(self._reader)
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
                 rows = self._reader.execute(
                     f"SELECT stream_id, epoch FROM streams WHERE stream_id IN ({','.join('?' * len(chunk))})", chunk
                 ).fetchall()
                 fresh.update(rows)
-            self._epochs = fresh
+        finally:
+            self._reader.execute("COMMIT")
+        self._cache.replace(fresh, n)
 
     def current_epochs(self, stream_ids: Iterable[int]) -> dict[int, int]:
-        epochs = self._epochs
+        epochs = self._cache.epochs
         out: dict[int, int] = {}
         for s in stream_ids:
             e = epochs.get(s)
             if e is None:
+                # Query and insert under the reader lock, so a refresh cannot swap the dictionary
+                # in between and keep a value read before a change it has already accounted for.
+                # setdefault: an own open that landed meanwhile is newer than this read.
                 with self._reader_lock:
                     row = self._reader.execute("SELECT epoch FROM streams WHERE stream_id=?", (s,)).fetchone()
-                e = -1 if row is None else int(row[0])
-                self._epochs[s] = e
+                    e = self._cache.epochs.setdefault(s, -1 if row is None else int(row[0]))
             out[s] = e
         return out
 
@@ -280,14 +340,21 @@ class SqliteMetadataStore:
         return await self._run(tx)
 
     async def delete_stream(self, stream_id: int) -> None:
-        def tx(c: sqlite3.Connection) -> None:
+        def tx(c: sqlite3.Connection) -> range:
+            before = _epoch_changes(c)
             rows = c.execute("SELECT object_id FROM object_ranges WHERE stream_id=?", (stream_id,))
             objects = [oid for (oid,) in rows]
             c.execute("DELETE FROM object_ranges WHERE stream_id=?", (stream_id,))
             c.execute("DELETE FROM streams WHERE stream_id=?", (stream_id,))
             _unreference_orphans(c, objects)
+            return range(before + 1, _epoch_changes(c) + 1)
 
-        await self._run(tx)
+        def after(bumps: range) -> None:
+            # As a re-read would: gone from the cache, so a lookup finds no stream (-1).
+            self._cache.epochs.pop(stream_id, None)
+            self._cache.record_own(bumps)
+
+        await self._run(tx, after)
 
     async def list_streams(self) -> list[StreamMeta]:
         def tx(c: sqlite3.Connection) -> list[StreamMeta]:
