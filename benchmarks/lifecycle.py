@@ -347,6 +347,15 @@ def report(phases: list[Phase]) -> list[str]:
         f"{p.end['s3_delete_requests']:,}")  # fmt: skip
     for q in (0.5, 0.99, 0.999):
         row(f"publish p{q * 100:g} (ms)", lambda p, q=q: f"{pct(p.latencies, q) * 1000:.1f}")
+
+    def hist(p: Phase, key: str) -> str:
+        h = p.end.get("latency", {}).get(key)
+        return "-" if not h or not h.get("count") else f"{h['p99_ms']:.1f} / {h['max_ms']:.0f}"
+
+    # The broker's own histograms (docs/perf.md), over the whole phase: where a publish tail comes from.
+    for key, label in (("produce_durable", "produce: append to durable"), ("wal_sync", "WAL group sync"),
+                       ("loop_lag", "event-loop lag")):  # fmt: skip
+        row(f"broker {label} p99 / max (ms)", lambda p, key=key: hist(p, key))
     p99_on, p99_off = pct(on.latencies, 0.99), pct(off.latencies, 0.99)
     rows.append("")
     rows.append(f"Publish p99 with compaction on is {(p99_on / p99_off - 1) * 100:+.0f} % against off (goal: < +25 %).")
