@@ -63,9 +63,18 @@ def _tune_malloc() -> None:
         libc.mallopt(m_arena_max, 2)
 
 
+#: How long a thread may keep the GIL while another waits for it (Python's default: 5 ms). The
+#: event loop acknowledges appends and gives the GIL up at every syscall; the WAL writer, uploads,
+#: compaction and the metadata store run in threads, and each time one of them held the GIL the
+#: loop waited up to a whole interval to get it back. Measured (benchmarks/lifecycle.py, compaction
+#: on): event-loop lag p99 46 -> 19 ms, publish p99 424 -> 327 ms; produce throughput unchanged.
+GIL_SWITCH_INTERVAL_S = 0.001
+
+
 def serve(config: BrokerConfig, on_ready: Callable[[Broker], None] | None = None) -> None:
     """Run one broker in this process until SIGTERM or SIGINT, then upload what its WAL holds."""
     _tune_malloc()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         import uvloop
 

@@ -36,7 +36,7 @@ from engine.storage.config import StorageConfig
 from engine.storage.crash import crash_point
 from engine.storage.errors import OffsetOutOfRange, StorageError
 from engine.storage.metadata.interface import COMMITTED, MetadataStore, ObjectCommit, ObjectRecord, RangeInfo
-from engine.storage.objects.format import Batch, parse_block, parse_footer, parse_index
+from engine.storage.objects.format import Batch, IndexEntry, parse_block, parse_footer, parse_index
 from engine.storage.objects.reader import ObjectReader
 from engine.storage.objects.store import NoSuchKey, ObjectStore
 from engine.storage.uploader import UploadStats, put_object
@@ -210,10 +210,17 @@ class Compactor:
             crash_point("compact.before_upload")
             # A stream not in `epochs` was deleted meanwhile: its ranges went with it.
             runs = [(sid, run) for sid, rs in by_stream.items() if sid in epochs for run in contiguous_runs(rs)]
-            # Parsing a whole group is CPU work: off the event loop, which acknowledges appends.
-            batches = await asyncio.to_thread(
-                lambda: [[b for r in run for b in _batches_in(bodies[r.object_id], r)] for _, run in runs]
-            )
+            # Parsing a group is CPU work. It runs on the event loop, one range at a time: in a
+            # thread it held the GIL for whole switch intervals, and the loop, which gives the
+            # GIL up at every syscall, waited that long to get it back each time.
+            indexes = {oid: _index_of(body) for oid, body in bodies.items()}
+            batches: list[list[Batch]] = []
+            for _, run in runs:
+                got: list[Batch] = []
+                for r in run:
+                    got.extend(_batches_in(bodies[r.object_id], indexes[r.object_id], r))
+                    await asyncio.sleep(0)
+                batches.append(got)
             jobs = [(sid, run, bs) for (sid, run), bs in zip(runs, batches, strict=True)]
             # A group splits into one object per stream (a hundred, say): PUT all at once, they
             # reach the S3 server as one burst (and build on the event loop all at once); a few
@@ -371,11 +378,16 @@ class RecordFilter(Protocol):
         ...
 
 
-def _batches_in(body: bytes, r: RangeInfo) -> list[Batch]:
-    """The batches of range `r` in a whole object's bytes."""
+def _index_of(body: bytes) -> list[IndexEntry]:
+    """A whole object's index, parsed once for all the ranges taken out of it."""
     index_pos, index_size = parse_footer(body)
+    return parse_index(memoryview(body)[index_pos : index_pos + index_size])
+
+
+def _batches_in(body: bytes, index: list[IndexEntry], r: RangeInfo) -> list[Batch]:
+    """The batches of range `r` in a whole object's bytes (`index`: the object's, _index_of)."""
     out: list[Batch] = []
-    for e in parse_index(memoryview(body)[index_pos : index_pos + index_size]):
+    for e in index:
         if e.stream_id == r.stream_id and e.end_offset > r.start_offset and e.start_offset < r.end_offset:
             out.extend(b for b in parse_block(memoryview(body)[e.position : e.position + e.size])
                        if b.base_offset >= r.start_offset and b.end_offset <= r.end_offset)  # fmt: skip
