@@ -3,6 +3,7 @@ a fresh key prefix and database per test."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 import uuid
@@ -13,6 +14,8 @@ import pytest
 
 from engine.devtools.pgserver import PostgresServer
 from engine.devtools.s3server import EmbeddedS3
+from engine.storage.metadata import open_metadata_store
+from engine.storage.metadata.interface import MetadataStore
 from engine.storage.objects.store import ObjectStoreConfig
 
 
@@ -81,3 +84,12 @@ def metadata_spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path / "metadata.db")
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+@pytest.fixture
+def two(metadata_spec: str) -> Iterator[tuple[MetadataStore, MetadataStore]]:
+    """Two owners' stores (two brokers' processes) on the same metadata: `a` ours, `b` another's."""
+    a, b = open_metadata_store(metadata_spec), open_metadata_store(metadata_spec)
+    yield a, b
+    asyncio.run(a.close())
+    asyncio.run(b.close())

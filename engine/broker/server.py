@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from engine.broker.context import RequestContext
@@ -181,21 +180,11 @@ class KafkaServer:
             if begin is not None:
                 began = now()
                 rest = await begin(ctx, request.body)
-                if isinstance(rest, asyncio.Future):
-                    answer = self._answer_when(rest, request, conn)
-                else:
-                    answer = asyncio.ensure_future(self._finish(rest, request, conn))
+                # Produce's rest is a future already; only a relayed produce needs a task.
+                answer = self._answer_when(asyncio.ensure_future(rest), request, conn)
                 broker.latency.produce_begun(decode_s, began, answer)
                 return answer
             return self._encode(request, await handle(ctx, request.body))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            return self._failed(request, conn)
-
-    async def _finish(self, rest: Awaitable[Any], request: Request, conn: Connection) -> Answer:
-        try:
-            return self._encode(request, await rest)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -210,12 +199,13 @@ class KafkaServer:
                 answer.cancel()
                 return
             exc = f.exception()
-            try:
-                if exc is not None:
-                    raise exc
-                answer.set_result(self._encode(request, f.result()))
-            except Exception:
-                answer.set_result(self._failed(request, conn))
+            if exc is None:
+                try:
+                    answer.set_result(self._encode(request, f.result()))
+                    return
+                except Exception as e:
+                    exc = e
+            answer.set_result(self._failed(request, conn, exc))
 
         rest.add_done_callback(done)
         return answer
@@ -225,12 +215,13 @@ class KafkaServer:
             return None  # acks=0: Kafka sends no answer at all
         return encode_response(request.header, response)
 
-    def _failed(self, request: Request, conn: Connection) -> _Close:
+    def _failed(self, request: Request, conn: Connection, exc: BaseException | None = None) -> _Close:
+        """Log the handler's exception (`exc`, or the one being handled) and close the connection."""
         self.broker.counters["requests_failed"] += 1
         h = request.header
-        log.exception(
+        log.error(
             "%s: %s v%d (correlation id %d) failed; closing the connection",
-            conn.peer, ApiKey(request.api_key).name, h.api_version, h.correlation_id,
+            conn.peer, ApiKey(request.api_key).name, h.api_version, h.correlation_id, exc_info=exc or True,
         )  # fmt: skip
         return CLOSE
 

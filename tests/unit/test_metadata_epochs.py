@@ -13,13 +13,11 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine.storage.metadata import open_metadata_store
 from engine.storage.metadata.interface import ObjectCommit, StreamRange
 from engine.storage.metadata.sqlite import SqliteMetadataStore
 from engine.storage.objects.format import object_key
@@ -27,15 +25,6 @@ from engine.storage.objects.format import object_key
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-@pytest.fixture
-def two(metadata_spec: str) -> Iterator[tuple[Any, Any]]:
-    """Two brokers' stores on the same metadata: `a` is ours, `b` another process's."""
-    a, b = open_metadata_store(metadata_spec), open_metadata_store(metadata_spec)
-    yield a, b
-    run(a.close())
-    run(b.close())
 
 
 def count_rereads(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -21,7 +21,6 @@ import pytest
 from engine.devtools.pgserver import PostgresServer
 from engine.postgres import SCHEMA_VERSION, PgError, check_schema, connect, migrate
 from engine.storage.errors import FencedError
-from engine.storage.metadata import open_metadata_store
 from engine.storage.metadata.interface import MetadataStore, ObjectCommit, StreamRange
 from engine.storage.metadata.postgres import PostgresMetadataStore
 from engine.storage.objects.format import object_key
@@ -29,15 +28,6 @@ from engine.storage.objects.format import object_key
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-@pytest.fixture
-def two(metadata_spec: str) -> Iterator[tuple[MetadataStore, MetadataStore]]:
-    """Two owners (two processes' stores) on the same metadata."""
-    a, b = open_metadata_store(metadata_spec), open_metadata_store(metadata_spec)
-    yield a, b
-    run(a.close())
-    run(b.close())
 
 
 def one_range(store: MetadataStore, epoch: int, start: int, end: int) -> ObjectCommit:
