@@ -21,6 +21,7 @@ throughput next to the S3 GET bandwidth measured in the same run, and publish la
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import shutil
@@ -162,23 +163,19 @@ def run_phase(
     settings.write_text(yaml.safe_dump({"storage": storage}))
     opts = ClusterOptions(dir=str(root / name / "data"), port=0, wal_capacity=256 << 20,
                           upload_interval_s=ACCELERATED["upload_interval_s"], broker_config=str(settings))  # fmt: skip
-    s3 = None
-    if s3_dir is not None:
-        # The S3 server's files on another file system: in production S3 is not on the broker's
-        # disk, and here its writeback otherwise stalls the WAL's fdatasync (ext4 journal).
-        s3 = EmbeddedS3(Path(tempfile.mkdtemp(prefix=f"lifecycle-{name}-", dir=s3_dir)))
-        ep = s3.start(timeout=60)
-        opts.s3_endpoint, opts.s3_bucket, opts.access_key, opts.secret_key = (
-            ep.url, ep.bucket, ep.access_key, ep.secret_key)  # fmt: skip
-    try:
+    with contextlib.ExitStack() as cleanup:
+        if s3_dir is not None:
+            # The S3 server's files on another file system: in production S3 is not on the broker's
+            # disk, and here its writeback otherwise stalls the WAL's fdatasync (ext4 journal).
+            s3 = EmbeddedS3(Path(tempfile.mkdtemp(prefix=f"lifecycle-{name}-", dir=s3_dir)))
+            cleanup.callback(shutil.rmtree, s3.directory, ignore_errors=True)
+            cleanup.callback(s3.stop)
+            ep = s3.start(timeout=60)
+            opts.s3_endpoint, opts.s3_bucket, opts.access_key, opts.secret_key = (
+                ep.url, ep.bucket, ep.access_key, ep.secret_key)  # fmt: skip
         state = start_cluster(opts, home=root / name / "home")
-    except BaseException:
-        if s3 is not None:
-            s3.stop()
-            shutil.rmtree(s3.directory, ignore_errors=True)
-        raise
-    phase = Phase(name)
-    try:
+        cleanup.callback(stop_cluster, state, timeout=30)
+        phase = Phase(name)
         cfg = json.loads(Path(state["brokers"][0]["config"]).read_text())
         client = s3_client(cfg)
         metadata = Path(cfg["storage_metadata_path"])
@@ -201,11 +198,6 @@ def run_phase(
         m = metrics(state["metrics"][0])
         phase.end = {"objects": objects, "stored": stored, "live": live_bytes, "most": most,
                      "get_mib_s": get_bandwidth(client, cfg), **object_bytes(metadata), **m}  # fmt: skip
-    finally:
-        stop_cluster(state, timeout=30)
-        if s3 is not None:
-            s3.stop()
-            shutil.rmtree(s3.directory, ignore_errors=True)
     return phase
 
 
