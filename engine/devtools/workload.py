@@ -196,7 +196,7 @@ def read_records(
                   **(config or {})})  # fmt: skip
     out: dict[int, list[Record]] = {}
     try:
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(partitions)}
+        ends = {p: _end_offset(c, topic, p, deadline=time.monotonic() + 60) for p in range(partitions)}
         c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         deadline = time.monotonic() + timeout
         while sum(len(v) for v in out.values()) < sum(ends.values()) and time.monotonic() < deadline:
@@ -207,6 +207,31 @@ def read_records(
     finally:
         c.close()
     return out
+
+
+def _end_offset(c: Consumer, topic: str, partition: int, deadline: float) -> int:
+    """The partition's end offset, asked again while the answer is retriable: right after a fault
+    leadership may still be moving, and librdkafka's watermark query does not retry by itself."""
+    while True:
+        try:
+            return int(c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1])
+        except KafkaException as e:
+            err = e.args[0] if e.args else None
+            retriable = isinstance(err, KafkaError) and (err.retriable() or err.code() in _MOVING)
+            if not retriable or time.monotonic() >= deadline:
+                raise ReadBackError(f"end offset of {topic}[{partition}]: {e}") from e
+            time.sleep(0.5)
+
+
+#: Answers that mean "ask again shortly": leadership is moving or a broker is starting.
+_MOVING = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._TRANSPORT,
+)
 
 
 def read_back(bootstrap: str, topic: str) -> dict[int, list[tuple[int, int]]]:
