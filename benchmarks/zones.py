@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -43,6 +44,8 @@ from benchmarks.report import machine, write_section
 BEGIN, END = "<!-- zones:begin -->", "<!-- zones:end -->"
 ZONES = ["az1", "az2", "az3"]
 RECORD = 1024
+PHASES = ("produce_total", "produce_durable", "relay_write", "relay_leader", "relay_read", "relay_durable",
+          "relay_sync", "wal_sync", "loop_lag")  # fmt: skip
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -105,6 +108,12 @@ def consume(bootstrap: str, topic: str, zone: str, leader_zone: dict[int, str], 
     c.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def metrics(urls: list[str]) -> list[dict[str, Any]]:
     return [json.loads(urllib.request.urlopen(u, timeout=5).read()) for u in urls]
 
@@ -124,6 +133,8 @@ def trial(router: bool, wal: str, rate: int, seconds: float, latency_ms: int) ->
             admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
             parts = admin.list_topics(topic, timeout=10).topics[topic].partitions
             leader_zone = {p: zone_of[parts[p].leader] for p in parts}
+            pids = [int(b["pid"]) for b in state["brokers"]]
+            cpu_before = [cpu_seconds(p) for p in pids]
             before = metrics(state["metrics"])
             run, lock, stop = Run(), threading.Lock(), threading.Event()
             consumers = [threading.Thread(target=consume, args=(bootstrap, topic, z, leader_zone, stop, run, lock))
@@ -143,6 +154,7 @@ def trial(router: bool, wal: str, rate: int, seconds: float, latency_ms: int) ->
             for t in consumers:
                 t.join()
             after = metrics(state["metrics"])
+            cpu = sum(cpu_seconds(p) for p in pids) - sum(cpu_before)
             rows: dict[tuple[str, str, str], int] = {}
             for m_before, m_after in zip(before, after, strict=True):
                 old = {(r["src"], r["dst"], r["kind"]): r["bytes"] for r in m_before.get("zone_traffic", [])}
@@ -163,6 +175,11 @@ def trial(router: bool, wal: str, rate: int, seconds: float, latency_ms: int) ->
                 "data_bytes": data, "cross_zone_pct": 100 * cross / data if data else 0.0,
                 "pointer_bytes_cross_zone": pointers, "wal_tier_per_byte": wal_tier / max(delta("produce_bytes"), 1),
                 "router_bytes": router_bytes,
+                "broker_cpu_s": round(cpu, 2),
+                "requests": {k: delta(k) for k in ("requests_total", "router_requests", "produce_requests")},
+                # Broker-side phases (whole run, each broker): where a relayed produce's time goes.
+                "phases": {k: [[round(m["latency"][k][q] or 0, 2) for q in ("p50_ms", "p99_ms")] for m in after]
+                           for k in PHASES if k in after[0].get("latency", {})},
                 **{f"publish_{w}_{q}": 1000 * pct(run.publish[w], v) for w in ("same", "other")
                    for q, v in (("p50", 0.5), ("p99", 0.99))},
                 **{f"e2e_{w}_{q}": 1000 * pct(run.e2e[w], v) for w in ("same", "other")

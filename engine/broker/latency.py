@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 PRODUCE_PHASES = ("decode", "append", "durable", "total")
 FETCH_PHASES = ("read", "wait", "total")
+#: A relayed produce (zone router, docs/zones.md): at the proxy, its relay write and the AppendRefs
+#: round trip to the leader; at the leader, waiting for the batch's bytes from shared storage and
+#: for its REF record to be durable.
+RELAY_PHASES = ("write", "leader", "read", "durable")
 S3_OPS = ("put", "get", "list", "delete")
 #: How often the loop-lag probe wakes. Each wake-up of an idle broker costs ~0.1 ms of CPU here
 #: (mostly the wake-up itself), so 10 a second stay near 0.1 % of a core; 600 samples a minute
@@ -42,6 +46,7 @@ class BrokerLatency:
     def __init__(self) -> None:
         self.produce = {p: Histogram() for p in PRODUCE_PHASES}
         self.fetch = {p: Histogram() for p in FETCH_PHASES}
+        self.relay = {p: Histogram() for p in RELAY_PHASES}
         self.loop_lag = Histogram()
 
     def produce_begun(self, decode_s: float, began: float, answer: asyncio.Future[Any]) -> None:
@@ -92,8 +97,12 @@ _HELP = {
     "amq_produce_latency_seconds": "Produce requests by phase: decode, append (to the WAL), durable (WAL wait), "
     "total (frame read to answer written).",
     "amq_fetch_latency_seconds": "Fetch requests by phase: read (assembling data), wait (long poll), total.",
+    "amq_relay_latency_seconds": "Relayed produce (zone router) by phase: write (relay object durable, at the "
+    "proxy), leader (AppendRefs round trip, at the proxy), read (batch bytes from shared storage, at the leader), "
+    "durable (REF record durable, at the leader).",
     "amq_loop_lag_seconds": f"How late the event loop ran a {int(LOOP_LAG_INTERVAL_S * 1000)} ms timer.",
     "amq_wal_sync_seconds": "Time for a WAL group to become durable: fdatasync (file, nfs) or the PUT (s3).",
+    "amq_relay_sync_seconds": "Time for a relay group commit's fdatasync (zone router, nfs WAL).",
     "amq_wal_group_bytes": "Bytes per WAL group made durable.",
     "amq_s3_request_seconds": "Successful object store calls by operation (a multipart upload is one put).",
 }
@@ -106,11 +115,17 @@ def series(broker: Broker) -> list[Series]:
            for p in PRODUCE_PHASES]  # fmt: skip
     out += [Series(f"fetch_{p}", "amq_fetch_latency_seconds", (("phase", p),), lat.fetch[p].snapshot())
             for p in FETCH_PHASES]  # fmt: skip
+    relay = broker.router.relay  # None unless this broker can relay (zone router, nfs or s3 WAL)
+    if relay is not None:
+        out += [Series(f"relay_{p}", "amq_relay_latency_seconds", (("phase", p),), lat.relay[p].snapshot())
+                for p in RELAY_PHASES]  # fmt: skip
     out.append(Series("loop_lag", "amq_loop_lag_seconds", (), lat.loop_lag.snapshot()))
     storage = broker.storage
     if storage is not None:
         wal = storage.wal.stats
         out.append(Series("wal_sync", "amq_wal_sync_seconds", (), wal.sync_seconds.snapshot()))
+        if relay is not None:
+            out.append(Series("relay_sync", "amq_relay_sync_seconds", (), relay.sync_seconds.snapshot()))
         out.append(Series("wal_group_bytes", "amq_wal_group_bytes", (), wal.group_bytes.snapshot(), seconds=False))
         s3 = storage.store.stats.latency
         out += [Series(f"s3_{op}", "amq_s3_request_seconds", (("op", op),), s3[op].snapshot()) for op in S3_OPS]

@@ -46,6 +46,7 @@ from engine.storage.relay import (
     RelayRef,
     RelayUnavailable,
 )
+from engine.util.histogram import now
 
 if TYPE_CHECKING:
     from engine.broker.broker import Broker
@@ -313,6 +314,8 @@ class Router:
         self._tail_cache: OrderedDict[tuple[int, int], Batch] = OrderedDict()
         self._tail_cache_bytes = 0
         self._ends: dict[tuple[str, int], TailResult] = {}  # the last Tail answer per partition
+        # Long polls in flight by (topic, partition, offset, leader epoch): see poll().
+        self._polls: dict[tuple[str, int, int, int], asyncio.Future[TailResult]] = {}
         self.horizon_ms = -1
         self._tasks: set[asyncio.Task[None]] = set()
         #: The last AppendRefs step of each connection (by its answer callable), to append in order.
@@ -390,6 +393,8 @@ class Router:
         """
         assert self.relay is not None
         loop = asyncio.get_running_loop()
+        began = now()
+        lat = self.broker.latency.relay
         written = self.relay.write([bytes(r) for _, _, _, r in items])
         self.broker.counters["relayed_batches"] += len(items)
         self.broker.counters["relayed_bytes"] += sum(len(r) for *_, r in items)
@@ -397,6 +402,7 @@ class Router:
 
         def sent(refs_fut: asyncio.Future[list[RelayRef]]) -> None:
             # Runs in the order the relay writes finished, which is the order of the requests.
+            lat["write"].observe(now() - began)
             if refs_fut.exception() is not None:
                 failed = RefResult(int(ErrorCode.KAFKA_STORAGE_ERROR), f"relay write failed: {refs_fut.exception()}")
                 out.set_result([failed] * len(items))
@@ -415,6 +421,9 @@ class Router:
                 leader = next(x for x in self._routing_brokers() if x.id == lid)
                 req = AppendRefs([AppendRef(items[i][0], items[i][1], items[i][2], refs[i]) for i in idxs], timeout_ms)
                 answers[lid] = self._client(leader).send(APPEND_REFS, _ENC.encode(req))
+            sent_at = now()
+            for answer in answers.values():
+                answer.add_done_callback(lambda _f: lat["leader"].observe(now() - sent_at))
             self._spawn(self._collect(by_leader, answers, results, out, timeout_ms / 1000 + 5))
 
         written.add_done_callback(sent)
@@ -470,6 +479,7 @@ class Router:
         now_ms = int(time.time() * 1000)
         reads: list[asyncio.Future[bytes] | None] = []
         created: list[int] = []
+        started, read_lat = now(), self.broker.latency.relay["read"]
         for item in req.items:
             ms = item.ref.created_ms
             if storage is None or now_ms - ms > ACCEPT_WINDOW_MS:
@@ -478,7 +488,9 @@ class Router:
             # Counted in the relay floor from now on: the relay object must outlive this append.
             self._inflight[ms] = self._inflight.get(ms, 0) + 1
             created.append(ms)
-            reads.append(asyncio.ensure_future(storage.shared.read_ref(item.ref)))
+            read = asyncio.ensure_future(storage.shared.read_ref(item.ref))
+            read.add_done_callback(lambda _f, t=started: read_lat.observe(now() - t))
+            reads.append(read)
         return reads, created, now_ms
 
     async def _append_refs(
@@ -541,8 +553,10 @@ class Router:
             # asyncio.wait neither cancels nor wraps them: no extra hop per batch.
             futures = [r.done for _, r in pending]
             waiting = [f for f in futures if not f.done()]
+            appended = now()
             if waiting:
                 await asyncio.wait(waiting, timeout=max(timeout_ms, 1) / 1000)
+            self.broker.latency.relay["durable"].observe(now() - appended)
             done = {f for f in futures if f.done()}
             for (i, _), fut in zip(pending, futures, strict=True):
                 res = results[i]
@@ -651,6 +665,48 @@ class Router:
             if not res.error_code:
                 self._ends[(item.topic, item.partition)] = res
         return results
+
+    def poll(self, leader: BrokerRecord, items: list[TailItem], max_wait_ms: int) -> list[asyncio.Future[TailResult]]:
+        """Long polls at `leader`, one future per item, shared by every fetch that waits at the same
+        (partition, offset, leader epoch): a consumer's next fetch finds the poll its last fetch
+        left behind (a fetch returns as soon as any of its partitions has data) instead of adding
+        another that the leader would answer too."""
+        loop = asyncio.get_running_loop()
+        out: list[asyncio.Future[TailResult]] = []
+        new: list[tuple[TailItem, asyncio.Future[TailResult]]] = []
+        for item in items:
+            key = (item.topic, item.partition, item.offset, item.leader_epoch)
+            fut = self._polls.get(key)
+            if fut is None or fut.done():
+                fut = loop.create_future()
+                fut.add_done_callback(_retrieved)
+                self._polls[key] = fut
+                new.append((item, fut))
+            out.append(fut)
+        if new:
+            self._spawn(self._poll(leader, new, max_wait_ms))
+        return out
+
+    async def _poll(
+        self, leader: BrokerRecord, new: list[tuple[TailItem, asyncio.Future[TailResult]]], max_wait_ms: int
+    ) -> None:
+        results: list[TailResult] | None = None
+        failed: BaseException = ConnectionError("the long poll ended without an answer")
+        try:
+            results = await self.tail(leader, [item for item, _ in new], max_wait_ms)
+        except (ConnectionError, msgspec.DecodeError) as e:
+            failed = e
+        finally:
+            for n, (item, fut) in enumerate(new):
+                key = (item.topic, item.partition, item.offset, item.leader_epoch)
+                if self._polls.get(key) is fut:
+                    del self._polls[key]
+                if fut.done():
+                    continue
+                if results is not None and n < len(results):
+                    fut.set_result(results[n])
+                else:
+                    fut.set_exception(failed)
 
     def caught_up(self, topic: str, partition: int, offset: int) -> TailResult | None:
         """The last answer for a partition whose end a consumer has reached: it need not be asked
@@ -821,6 +877,12 @@ class Router:
             log.exception("a router request failed")
             return
         send(frame([_CORR.pack(corr), _ENC.encode(result)]))
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    # A poll nobody waits for any more may fail (its leader died): not worth a log line.
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

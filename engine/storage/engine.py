@@ -116,6 +116,7 @@ class StorageEngine:
         await self.wal.close()
         await self.reader.close()
         await self.compactor.close()
+        self.shared.close()
 
     # --- streams ---------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +40,7 @@ import msgspec
 
 from engine.storage.objects.store import ObjectStore, ObjectStoreError
 from engine.storage.wal.base import decode_frame
+from engine.util.histogram import Histogram
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,7 +51,10 @@ ACCEPT_WINDOW_MS = 15_000
 DELETE_MARGIN_MS = 5_000
 _MAX_GROUP_BYTES = 16 << 20
 _INLINE_READ_MAX = 1 << 20
-_INLINE_READ_S = 0.0002
+_INLINE_READ_S = 0.002
+#: Files a SharedReader keeps open, and for how long one may stay open unused.
+_OPEN_FILES = 32
+_OPEN_IDLE_S = 10.0
 #: Largest read a reference may ask for (a produce request's batches for one partition).
 MAX_RELAY_READ = 128 << 20
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.=-]*"
@@ -142,6 +147,9 @@ class SharedReader:
         self.reads = 0
         self._read_s = 0.0  # moving average of inline read times
         self._slow_reads = 0
+        # Open files by path, least recently used first: an open per read cost more than the read
+        # (and, under other processes' fsyncs, often pushed reads into threads).
+        self._fds: OrderedDict[Path, tuple[int, float]] = OrderedDict()
 
     async def read_ref(self, ref: RelayRef) -> bytes:
         if not _RELAY_KEY.fullmatch(ref.key) or ref.offset < 0 or not 0 < ref.length <= MAX_RELAY_READ:
@@ -167,7 +175,7 @@ class SharedReader:
         others, or all while reads are slow (a remote NFS), in a thread."""
         if length <= _INLINE_READ_MAX and self._slow_reads <= 0:
             start = time.perf_counter()
-            body = _pread(path, offset, length)
+            body = self._pread_cached(path, offset, length)
             took = time.perf_counter() - start
             self._read_s = 0.9 * self._read_s + 0.1 * took
             if self._read_s > _INLINE_READ_S:
@@ -175,6 +183,39 @@ class SharedReader:
             return body
         self._slow_reads -= 1
         return await asyncio.to_thread(_pread, path, offset, length)
+
+    def _pread_cached(self, path: Path, offset: int, length: int) -> bytes:
+        now_s = time.monotonic()
+        fd = self._fd_for(path, now_s)
+        if os.fstat(fd).st_nlink == 0:
+            # Deleted (or replaced by a new file of the same name) since it was opened: what is
+            # there now is the truth, and FileNotFoundError if nothing is.
+            self._drop_fd(path)
+            fd = self._fd_for(path, now_s)
+        return os.pread(fd, length, offset)
+
+    def _fd_for(self, path: Path, now_s: float) -> int:
+        got = self._fds.get(path)
+        if got is not None:
+            self._fds[path] = (got[0], now_s)
+            self._fds.move_to_end(path)
+            return got[0]
+        fd = os.open(path, os.O_RDONLY)
+        self._fds[path] = (fd, now_s)
+        # Keep few, and none idle for long: a deleted relay object's space is freed only on close.
+        while len(self._fds) > _OPEN_FILES or next(iter(self._fds.values()))[1] < now_s - _OPEN_IDLE_S:
+            self._drop_fd(next(iter(self._fds)))
+        return fd
+
+    def _drop_fd(self, path: Path) -> None:
+        got = self._fds.pop(path, None)
+        if got is not None:
+            with contextlib.suppress(OSError):
+                os.close(got[0])
+
+    def close(self) -> None:
+        while self._fds:
+            self._drop_fd(next(iter(self._fds)))
 
     async def _read(self, key: str, offset: int, length: int) -> bytes:
         self.reads += 1
@@ -215,8 +256,14 @@ class RelayLog:
         self._seq = itertools.count()
         self._written: list[tuple[int, str]] = []  # (created ms, key) of objects not yet deleted
         self._segment: tuple[str, int, int] | None = None  # nfs: (key, fd, size) of the open segment
+        # nfs: the next segment, created ahead in a thread of its own: creating one (allocate, fsync
+        # the file and its directory) took up to 15 ms here, and every write queued behind it.
+        self._spare: tuple[str, asyncio.Future[int]] | None = None
         self._writer: ThreadPoolExecutor | None = None
+        self._spare_maker: ThreadPoolExecutor | None = None
         self.bytes_written = 0
+        #: nfs: the fdatasync of each group commit (the s3 kind's PUTs are in the store's stats).
+        self.sync_seconds = Histogram()
         self.objects_written = 0
         self.objects_deleted = 0
         self._closed = False
@@ -301,15 +348,13 @@ class RelayLog:
             os.close(seg[1])
             seg = self._segment = None
         if seg is None:
-            created, key = self._new_key()
-            fd = await self._in_writer(_create_durably, self.root / key)
-            seg = (key, fd, 0)
-            self._segment = seg
-            self._written.append((created, key))
-            self.objects_written += 1
+            seg = self._segment = (*await self._next_segment(), 0)
         key, fd, at = seg
+        if self._spare is None and SEGMENT_MS > 0 and relay_created_ms(key) + SEGMENT_MS / 2 < time.time() * 1000:
+            self._make_spare()
         try:
-            await self._in_writer(_append_durably, fd, parts, at)
+            synced = await self._in_writer(_append_durably, fd, parts, at)
+            self.sync_seconds.observe(synced)
         except OSError:
             # The segment is given up: its torn tail is never referenced, the next write starts another.
             self._segment = None
@@ -318,6 +363,39 @@ class RelayLog:
             raise
         self._segment = (key, fd, at + size)
         return key, at
+
+    def _make_spare(self) -> None:
+        """Start creating the segment that comes after the open one."""
+        assert self.root is not None
+        created, key = self._new_key()
+        self._written.append((created, key))  # from now on the horizon deletes it, used or not
+        self.objects_written += 1
+        if self._spare_maker is None:
+            self._spare_maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-spare")
+        fut = asyncio.get_running_loop().run_in_executor(self._spare_maker, _create_durably, self.root / key)
+        self._spare = (key, fut)
+
+    async def _next_segment(self) -> tuple[str, int]:
+        """(key, fd) of a segment to write to: the spare if it is young enough (a segment is written
+        to for SEGMENT_MS from its name's time, which the accept window counts from), else a new one."""
+        assert self.root is not None
+        if self._spare is not None:
+            key, fut = self._spare
+            self._spare = None
+            try:
+                fd = await fut
+            except OSError as e:
+                log.warning("could not create relay segment %s ahead: %s", key, e)
+            else:
+                if relay_created_ms(key) + SEGMENT_MS >= time.time() * 1000:
+                    return key, fd
+                with contextlib.suppress(OSError):  # too old to start on; the horizon deletes it
+                    os.close(fd)
+        created, key = self._new_key()
+        fd = await self._in_writer(_create_durably, self.root / key)
+        self._written.append((created, key))
+        self.objects_written += 1
+        return key, fd
 
     async def delete_before(self, horizon_ms: int) -> int:
         """Delete relay objects created before `horizon_ms - DELETE_MARGIN_MS`."""
@@ -330,7 +408,8 @@ class RelayLog:
             with contextlib.suppress(OSError):
                 os.close(seg[1])
         current = self._segment[0] if self._segment is not None else None
-        old = [k for ms, k in self._written if ms < cut and k != current]
+        spare = self._spare[0] if self._spare is not None else None
+        old = [k for ms, k in self._written if ms < cut and k != current and k != spare]
         if not old:
             return 0
         try:
@@ -356,6 +435,12 @@ class RelayLog:
         self._closed = True
         if self._writer is not None:
             self._writer.shutdown(wait=False)
+        if self._spare_maker is not None:
+            self._spare_maker.shutdown(wait=False)
+        if self._spare is not None:
+            fut = self._spare[1]
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception() is not None or os.close(f.result()))
+            self._spare = None
         if self._segment is not None:
             with contextlib.suppress(OSError):
                 os.close(self._segment[1])
@@ -381,9 +466,12 @@ def _create_durably(path: Path) -> int:
     return fd
 
 
-def _append_durably(fd: int, parts: list[bytes], at: int) -> None:
+def _append_durably(fd: int, parts: list[bytes], at: int) -> float:
+    """Write and fdatasync; the seconds the fdatasync took."""
     view = memoryview(b"".join(parts))
     while view:
         n = os.pwrite(fd, view, at)
         view, at = view[n:], at + n
+    started = time.perf_counter()
     os.fdatasync(fd)
+    return time.perf_counter() - started

@@ -112,20 +112,25 @@ def test_broker_series_json_and_prometheus() -> None:
         store=SimpleNamespace(stats=ObjectStoreStats()),
     )
     stats.wal.stats.group_bytes.observe(5000)
-    broker = SimpleNamespace(latency=lat, storage=stats)
+    relay = SimpleNamespace(sync_seconds=Histogram())
+    broker = SimpleNamespace(latency=lat, storage=stats, router=SimpleNamespace(relay=relay))
+    lat.relay["leader"].observe(0.004)
     series = latency.series(broker)  # type: ignore[arg-type]
     objects = latency.json_objects(series)
     assert set(objects["latency"]) == {
         "produce_decode", "produce_append", "produce_durable", "produce_total",
         "fetch_read", "fetch_wait", "fetch_total", "loop_lag", "wal_sync",
+        "relay_write", "relay_leader", "relay_read", "relay_durable", "relay_sync",
         "s3_put", "s3_get", "s3_list", "s3_delete",
     }  # fmt: skip
+    assert objects["latency"]["relay_leader"]["count"] == 1
     assert objects["latency"]["produce_durable"]["count"] == 1
     assert objects["sizes"]["wal_group_bytes"]["max_bytes"] == 5000
     text = latency.prometheus(series, 3, "az2")
     assert 'amq_produce_latency_seconds_count{broker="3",zone="az2",phase="durable"} 1' in text
     assert 'amq_wal_group_bytes_bucket{broker="3",zone="az2",le="8192"} 1' in text
     assert text.count("# TYPE amq_produce_latency_seconds histogram") == 1
+    assert 'amq_relay_latency_seconds_count{broker="3",zone="az2",phase="leader"} 1' in text
     check_histograms(parse_histograms(text))
 
 

@@ -8,6 +8,7 @@ offset. No fetch sessions either: session id 0 tells clients to send full fetche
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from engine.broker.context import RequestContext
 from engine.broker.errors import ANSWERED, BrokerError, error_code_for
@@ -198,34 +199,34 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
                 break
             stream.add_data_waiter(wake)
         # Proxied partitions: long polls at their leaders, answered as soon as their ends move.
+        # Not cancelled when this fetch returns: the consumer's next fetch waits on them again.
         polls = [
-            asyncio.ensure_future(ctx.broker.router.tail(leader, items, int(left * 1000)))
+            (item, poll)
             for leader, items in remote.values()
+            for item, poll in zip(items, ctx.broker.router.poll(leader, items, int(left * 1000)), strict=True)
         ]
-        for poll in polls:
-            poll.add_done_callback(lambda _f, w=wake: _wake(w))
-            poll.add_done_callback(_retrieved)
+        wake_on = partial(_wake_on, wake)
+        for _, poll in polls:
+            poll.add_done_callback(wake_on)
         try:
             await wake
         finally:
             timer.cancel()
             _wake(wake)
-            for poll in polls:
-                poll.cancel()
-        for poll, (_, items) in zip(polls, remote.values(), strict=True):
+            for _, poll in polls:
+                poll.remove_done_callback(wake_on)
+        for item, poll in polls:
             if poll.done() and not poll.cancelled() and poll.exception() is None:
-                for item, res in zip(items, poll.result(), strict=True):
-                    known[(item.topic, item.partition, item.offset)] = res
+                known[(item.topic, item.partition, item.offset)] = poll.result()
         if not polls and not any(p.ready.end_offset > off for p, off in waits) and deadline > loop.time():
             # Woken without data: a stream that stopped taking data (closed, fenced). Do not spin on it.
             await asyncio.sleep(min(0.05, deadline - loop.time()))
         wait_s = (wait_s or 0.0) + now() - wait_started
 
 
-def _retrieved(fut: asyncio.Future[object]) -> None:
+def _wake_on(wake: asyncio.Future[None], _poll: asyncio.Future[object]) -> None:
     # A long poll whose leader died fails with ConnectionError; the next pass asks again.
-    if not fut.cancelled():
-        fut.exception()
+    _wake(wake)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
