@@ -98,9 +98,7 @@ def s3_put_bandwidth(s3: S3Config, seconds: float = 6.0, object_mib: int = 8, th
     elapsed = time.monotonic() - start
     for i in range(0, len(keys), 1000):
         with contextlib.suppress(Exception):
-            client.delete_objects(
-                Bucket=s3.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]}
-            )
+            client.delete_objects(Bucket=s3.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]})
     return puts * object_mib / elapsed
 
 
@@ -118,9 +116,7 @@ def tansu_on_s3(server: S3Server, workdir: Path, run_key: str) -> Iterator[Syste
         tansu.stop()
 
 
-def _amq(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
+def _amq(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "automq_cli.main", *args],
         cwd=REPO,
@@ -262,9 +258,7 @@ def render_table(runs: list[Run], systems: dict[str, System]) -> list[str]:
                 t = t / MIB if t is not None else None
             ratio = f"{a / t:.2f}x" if a is not None and t else "-"
             lines.append(
-                f"| {run.key} | {label} ({unit}) | {_fmt(a, unit)} | {_fmt(t, unit)} | {ratio} |".replace(
-                    " ()", ""
-                )
+                f"| {run.key} | {label} ({unit}) | {_fmt(a, unit)} | {_fmt(t, unit)} | {ratio} |".replace(" ()", "")
             )
     return lines
 
@@ -275,11 +269,7 @@ def goals(systems: dict[str, System], s3_put_mib_s: float) -> list[str]:
         return ["- Goals not evaluated: the amq broker was not part of this run (`--peers tansu`)."]
     out = []
     a_max = _get(amq.results["max-throughput"], "produce.mib_per_s") or 0.0
-    t_max = (
-        _get(systems["tansu"].results.get("max-throughput"), "produce.mib_per_s")
-        if "tansu" in systems
-        else None
-    )
+    t_max = _get(systems["tansu"].results.get("max-throughput"), "produce.mib_per_s") if "tansu" in systems else None
     if t_max:
         ok = a_max >= 1.5 * t_max
         out.append(
@@ -296,19 +286,100 @@ def goals(systems: dict[str, System], s3_put_mib_s: float) -> list[str]:
         p99 = _get(half, "publish_latency_ms.p99") or float("inf")
         e2e = _get(half, "e2e_latency_ms.p99") or float("inf")
         wal = (half.get("cluster") or {}).get("wal_kind")
-        out.append(
-            f"- {'MET' if p99 <= 5 else 'NOT MET'}: publish p99 {p99:.2f} ms at half max (<= 5 ms; WAL {wal})"
-        )
-        out.append(
-            f"- {'MET' if e2e <= 10 else 'NOT MET'}: end-to-end p99 {e2e:.2f} ms at half max (<= 10 ms)"
-        )
+        out.append(f"- {'MET' if p99 <= 5 else 'NOT MET'}: publish p99 {p99:.2f} ms at half max (<= 5 ms; WAL {wal})")
+        out.append(f"- {'MET' if e2e <= 10 else 'NOT MET'}: end-to-end p99 {e2e:.2f} ms at half max (<= 10 ms)")
     rss = [_get(r, "cluster.broker_rss_bytes") for r in amq.results.values()]
     peak = max((r for r in rss if r is not None), default=None)
     if peak is not None:
-        out.append(
-            f"- {'MET' if peak <= GIB else 'NOT MET'}: broker peak RSS {peak / MIB:.0f} MiB (<= 1024 MiB)"
-        )
+        out.append(f"- {'MET' if peak <= GIB else 'NOT MET'}: broker peak RSS {peak / MIB:.0f} MiB (<= 1024 MiB)")
     return out
+
+
+def latency_goals(systems: dict[str, System], s3_put_mib_s: float) -> list[str]:
+    amq = systems.get("amq")
+    if amq is None:
+        return ["- Not evaluated: amq was not part of this run."]
+    out = []
+    cu = amq.results.get("catch-up-read")
+    if cu:
+        before = _get(cu, "catch_up.publish_latency_ms_before.p99")
+        during = _get(cu, "catch_up.publish_latency_ms_during.p99")
+        read = _get(cu, "catch_up.read_mib_per_s") or 0.0
+        backlog = _get(cu, "catch_up.backlog_bytes") or 0.0
+        if before and during is not None:
+            ok = during <= 1.25 * before
+            out.append(f"- {'MET' if ok else 'NOT MET'}: publish p99 during catch-up {during:.1f} ms vs before "
+                       f"{before:.1f} ms ({during / before:.2f}x; <= 1.25x), backlog {backlog / MIB:,.0f} MiB")  # fmt: skip
+        t_read = (
+            _get(systems["tansu"].results.get("catch-up-read"), "catch_up.read_mib_per_s")
+            if "tansu" in systems
+            else None
+        )
+        if t_read:
+            ok = read >= 2 * t_read
+            out.append(
+                f"- {'MET' if ok else 'NOT MET'}: catch-up read {read:.1f} MiB/s vs 2 x Tansu = {2 * t_read:.1f}"
+            )
+    half = amq.results.get("half-max")
+    if half:
+        p99 = _get(half, "publish_latency_ms.p99") or float("inf")
+        e2e = _get(half, "e2e_latency_ms.p99") or float("inf")
+        out.append(f"- {'MET' if p99 <= 15 else 'NOT MET'}: publish p99 {p99:.1f} ms at half max (<= 15 ms)")
+        out.append(f"- {'MET' if e2e <= 20 else 'NOT MET'}: end-to-end p99 {e2e:.1f} ms at half max (<= 20 ms)")
+    top = amq.results.get("max-throughput")
+    if top:
+        produced = _get(top, "produce.mib_per_s") or 0.0
+        consumed = _get(top, "consume.mib_per_s") or 0.0
+        ok = produced >= 0.85 * s3_put_mib_s
+        out.append(f"- {'MET' if ok else 'NOT MET'}: max produce {produced:.1f} MiB/s vs 85 % of S3 PUT = "
+                   f"{0.85 * s3_put_mib_s:.1f}")  # fmt: skip
+        ok = consumed >= 0.95 * produced
+        out.append(f"- {'MET' if ok else 'NOT MET'}: at max, consume {consumed:.1f} vs 0.95 x produce = "
+                   f"{0.95 * produced:.1f} MiB/s")  # fmt: skip
+    return out
+
+
+#: The broker's own histograms over each amq run's measured window (docs/perf.md): (column, key, quantile).
+BROKER_COLUMNS = [
+    ("produce total p50", "produce_total", "p50_ms"),
+    ("produce total p99", "produce_total", "p99_ms"),
+    ("produce append p99", "produce_append", "p99_ms"),
+    ("produce durable p99", "produce_durable", "p99_ms"),
+    ("WAL sync p50", "wal_sync", "p50_ms"),
+    ("WAL sync p99", "wal_sync", "p99_ms"),
+    ("loop lag p99", "loop_lag", "p99_ms"),
+    ("fetch read p99", "fetch_read", "p99_ms"),
+    ("S3 PUT p99", "s3_put", "p99_ms"),
+]
+
+
+def render_broker_latency(runs: list[Run], systems: dict[str, System]) -> list[str]:
+    """Where amq's time went, per run, from the broker's histograms (the highest over brokers)."""
+    amq = systems.get("amq")
+    if amq is None:
+        return []
+    rows = []
+    for run in runs:
+        brokers = ((amq.results.get(run.key) or {}).get("cluster") or {}).get("broker_latency") or []
+        if not brokers:
+            continue
+        cells = []
+        for _, key, q in BROKER_COLUMNS:
+            values = [b["latency"].get(key, {}).get(q) for b in brokers]
+            known = [v for v in values if v is not None]
+            cells.append(f"{max(known):.2f}" if known else "-")
+        rows.append(f"| {run.key} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        "",
+        "amq broker histograms over each run's measured window (ms; bucket-interpolated, so a p99 is within "
+        'its bucket\'s bounds; docs/perf.md "Where time goes"):',
+        "",
+        "| workload | " + " | ".join(c for c, _, _ in BROKER_COLUMNS) + " |",
+        "| --- | " + " | ".join("---:" for _ in BROKER_COLUMNS) + " |",
+        *rows,
+    ]
 
 
 def overload_notes(runs: list[Run], systems: dict[str, System]) -> list[str]:
@@ -364,9 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the S3 server and brokers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    command = "python3 " + shlex.join(
-        ["benchmarks/side_by_side.py", *(sys.argv[1:] if argv is None else argv)]
-    )
+    command = "python3 " + shlex.join(["benchmarks/side_by_side.py", *(sys.argv[1:] if argv is None else argv)])
     workdir = Path(tempfile.mkdtemp(prefix="amq-bench-"))
     out_dir = args.results_dir or workdir / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -412,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Goals (issue 5):",
         *goals(systems, put_bw),
+        "",
+        "Goals (issue 16, latency under mixed load):",
+        *latency_goals(systems, put_bw),
+        *render_broker_latency(runs, systems),
     ]
     body += overload_notes(runs, systems)
     for system in systems.values():
@@ -444,11 +517,7 @@ def run_all(
         if key == "half-max":
             # The max-throughput shape at half of amq's max rate (amq runs first), so both systems
             # get the same offered load.
-            ref = (
-                systems.get("amq")
-                if "amq" in systems and "max-throughput" in systems["amq"].results
-                else system
-            )
+            ref = systems.get("amq") if "amq" in systems and "max-throughput" in systems["amq"].results else system
             max_rate = _get(ref.results.get("max-throughput"), "produce.msg_per_s")
             if not max_rate:
                 print("skipping half-max: no max-throughput result to halve", flush=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from automq_cli.perf.target import Target
+from engine.util.histogram import Snapshot, parse_prometheus, summary_seconds
 
 # Counter name at the metrics endpoint -> where it lands in the result.
 COUNTERS = (
@@ -77,6 +78,9 @@ class ClusterMetrics:
     _t_end: float = 0.0
     # Peak of the brokers' RSS summed at the same sampling moment.
     _rss_total_peak: int = 0
+    # Each broker's latency histograms (Prometheus text) at the window's start and end.
+    _hist_start: dict[str, dict[tuple[str, str], Snapshot]] = field(default_factory=dict)
+    _hist_end: dict[str, dict[tuple[str, str], Snapshot]] = field(default_factory=dict)
 
     @property
     def available(self) -> bool:
@@ -91,11 +95,24 @@ class ClusterMetrics:
                 self.warnings.append(f"metrics source {url} did not answer: {exc}")
         return out
 
+    def _read_histograms(self) -> dict[str, dict[tuple[str, str], Snapshot]]:
+        out: dict[str, dict[tuple[str, str], Snapshot]] = {}
+        for url in self.target.metrics_urls:
+            if not url.rstrip("/").endswith("/metrics"):
+                continue  # not an amq broker's endpoint
+            try:
+                with urllib.request.urlopen(url.rstrip("/") + "/prometheus", timeout=2.0) as resp:
+                    out[url] = parse_prometheus(resp.read().decode())
+            except (OSError, ValueError, urllib.error.URLError):
+                continue  # the counters' read says so already
+        return out
+
     def start(self) -> None:
         import psutil
 
         self._t_start = time.monotonic()
         self._start = self._read_all()
+        self._hist_start = self._read_histograms()
         self._procs = []
         self._rss_total_peak = 0
         for broker in self.target.brokers:
@@ -142,6 +159,7 @@ class ClusterMetrics:
         self.sample()
         self._t_end = time.monotonic()
         self._end = self._read_all()
+        self._hist_end = self._read_histograms()
 
     def _broker_of(self, url: str) -> int | None:
         """The broker id behind a metrics URL: the endpoint's `broker_id`, else cluster.json's metrics_port."""
@@ -183,6 +201,23 @@ class ClusterMetrics:
                 if isinstance(b, int | float) and isinstance(e, int | float):
                     entry[key] = int(entry.get(key, 0) + e - b)
         return sorted(entries.values(), key=lambda e: (e["id"] is None, e["id"] if e["id"] is not None else 0))
+
+    def _latency(self) -> list[dict[str, Any]]:
+        """Per broker, its latency histograms over the window (docs/perf.md, "Where time goes"):
+        {"id", "latency": {"produce_durable": {count, p50_ms, p99_ms, max_ms}, ...}}; the max is
+        the upper bound of the highest bucket reached."""
+        out: list[dict[str, Any]] = []
+        for url, end in self._hist_end.items():
+            begin = self._hist_start.get(url, {})
+            latency: dict[str, Any] = {}
+            for (metric, labels), snap in end.items():
+                if not metric.endswith("_seconds"):
+                    continue
+                before = begin.get((metric, labels))
+                window = snap.since(before) if before is not None else snap
+                latency[_histogram_key(metric, labels)] = summary_seconds(window)
+            out.append({"id": self._broker_of(url), "latency": dict(sorted(latency.items()))})
+        return sorted(out, key=lambda e: (e["id"] is None, e["id"] or 0))
 
     def _zone_traffic(self) -> list[dict[str, Any]]:
         total: dict[tuple[str, str, str], int] = {}
@@ -269,6 +304,23 @@ class ClusterMetrics:
             out["broker_rss_total_bytes"] = self._rss_total_peak
         if per_broker:
             out["per_broker"] = per_broker
+        latency = self._latency()
+        if latency:
+            out["broker_latency"] = latency
         if self.warnings:
             out["warnings"] = list(dict.fromkeys(self.warnings))
         return out
+
+
+def _histogram_key(metric: str, labels: str) -> str:
+    """amq_produce_latency_seconds{...,phase="durable"} -> produce_durable, as the JSON endpoint
+    names it; amq_s3_request_seconds{op="put"} -> s3_put; amq_wal_sync_seconds -> wal_sync."""
+    name = metric.removeprefix("amq_")
+    for suffix in ("_latency_seconds", "_request_seconds", "_seconds"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    values = [v.split("=", 1)[1].strip('"') for v in labels.split(",") if "=" in v]
+    keys = [v.split("=", 1)[0] for v in labels.split(",") if "=" in v]
+    extra = [v for k, v in zip(keys, values, strict=True) if k not in ("broker", "zone")]
+    return "_".join([name, *extra])

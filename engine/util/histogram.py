@@ -15,6 +15,7 @@ its cost on every request, for the sake of one thread that can do without it.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,15 @@ class Snapshot:
                 return min(value, self.max)
             seen += n
         return self.max
+
+    def since(self, earlier: Snapshot) -> Snapshot:
+        """What was observed after `earlier` (a snapshot of the same histogram). The maximum of a
+        window is not known: the upper bound of its highest non-empty bucket stands in (capped by
+        the overall maximum)."""
+        counts = tuple(max(a - b, 0) for a, b in zip(self.counts, earlier.counts, strict=True))
+        top = max((i for i, n in enumerate(counts) if n), default=-1)
+        high = self.bounds[top] if 0 <= top < len(self.bounds) else self.max
+        return Snapshot(self.bounds, counts, max(self.sum - earlier.sum, 0.0), min(high, self.max) if top >= 0 else 0.0)
 
     def cumulative(self) -> list[int]:
         out: list[int] = []
@@ -158,4 +168,43 @@ def prometheus_histogram(
         out.append(f'{name}_bucket{{{base}{sep}le="+Inf"}} {cumulative[-1]}')
         out.append(f"{name}_sum{{{base}}} {_number(snap.sum)}")
         out.append(f"{name}_count{{{base}}} {cumulative[-1]}")
+    return out
+
+
+_SAMPLE = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)_(?P<part>bucket|sum|count)\{(?P<labels>[^}]*)\} (?P<value>\S+)$"
+)
+_LE = re.compile(r'(?:^|,)le="([^"]+)"')
+
+
+def parse_prometheus(text: str) -> dict[tuple[str, str], Snapshot]:
+    """The histograms of a Prometheus text exposition (as prometheus_histogram writes them):
+    {(metric, labels without le): Snapshot}. The maximum is not in the text: the upper bound of
+    the highest non-empty bucket stands in for it."""
+    buckets: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    sums: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m is None:
+            continue
+        labels = m["labels"]
+        if m["part"] == "bucket":
+            le = _LE.search(labels)
+            if le is None:
+                continue
+            key = (m["name"], _LE.sub("", labels).strip(","))
+            buckets.setdefault(key, []).append((float(le[1]), float(m["value"])))
+        elif m["part"] == "sum":
+            sums[(m["name"], labels)] = float(m["value"])
+    out: dict[tuple[str, str], Snapshot] = {}
+    for key, pairs in buckets.items():
+        pairs.sort()
+        bounds = tuple(le for le, _ in pairs if le != float("inf"))
+        cumulative = [int(n) for _, n in pairs]
+        counts = tuple(n - (cumulative[i - 1] if i else 0) for i, n in enumerate(cumulative))
+        if len(counts) != len(bounds) + 1:
+            continue  # no +Inf bucket: not a histogram this parser understands
+        top = max((i for i, n in enumerate(counts) if n), default=-1)
+        high = bounds[top] if 0 <= top < len(bounds) else (bounds[-1] if bounds else 0.0)
+        out[key] = Snapshot(bounds, counts, sums.get(key, 0.0), high if top >= 0 else 0.0)
     return out

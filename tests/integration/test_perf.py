@@ -188,6 +188,11 @@ def test_steady_run_on_the_local_cluster_state(perf_target: PerfTarget, counters
         # The real broker's counters: ~1.5 MiB acknowledged in the window went through its WAL.
         assert cluster["wal_bytes_written"] >= result["produce"]["bytes"] * 0.5
         assert cluster["cross_zone_bytes"] == 0
+        # The broker's histograms over the window: its Produce requests, not those before it.
+        (broker,) = cluster["broker_latency"]
+        produced = broker["latency"]["produce_total"]
+        assert 0 < produced["count"] <= result["produce"]["messages"]
+        assert produced["p50_ms"] <= produced["p99_ms"] <= produced["max_ms"]
     else:
         assert cluster["s3"]["put"] == 7 and cluster["wal_bytes_written"] == 8_000_000
     if perf_target.broker_pids:

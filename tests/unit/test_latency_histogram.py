@@ -19,7 +19,7 @@ from engine.storage.objects.store import ObjectStoreError, ObjectStoreStats, _ti
 from engine.storage.wal.base import Done, WalRecord
 from engine.storage.wal.ring import RingWal
 from engine.storage.wal.s3 import S3Wal
-from engine.util.histogram import BYTES, SECONDS, Histogram, prometheus_histogram, summary_seconds
+from engine.util.histogram import BYTES, SECONDS, Histogram, parse_prometheus, prometheus_histogram, summary_seconds
 from tests.prometheus_text import check_histograms, parse_histograms
 
 
@@ -102,6 +102,30 @@ def test_prometheus_text_is_a_histogram_that_parses() -> None:
     parsed = parse_histograms(text)
     check_histograms(parsed)
     assert parsed[("amq_x_seconds", 'phase="a"')]["sum"] == pytest.approx(45.0405)
+
+
+def test_a_window_of_a_scraped_histogram_is_what_was_observed_in_it() -> None:
+    """`amq perf` scrapes the text at a window's start and end and reports the difference."""
+    h = Histogram()
+    for v in (0.0001, 0.0001, 0.5):
+        h.observe(v)
+
+    def scrape() -> dict[tuple[str, str], Any]:
+        series = [((("broker", "1"), ("phase", "a")), h.snapshot()), ((), Histogram().snapshot())]
+        return parse_prometheus("\n".join(prometheus_histogram("amq_x_seconds", "X.", series)))
+
+    before = scrape()
+    for v in (0.002, 0.002, 0.003, 0.004):
+        h.observe(v)
+    after = scrape()
+    key = ("amq_x_seconds", 'broker="1",phase="a"')
+    assert set(after) == {key, ("amq_x_seconds", "")}
+    assert after[key].count == 7 and after[key].sum == pytest.approx(0.5112)
+    window = after[key].since(before[key])
+    assert window.count == 4 and window.sum == pytest.approx(0.011)
+    assert 0.002 <= window.quantile(0.99) <= 0.005  # type: ignore[operator]  # the 0.5 s before it is gone
+    assert window.max == 0.005  # the bucket's upper bound stands in for the unknown maximum
+    assert after[("amq_x_seconds", "")].count == 0
 
 
 def test_broker_series_json_and_prometheus() -> None:
