@@ -422,6 +422,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="markdown file to update")
     p.add_argument("--results-dir", type=Path, help="keep every run's JSON here (default: a temp dir)")
+    p.add_argument(
+        "--s3-dir",
+        type=Path,
+        help="the S3 server's files here (e.g. /dev/shm) instead of beside the WAL: on one disk the S3 "
+        "server's writeback also stalls the WAL's fdatasync, which S3 in production does not",
+    )
     p.add_argument("--run-timeout", type=float, default=900, help="seconds one perf run may take")
     args = p.parse_args(argv)
     args.systems = [s.strip() for s in args.peers.split(",") if s.strip()]
@@ -441,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC)
     runs: list[Run] = []
-    server = S3Server(workdir / "s3", bucket="bench")
+    s3_root = Path(tempfile.mkdtemp(prefix="amq-bench-s3-", dir=args.s3_dir)) if args.s3_dir else workdir / "s3"
+    server = S3Server(s3_root, bucket="bench")
     try:
         s3 = server.start()
         print(f"S3 server (SeaweedFS) on {s3.url}; measuring its PUT bandwidth", flush=True)
@@ -462,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = run_all(systems[name], start, args, systems, out_dir)
     finally:
         server.stop()
+        if args.s3_dir:
+            shutil.rmtree(s3_root, ignore_errors=True)
     body = [
         "## Side by side: amq vs Tansu-on-S3",
         "",
@@ -472,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         "one system at a time; "
         f"client: `amq perf run` (librdkafka {_librdkafka()}), same settings for both; each run "
         f"{args.warmup} warmup + {args.duration} measured.",
-        f"- S3 server PUT bandwidth in this run: {put_bw:.1f} MiB/s (8 MiB objects, 4 threads).",
+        f"- S3 server PUT bandwidth in this run: {put_bw:.1f} MiB/s (8 MiB objects, 4 threads); its files "
+        + (f"in {args.s3_dir} (not on the WAL's disk)." if args.s3_dir else "on the WAL's disk."),
         "- Workloads: templates/workloads/*.yaml; half-max = the max-throughput workload throttled to half "
         "of " + ("amq's" if "amq" in systems else "Tansu's") + " max rate (the latency goal's run); "
         "steady-1k = steady-state (1:4 fan-out) at 1,000 records/s.",

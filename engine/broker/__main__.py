@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from engine.broker.broker import Broker
 from engine.broker.config import BrokerConfig, BrokerConfigError
+from engine.devtools import stalls
 
 
 def _write_ready(path: str, broker: Broker) -> None:
@@ -86,6 +87,7 @@ def serve(config: BrokerConfig, on_ready: Callable[[Broker], None] | None = None
         broker = Broker(config)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        tracer = stalls.maybe_start(loop)  # AMQ_STALL_TRACE: a development tool
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
@@ -98,6 +100,8 @@ def serve(config: BrokerConfig, on_ready: Callable[[Broker], None] | None = None
         await stop.wait()
         logging.getLogger("engine.broker").info("stopping: uploading what the WAL holds")
         await broker.stop(flush=True)
+        if tracer is not None:
+            tracer.stop()
 
     asyncio.run(run())
 
