@@ -480,6 +480,7 @@ class Router:
         reads: list[asyncio.Future[bytes] | None] = []
         created: list[int] = []
         started, read_lat = now(), self.broker.latency.relay["read"]
+        loop = asyncio.get_running_loop()
         for item in req.items:
             ms = item.ref.created_ms
             if storage is None or now_ms - ms > ACCEPT_WINDOW_MS:
@@ -488,8 +489,20 @@ class Router:
             # Counted in the relay floor from now on: the relay object must outlive this append.
             self._inflight[ms] = self._inflight.get(ms, 0) + 1
             created.append(ms)
-            read = asyncio.ensure_future(storage.shared.read_ref(item.ref))
-            read.add_done_callback(lambda _f, t=started: read_lat.observe(now() - t))
+            read: asyncio.Future[bytes]
+            try:
+                body = storage.shared.read_ref_now(item.ref)
+            except RelayUnavailable as e:
+                read = loop.create_future()
+                read.set_exception(e)
+            else:
+                if body is not None:  # read on the loop: no task, no turn of the loop to wait for
+                    read = loop.create_future()
+                    read.set_result(body)
+                    read_lat.observe(now() - started)
+                else:
+                    read = asyncio.ensure_future(storage.shared.read_ref(item.ref))
+                    read.add_done_callback(lambda _f, t=started: read_lat.observe(now() - t))
             reads.append(read)
         return reads, created, now_ms
 
@@ -730,15 +743,26 @@ class Router:
                 size += e.length
                 if size >= max_bytes:
                     break
-            # Read what this proxy does not have yet all at once: one shared-storage round trip.
-            reads = (self._cached_or_read(res.stream_id, e, res.keys) for e in wanted)
-            got = await asyncio.gather(*reads, return_exceptions=True)
+            # What can be read on the loop is read now; the rest all at once, one shared-storage
+            # round trip.
+            got: list[Batch | BaseException | None] = []
+            for e in wanted:
+                try:
+                    got.append(self._cached_or_read_now(res.stream_id, e, res.keys))
+                except Exception as exc:  # as gather(return_exceptions=True) would have it
+                    got.append(exc)
+            later = [i for i, g in enumerate(got) if g is None]
+            if later:
+                reads = (self._cached_or_read(res.stream_id, wanted[i], res.keys) for i in later)
+                for i, g in zip(later, await asyncio.gather(*reads, return_exceptions=True), strict=True):
+                    got[i] = g
             out: list[Batch] = []
             for g in got:
                 if isinstance(g, RelayUnavailable):
                     break  # uploaded and trimmed meanwhile: S3 has it, from the next read on
                 if isinstance(g, BaseException):
                     raise g
+                assert g is not None  # every None was read above
                 out.append(g)
             if out:
                 return out
@@ -754,6 +778,32 @@ class Router:
             self._tail_cache.move_to_end(key)
             return got
         got = await self._read_entry(e, e.location(keys))
+        self._cache_put(key, got)
+        return got
+
+    def _cached_or_read_now(self, stream_id: int, e: TailEntry, keys: list[str]) -> Batch | None:
+        """_cached_or_read when it needs no wait; None when the read must go to a thread or S3."""
+        key = (stream_id, e.base_offset)
+        got = self._tail_cache.get(key)
+        if got is not None:
+            self._tail_cache.move_to_end(key)
+            return got
+        storage = self.broker.storage
+        assert storage is not None
+        loc = e.location(keys)
+        if loc.kind == "relay":
+            ref = RelayRef(loc.key, loc.offset, loc.length, loc.crc)
+            raw = storage.shared.read_ref_now(ref)
+            if raw is None:
+                return None
+            payload = materialize(raw, e.base_offset, RefRecord(ref, e.leader_epoch, e.log_append_time))
+        else:
+            frame = storage.shared.read_frame_now(loc)
+            if frame is None:
+                return None
+            payload = frame
+        self.broker.counters["proxy_tail_reads"] += 1
+        got = Batch(e.base_offset, e.record_count, payload)
         self._cache_put(key, got)
         return got
 

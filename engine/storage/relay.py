@@ -152,35 +152,70 @@ class SharedReader:
         self._fds: OrderedDict[Path, tuple[int, float]] = OrderedDict()
 
     async def read_ref(self, ref: RelayRef) -> bytes:
+        now = self.read_ref_now(ref)
+        if now is not None:
+            return now
+        return self._checked_ref(ref, await self._read(ref.key, ref.offset, ref.length))
+
+    def read_ref_now(self, ref: RelayRef) -> bytes | None:
+        """read_ref without waiting, when the read can be done on the loop (a fast `nfs`); else None.
+        Each await of a task costs a turn of the event loop, and a relayed batch is read on the
+        produce path."""
         if not _RELAY_KEY.fullmatch(ref.key) or ref.offset < 0 or not 0 < ref.length <= MAX_RELAY_READ:
             # References arrive over the network: never a path outside the relay objects.
             raise RelayUnavailable(f"not a relay reference: {ref.key!r}@{ref.offset}+{ref.length}")
-        body = await self._read(ref.key, ref.offset, ref.length)
+        body = self._read_now(ref.key, ref.offset, ref.length)
+        return None if body is None else self._checked_ref(ref, body)
+
+    @staticmethod
+    def _checked_ref(ref: RelayRef, body: bytes) -> bytes:
         if len(body) != ref.length or crc32c.crc32c(body) != ref.crc:
             raise RelayUnavailable(f"relay {ref.key}@{ref.offset}: not the bytes the proxy wrote")
         return body
 
     async def read_frame(self, loc: Location) -> bytes:
         """The payload of the WAL frame at `loc`, or RelayUnavailable if it is gone or overwritten."""
+        now = self.read_frame_now(loc)
+        if now is not None:
+            return now
+        return self._frame_payload(loc, await self._read(loc.key, loc.offset, loc.length))
+
+    def read_frame_now(self, loc: Location) -> bytes | None:
+        """read_frame without waiting, when the read can be done on the loop; else None."""
         if not _FRAME_KEY.fullmatch(loc.key) or loc.offset < 0 or not 0 < loc.length <= MAX_RELAY_READ:
             raise RelayUnavailable(f"not a WAL frame location: {loc.key!r}@{loc.offset}+{loc.length}")
-        body = await self._read(loc.key, loc.offset, loc.length)
+        body = self._read_now(loc.key, loc.offset, loc.length)
+        return None if body is None else self._frame_payload(loc, body)
+
+    @staticmethod
+    def _frame_payload(loc: Location, body: bytes) -> bytes:
         frame = decode_frame(body, 0, loc.position)
         if frame is None:
             raise RelayUnavailable(f"WAL frame {loc.key}@{loc.offset} (position {loc.position}) is gone")
         return frame.record.payload
 
-    async def _pread(self, path: Path, offset: int, length: int) -> bytes:
-        """Small reads of a fast file system on the loop (a thread hop costs more than the read),
-        others, or all while reads are slow (a remote NFS), in a thread."""
-        if length <= _INLINE_READ_MAX and self._slow_reads <= 0:
-            start = time.perf_counter()
+    def _read_now(self, key: str, offset: int, length: int) -> bytes | None:
+        """The bytes, read on the loop, when the file system is fast and the read small; else None."""
+        if self.kind == "s3" or length > _INLINE_READ_MAX or self._slow_reads > 0:
+            return None
+        assert self.root is not None
+        path = self.root / key
+        start = time.perf_counter()
+        try:
             body = self._pread_cached(path, offset, length)
-            took = time.perf_counter() - start
-            self._read_s = 0.9 * self._read_s + 0.1 * took
-            if self._read_s > _INLINE_READ_S:
-                self._slow_reads = 1000  # in a thread for a while, then look again
-            return body
+        except OSError as e:
+            raise RelayUnavailable(f"{path}: {e}") from e
+        took = time.perf_counter() - start
+        self._read_s = 0.9 * self._read_s + 0.1 * took
+        if self._read_s > _INLINE_READ_S:
+            self._slow_reads = 1000  # in a thread for a while, then look again
+        self.reads += 1
+        self.bytes_read += len(body)
+        return body
+
+    async def _pread(self, path: Path, offset: int, length: int) -> bytes:
+        """A read _read_now left: large, or while reads are slow (a remote NFS), in a thread (small
+        reads of a fast file system are done on the loop: a thread hop costs more than the read)."""
         self._slow_reads -= 1
         return await asyncio.to_thread(_pread, path, offset, length)
 
