@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,6 +36,21 @@ def cache_dir() -> Path:
 
 
 def free_port() -> int:
+    """A port free now and below the kernel's ephemeral range, so that no outgoing connection can
+    take it as its source port between this pick and the server's bind (a CI run lost that race:
+    a port the kernel handed out for the pick went to a client before the broker bound it)."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    if low > 20_000:
+        for _ in range(200):
+            port = random.randrange(20_000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -127,9 +143,7 @@ class S3Config:
 class Tansu:
     """One Tansu broker on a free 127.0.0.1 port; storage is memory (default) or an S3 bucket."""
 
-    def __init__(
-        self, directory: str | os.PathLike[str], s3: S3Config | None = None, port: int | None = None
-    ):
+    def __init__(self, directory: str | os.PathLike[str], s3: S3Config | None = None, port: int | None = None):
         self.directory = Path(directory)
         self.s3 = s3
         self.port = port or free_port()

@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from automq_cli.cluster import api_versions_ok, kill_pid, pid_alive, stop_cluster
 from automq_cli.cluster.state import find_state
+from tests.peers import free_port
 
 
 def amq(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -112,15 +113,9 @@ def test_three_brokers_in_three_zones(tmp_path: Path) -> None:
         assert not [np for np in all_pids(states) if pid_alive(np[1], np[0])]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_up_right_after_down_on_a_port_in_time_wait(tmp_path: Path) -> None:
     home, data = tmp_path / "home", tmp_path / "data"
-    port = _free_port()
+    port = free_port()
     states: list[dict[str, Any]] = []
     try:
         up = amq(home, "cluster", "up", "--dir", str(data), "--port", str(port))
