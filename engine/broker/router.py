@@ -45,6 +45,7 @@ from engine.storage.relay import (
     RelayLog,
     RelayRef,
     RelayUnavailable,
+    SharedReader,
 )
 from engine.util.histogram import now
 
@@ -753,7 +754,7 @@ class Router:
                     got.append(exc)
             later = [i for i, g in enumerate(got) if g is None]
             if later:
-                reads = (self._cached_or_read(res.stream_id, wanted[i], res.keys) for i in later)
+                reads = (self._read_later(res.stream_id, wanted[i], res.keys) for i in later)
                 for i, g in zip(later, await asyncio.gather(*reads, return_exceptions=True), strict=True):
                     got[i] = g
             out: list[Batch] = []
@@ -771,53 +772,39 @@ class Router:
             return await storage.read_objects(res.stream_id, offset, max_bytes, end)
         return []
 
-    async def _cached_or_read(self, stream_id: int, e: TailEntry, keys: list[str]) -> Batch:
-        key = (stream_id, e.base_offset)
-        got = self._tail_cache.get(key)
-        if got is not None:
-            self._tail_cache.move_to_end(key)
-            return got
-        got = await self._read_entry(e, e.location(keys))
-        self._cache_put(key, got)
-        return got
-
     def _cached_or_read_now(self, stream_id: int, e: TailEntry, keys: list[str]) -> Batch | None:
-        """_cached_or_read when it needs no wait; None when the read must go to a thread or S3."""
+        """The entry's batch from this proxy's cache or read on the loop; None when the read must
+        wait (a thread, or S3): _read_later does it then."""
         key = (stream_id, e.base_offset)
         got = self._tail_cache.get(key)
         if got is not None:
             self._tail_cache.move_to_end(key)
             return got
-        storage = self.broker.storage
-        assert storage is not None
+        shared = self._shared()
         loc = e.location(keys)
+        body = shared.read_ref_now(_ref(loc)) if loc.kind == "relay" else shared.read_frame_now(loc)
+        return None if body is None else self._entry_read(key, e, loc, body)
+
+    async def _read_later(self, stream_id: int, e: TailEntry, keys: list[str]) -> Batch:
+        shared = self._shared()
+        loc = e.location(keys)
+        body = await (shared.read_ref(_ref(loc)) if loc.kind == "relay" else shared.read_frame(loc))
+        return self._entry_read((stream_id, e.base_offset), e, loc, body)
+
+    def _entry_read(self, key: tuple[int, int], e: TailEntry, loc: Location, body: bytes) -> Batch:
+        """A read entry as the leader's log holds it (a relayed one with the leader's offsets, epoch
+        and append time), into this proxy's cache."""
         if loc.kind == "relay":
-            ref = RelayRef(loc.key, loc.offset, loc.length, loc.crc)
-            raw = storage.shared.read_ref_now(ref)
-            if raw is None:
-                return None
-            payload = materialize(raw, e.base_offset, RefRecord(ref, e.leader_epoch, e.log_append_time))
-        else:
-            frame = storage.shared.read_frame_now(loc)
-            if frame is None:
-                return None
-            payload = frame
+            body = materialize(body, e.base_offset, RefRecord(_ref(loc), e.leader_epoch, e.log_append_time))
         self.broker.counters["proxy_tail_reads"] += 1
-        got = Batch(e.base_offset, e.record_count, payload)
+        got = Batch(e.base_offset, e.record_count, body)
         self._cache_put(key, got)
         return got
 
-    async def _read_entry(self, e: TailEntry, loc: Location) -> Batch:
+    def _shared(self) -> SharedReader:
         storage = self.broker.storage
         assert storage is not None
-        if loc.kind == "relay":
-            raw = await storage.shared.read_ref(RelayRef(loc.key, loc.offset, loc.length, loc.crc))
-            payload = materialize(raw, e.base_offset, RefRecord(RelayRef(loc.key, loc.offset, loc.length, loc.crc),
-                                                                 e.leader_epoch, e.log_append_time))  # fmt: skip
-        else:
-            payload = await storage.shared.read_frame(loc)
-        self.broker.counters["proxy_tail_reads"] += 1
-        return Batch(e.base_offset, e.record_count, payload)
+        return storage.shared
 
     def _cache_put(self, key: tuple[int, int], batch: Batch) -> None:
         self._tail_cache[key] = batch
@@ -927,6 +914,10 @@ class Router:
             log.exception("a router request failed")
             return
         send(frame([_CORR.pack(corr), _ENC.encode(result)]))
+
+
+def _ref(loc: Location) -> RelayRef:
+    return RelayRef(loc.key, loc.offset, loc.length, loc.crc)
 
 
 def _retrieved(fut: asyncio.Future[Any]) -> None:

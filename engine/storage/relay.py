@@ -291,11 +291,7 @@ class RelayLog:
         self._seq = itertools.count()
         self._written: list[tuple[int, str]] = []  # (created ms, key) of objects not yet deleted
         self._segment: tuple[str, int, int] | None = None  # nfs: (key, fd, size) of the open segment
-        # nfs: the next segment, created ahead in a thread of its own: creating one (allocate, fsync
-        # the file and its directory) took up to 15 ms here, and every write queued behind it.
-        self._spare: tuple[str, asyncio.Future[int]] | None = None
         self._writer: ThreadPoolExecutor | None = None
-        self._spare_maker: ThreadPoolExecutor | None = None
         self.bytes_written = 0
         #: nfs: the fdatasync of each group commit (the s3 kind's PUTs are in the store's stats).
         self.sync_seconds = Histogram()
@@ -383,10 +379,13 @@ class RelayLog:
             os.close(seg[1])
             seg = self._segment = None
         if seg is None:
-            seg = self._segment = (*await self._next_segment(), 0)
+            created, key = self._new_key()
+            fd = await self._in_writer(_create_durably, self.root / key)
+            seg = (key, fd, 0)
+            self._segment = seg
+            self._written.append((created, key))
+            self.objects_written += 1
         key, fd, at = seg
-        if self._spare is None and SEGMENT_MS > 0 and relay_created_ms(key) + SEGMENT_MS / 2 < time.time() * 1000:
-            self._make_spare()
         try:
             synced = await self._in_writer(_append_durably, fd, parts, at)
             self.sync_seconds.observe(synced)
@@ -399,39 +398,6 @@ class RelayLog:
         self._segment = (key, fd, at + size)
         return key, at
 
-    def _make_spare(self) -> None:
-        """Start creating the segment that comes after the open one."""
-        assert self.root is not None
-        created, key = self._new_key()
-        self._written.append((created, key))  # from now on the horizon deletes it, used or not
-        self.objects_written += 1
-        if self._spare_maker is None:
-            self._spare_maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-spare")
-        fut = asyncio.get_running_loop().run_in_executor(self._spare_maker, _create_durably, self.root / key)
-        self._spare = (key, fut)
-
-    async def _next_segment(self) -> tuple[str, int]:
-        """(key, fd) of a segment to write to: the spare if it is young enough (a segment is written
-        to for SEGMENT_MS from its name's time, which the accept window counts from), else a new one."""
-        assert self.root is not None
-        if self._spare is not None:
-            key, fut = self._spare
-            self._spare = None
-            try:
-                fd = await fut
-            except OSError as e:
-                log.warning("could not create relay segment %s ahead: %s", key, e)
-            else:
-                if relay_created_ms(key) + SEGMENT_MS >= time.time() * 1000:
-                    return key, fd
-                with contextlib.suppress(OSError):  # too old to start on; the horizon deletes it
-                    os.close(fd)
-        created, key = self._new_key()
-        fd = await self._in_writer(_create_durably, self.root / key)
-        self._written.append((created, key))
-        self.objects_written += 1
-        return key, fd
-
     async def delete_before(self, horizon_ms: int) -> int:
         """Delete relay objects created before `horizon_ms - DELETE_MARGIN_MS`."""
         cut = horizon_ms - DELETE_MARGIN_MS
@@ -443,8 +409,7 @@ class RelayLog:
             with contextlib.suppress(OSError):
                 os.close(seg[1])
         current = self._segment[0] if self._segment is not None else None
-        spare = self._spare[0] if self._spare is not None else None
-        old = [k for ms, k in self._written if ms < cut and k != current and k != spare]
+        old = [k for ms, k in self._written if ms < cut and k != current]
         if not old:
             return 0
         try:
@@ -470,12 +435,6 @@ class RelayLog:
         self._closed = True
         if self._writer is not None:
             self._writer.shutdown(wait=False)
-        if self._spare_maker is not None:
-            self._spare_maker.shutdown(wait=False)
-        if self._spare is not None:
-            fut = self._spare[1]
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception() is not None or os.close(f.result()))
-            self._spare = None
         if self._segment is not None:
             with contextlib.suppress(OSError):
                 os.close(self._segment[1])
