@@ -320,7 +320,5 @@ def _histogram_key(metric: str, labels: str) -> str:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    values = [v.split("=", 1)[1].strip('"') for v in labels.split(",") if "=" in v]
-    keys = [v.split("=", 1)[0] for v in labels.split(",") if "=" in v]
-    extra = [v for k, v in zip(keys, values, strict=True) if k not in ("broker", "zone")]
-    return "_".join([name, *extra])
+    pairs = (label.split("=", 1) for label in labels.split(",") if "=" in label)
+    return "_".join([name, *(value.strip('"') for key, value in pairs if key not in ("broker", "zone"))])

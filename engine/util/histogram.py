@@ -76,9 +76,8 @@ class Snapshot:
         window is not known: the upper bound of its highest non-empty bucket stands in (capped by
         the overall maximum)."""
         counts = tuple(max(a - b, 0) for a, b in zip(self.counts, earlier.counts, strict=True))
-        top = max((i for i, n in enumerate(counts) if n), default=-1)
-        high = self.bounds[top] if 0 <= top < len(self.bounds) else self.max
-        return Snapshot(self.bounds, counts, max(self.sum - earlier.sum, 0.0), min(high, self.max) if top >= 0 else 0.0)
+        high = min(_top_bound(self.bounds, counts, self.max), self.max)
+        return Snapshot(self.bounds, counts, max(self.sum - earlier.sum, 0.0), high)
 
     def cumulative(self) -> list[int]:
         out: list[int] = []
@@ -204,7 +203,15 @@ def parse_prometheus(text: str) -> dict[tuple[str, str], Snapshot]:
         counts = tuple(n - (cumulative[i - 1] if i else 0) for i, n in enumerate(cumulative))
         if len(counts) != len(bounds) + 1:
             continue  # no +Inf bucket: not a histogram this parser understands
-        top = max((i for i, n in enumerate(counts) if n), default=-1)
-        high = bounds[top] if 0 <= top < len(bounds) else (bounds[-1] if bounds else 0.0)
-        out[key] = Snapshot(bounds, counts, sums.get(key, 0.0), high if top >= 0 else 0.0)
+        high = _top_bound(bounds, counts, bounds[-1] if bounds else 0.0)
+        out[key] = Snapshot(bounds, counts, sums.get(key, 0.0), high)
     return out
+
+
+def _top_bound(bounds: tuple[float, ...], counts: tuple[int, ...], beyond: float) -> float:
+    """Upper bound of the highest non-empty bucket (`beyond` for +Inf), 0 when all are empty: what
+    stands in for a maximum that was not kept."""
+    top = max((i for i, n in enumerate(counts) if n), default=-1)
+    if top < 0:
+        return 0.0
+    return bounds[top] if top < len(bounds) else beyond

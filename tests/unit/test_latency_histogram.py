@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from automq_cli.perf.metrics import _histogram_key
 from engine.broker import latency
 from engine.broker.latency import BrokerLatency
 from engine.storage.objects.store import ObjectStoreError, ObjectStoreStats, _timed
@@ -155,6 +156,9 @@ def test_broker_series_json_and_prometheus() -> None:
     assert 'amq_wal_group_bytes_bucket{broker="3",zone="az2",le="8192"} 1' in text
     assert text.count("# TYPE amq_produce_latency_seconds histogram") == 1
     assert 'amq_relay_latency_seconds_count{broker="3",zone="az2",phase="leader"} 1' in text
+    # `amq perf` names what it scrapes as the JSON endpoint does, for every latency histogram.
+    scraped = parse_prometheus(text)
+    assert {_histogram_key(m, labels) for m, labels in scraped if m.endswith("_seconds")} == set(objects["latency"])
     check_histograms(parse_histograms(text))
 
 

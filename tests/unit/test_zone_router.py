@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from engine.broker.router import materialize, proxy_for
+from engine.broker.router import Router, TailItem, TailResult, materialize, proxy_for
 from engine.broker.zones import wants_real_leaders
 from engine.controller.api import BrokerRecord
 from engine.protocol.records import Record, build_batch, read_batches
@@ -122,3 +123,44 @@ def test_a_frame_location_is_a_wal(tmp_path: Path, key: str) -> None:
     reader = SharedReader("nfs", None, str(tmp_path))  # type: ignore[arg-type]
     with pytest.raises(RelayUnavailable, match="not a WAL frame location"):
         asyncio.run(reader.read_frame(Location("ring", key, 0, 100, 0)))
+
+
+def test_fetches_waiting_at_the_same_offset_share_one_long_poll_at_the_leader() -> None:
+    """A fetch returns when any of its partitions has data; the polls it leaves at leaders are
+    found by the next fetch instead of being asked for again (each would be answered too)."""
+    broker = SimpleNamespace(
+        config=SimpleNamespace(zone_router=True, storage=SimpleNamespace(wal=SimpleNamespace(kind="nfs")))
+    )
+    router = Router(broker)  # type: ignore[arg-type]
+    asked: list[list[tuple[str, int, int]]] = []
+    answers: list[asyncio.Future[list[TailResult]]] = []
+
+    async def tail(leader: object, items: list[TailItem], max_wait_ms: int) -> list[TailResult]:
+        asked.append([(i.topic, i.partition, i.offset) for i in items])
+        answers.append(asyncio.get_running_loop().create_future())
+        return await answers[-1]
+
+    router.tail = tail  # type: ignore[method-assign]
+    leader = SimpleNamespace(id=1)
+
+    async def run() -> None:
+        a = TailItem("t", 0, 5, 0, 1024)
+        b = TailItem("t", 1, 7, 0, 1024)
+        first = router.poll(leader, [a, b], 500)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        later = router.poll(leader, [a, TailItem("t", 1, 8, 0, 1024)], 500)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert later[0] is first[0]  # same partition, offset and epoch: the same poll
+        assert asked == [[("t", 0, 5), ("t", 1, 7)], [("t", 1, 8)]]  # only the new offset is asked for
+        answers[0].set_result([TailResult(high_watermark=6), TailResult(high_watermark=7)])
+        assert (await first[0]).high_watermark == 6 and (await first[1]).high_watermark == 7
+        again = router.poll(leader, [a], 500)  # type: ignore[arg-type]
+        assert again[0] is not first[0]  # an answered poll is not handed out again
+        await asyncio.sleep(0)
+        answers[1].set_exception(ConnectionError("leader gone"))
+        answers[2].set_result([TailResult(high_watermark=9)])
+        with pytest.raises(ConnectionError):
+            await later[1]
+        assert (await again[0]).high_watermark == 9 and not router._polls
+
+    asyncio.run(run())
