@@ -52,6 +52,7 @@ DELETE_MARGIN_MS = 5_000
 _MAX_GROUP_BYTES = 16 << 20
 _INLINE_READ_MAX = 1 << 20
 _INLINE_READ_S = 0.002
+_INLINE_WRITE_S = 0.002
 #: Files a SharedReader keeps open, and for how long one may stay open unused.
 _OPEN_FILES = 32
 _OPEN_IDLE_S = 10.0
@@ -278,6 +279,10 @@ def _pread(path: Path, offset: int, length: int) -> bytes:
         os.close(fd)
 
 
+#: Payloads waiting for a relay write, and the future of their references.
+_Waiting = tuple[list[bytes], "asyncio.Future[list[RelayRef]]"]
+
+
 class RelayLog:
     """This broker's relay objects: group commit of relayed batches, deletion by horizon."""
 
@@ -286,12 +291,15 @@ class RelayLog:
         self.store = store
         self.root = Path(nfs_root) if nfs_root else None
         self.prefix = f"relay/{wal_id}/"
-        self._queue: list[tuple[list[bytes], asyncio.Future[list[RelayRef]]]] = []
+        self._queue: list[_Waiting] = []
         self._writing = False
         self._seq = itertools.count()
         self._written: list[tuple[int, str]] = []  # (created ms, key) of objects not yet deleted
         self._segment: tuple[str, int, int] | None = None  # nfs: (key, fd, size) of the open segment
         self._writer: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._write_s = 0.0  # moving average of inline group commits
+        self._slow_writes = 0
         self.bytes_written = 0
         #: nfs: the fdatasync of each group commit (the s3 kind's PUTs are in the store's stats).
         self.sync_seconds = Histogram()
@@ -315,41 +323,82 @@ class RelayLog:
 
         Futures resolve in call order, so references reach leaders in the order clients sent.
         """
-        fut: asyncio.Future[list[RelayRef]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[RelayRef]] = loop.create_future()
         if self._closed:
             fut.set_exception(ObjectStoreError("the relay is closed"))
             return fut
         self._queue.append((payloads, fut))
         if not self._writing:
             self._writing = True
-            asyncio.get_running_loop().create_task(self._write_loop())
+            if self.kind == "nfs" and self._slow_writes <= 0:
+                # After the requests this turn of the loop reads: they join the group commit.
+                loop.call_soon(self._write_inline)
+            else:
+                self._task = loop.create_task(self._write_loop())
         return fut
+
+    def _take_group(self) -> tuple[list[_Waiting], list[bytes], int]:
+        group: list[_Waiting] = []
+        size = 0
+        while self._queue and (not group or size < _MAX_GROUP_BYTES):
+            item = self._queue.pop(0)
+            group.append(item)
+            size += sum(len(p) for p in item[0])
+        return group, [p for payloads, _ in group for p in payloads], size
+
+    def _written_as(self, group: list[_Waiting], size: int, written: tuple[str, int] | Exception) -> None:
+        if isinstance(written, Exception):
+            err = written if isinstance(written, ObjectStoreError) else ObjectStoreError(str(written))
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(err)
+            return
+        key, at = written
+        self.bytes_written += size
+        for payloads, fut in group:
+            refs = []
+            for p in payloads:
+                refs.append(RelayRef(key, at, len(p), crc32c.crc32c(p)))
+                at += len(p)
+            if not fut.done():
+                fut.set_result(refs)
+
+    def _write_inline(self) -> None:
+        """nfs: the group commit on the loop's thread. A write and an fdatasync of a preallocated
+        file here take about 0.5 ms, less than the two thread hops they would otherwise cost on a
+        busy host (measured p99 3-6 ms each way, docs/zones.md); a slow file system (a remote NFS)
+        sends writes to the writer thread instead, as reads do."""
+        started = time.perf_counter()
+        try:
+            group, parts, size = self._take_group()
+            try:
+                key, at, synced = self._put_nfs(parts, size)
+                self.sync_seconds.observe(synced)
+                written: tuple[str, int] | Exception = (key, at)
+            except OSError as e:
+                written = e
+            self._written_as(group, size, written)
+        finally:
+            took = time.perf_counter() - started
+            # Slowly: an fdatasync's tail (p99 5-10 ms here) is not a slow file system.
+            self._write_s = 0.95 * self._write_s + 0.05 * took
+            if self._write_s > _INLINE_WRITE_S:
+                self._slow_writes = 1000  # in the writer thread for a while, then look again
+            self._writing = False
+            if self._queue:
+                self._writing = True
+                self._task = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
         try:
             while self._queue:
-                group: list[tuple[list[bytes], asyncio.Future[list[RelayRef]]]] = []
-                size = 0
-                while self._queue and (not group or size < _MAX_GROUP_BYTES):
-                    item = self._queue.pop(0)
-                    group.append(item)
-                    size += sum(len(p) for p in item[0])
-                parts = [p for payloads, _ in group for p in payloads]
+                group, parts, size = self._take_group()
                 try:
-                    key, at = await self._put(parts, size)
+                    written: tuple[str, int] | Exception = await self._put(parts, size)
                 except (OSError, ObjectStoreError) as e:
-                    for _, fut in group:
-                        if not fut.done():
-                            fut.set_exception(e if isinstance(e, ObjectStoreError) else ObjectStoreError(str(e)))
-                    continue
-                self.bytes_written += size
-                for payloads, fut in group:
-                    refs = []
-                    for p in payloads:
-                        refs.append(RelayRef(key, at, len(p), crc32c.crc32c(p)))
-                        at += len(p)
-                    if not fut.done():
-                        fut.set_result(refs)
+                    written = e
+                self._written_as(group, size, written)
         finally:
             self._writing = False
 
@@ -372,6 +421,15 @@ class RelayLog:
             self._written.append((created, key))
             self.objects_written += 1
             return key, 0
+        self._slow_writes -= 1
+        key, at, synced = await self._in_writer(self._put_nfs, parts, size)
+        self.sync_seconds.observe(synced)  # on the loop: histograms take no lock
+        return key, at
+
+    def _put_nfs(self, parts: list[bytes], size: int) -> tuple[str, int, float]:
+        """Append `parts` durably to the open segment (a new one when it is old or full): key, offset
+        of the first byte, the fdatasync's seconds. On the loop or in the writer thread, never both
+        at once (`_writing`)."""
         assert self.root is not None
         seg = self._segment
         full = seg is not None and seg[2] > 0 and seg[2] + size > SEGMENT_BYTES
@@ -380,15 +438,14 @@ class RelayLog:
             seg = self._segment = None
         if seg is None:
             created, key = self._new_key()
-            fd = await self._in_writer(_create_durably, self.root / key)
+            fd = _create_durably(self.root / key)
             seg = (key, fd, 0)
             self._segment = seg
             self._written.append((created, key))
             self.objects_written += 1
         key, fd, at = seg
         try:
-            synced = await self._in_writer(_append_durably, fd, parts, at)
-            self.sync_seconds.observe(synced)
+            synced = _append_durably(fd, parts, at)
         except OSError:
             # The segment is given up: its torn tail is never referenced, the next write starts another.
             self._segment = None
@@ -396,7 +453,7 @@ class RelayLog:
                 os.close(fd)
             raise
         self._segment = (key, fd, at + size)
-        return key, at
+        return key, at, synced
 
     async def delete_before(self, horizon_ms: int) -> int:
         """Delete relay objects created before `horizon_ms - DELETE_MARGIN_MS`."""

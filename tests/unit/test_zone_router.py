@@ -108,6 +108,38 @@ def test_relay_log_writes_reads_and_deletes_behind_the_horizon(tmp_path: Path, m
     asyncio.run(run())
 
 
+def test_relay_writes_on_the_loop_while_the_file_system_is_fast_else_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast nfs is written on the loop (a thread hop costs more than the write); writes that
+    average over the bar go to the writer thread, and every byte is where its reference says."""
+    threads: list[str] = []
+    real = relay._append_durably
+
+    def slow(fd: int, parts: list[bytes], at: int) -> float:
+        import threading
+        import time
+
+        threads.append(threading.current_thread().name)
+        time.sleep(0.05)
+        return real(fd, parts, at)
+
+    async def run() -> None:
+        log = RelayLog("nfs", None, str(tmp_path), "broker-1")  # type: ignore[arg-type]
+        await log.open()
+        reader = SharedReader("nfs", None, str(tmp_path))  # type: ignore[arg-type]
+        (fast,) = await log.write([b"fast"])
+        assert log._writer is None  # no thread was needed
+        monkeypatch.setattr(relay, "_append_durably", slow)
+        refs = [r for _ in range(4) for r in await log.write([b"slow"])]
+        assert threads[0] == "MainThread" and threads[-1].startswith("relay")
+        assert [await reader.read_ref(r) for r in [fast, *refs]] == [b"fast"] + [b"slow"] * 4
+        log.close()
+        reader.close()
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize(
     "key",
     ["../secret", "relay/../1796618028969-00000000", "/etc/passwd", "relay/b/../../x", "broker-0/wal.ring"],
