@@ -574,6 +574,14 @@ class Broker:
     def topic(self, name: str) -> TopicInfo | None:
         return self.image.topics.get(name)
 
+    def partition_now(self, topic_name: str, index: int) -> Partition | None:
+        """The partition when partition() would return it without waiting; else None (ask that)."""
+        key = (topic_name, index)
+        if key in self._releasing or self._draining or self.storage is None:
+            return None
+        part = self._partitions.get(key)
+        return part if part is not None and part.failed is None else None
+
     async def partition(self, topic_name: str, index: int) -> Partition:
         """The open partition, or BrokerError with the Kafka code that explains why not."""
         key = (topic_name, index)

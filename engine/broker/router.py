@@ -26,7 +26,7 @@ import struct
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -51,12 +51,16 @@ from engine.util.histogram import now
 
 if TYPE_CHECKING:
     from engine.broker.broker import Broker
+    from engine.broker.partition import AppendResult, Partition
     from engine.controller.api import BrokerRecord
 
 log = logging.getLogger(__name__)
 
 #: Far above every Kafka API key; a Kafka client never sends it.
 ROUTER_API_KEY = 32_001
+#: What _start_reads began for an AppendRefs: a read per item (None: refused), the relay
+#: objects counted in the relay floor meanwhile, and the time of arrival.
+_Started = tuple[list["asyncio.Future[bytes] | None"], list[int], int]
 _HEAD = struct.Struct(">hhi")  # api key, method, correlation id
 _CORR = struct.Struct(">i")
 APPEND_REFS = 1
@@ -387,7 +391,7 @@ class Router:
 
     def relay_produce(
         self, items: list[tuple[str, int, int, memoryview]], timeout_ms: int
-    ) -> Awaitable[list[RefResult]]:
+    ) -> asyncio.Future[list[RefResult]]:
         """Relay (topic, partition, leader epoch, records) to their leaders; results in item order.
 
         Called in request order; the relay write and the AppendRefs to each leader keep that order.
@@ -422,15 +426,12 @@ class Router:
                 leader = next(x for x in self._routing_brokers() if x.id == lid)
                 req = AppendRefs([AppendRef(items[i][0], items[i][1], items[i][2], refs[i]) for i in idxs], timeout_ms)
                 answers[lid] = self._client(leader).send(APPEND_REFS, _ENC.encode(req))
-            sent_at = now()
-            for answer in answers.values():
-                answer.add_done_callback(lambda _f: lat["leader"].observe(now() - sent_at))
-            self._spawn(self._collect(by_leader, answers, results, out, timeout_ms / 1000 + 5))
+            self._collect(by_leader, answers, results, out, timeout_ms / 1000 + 5)
 
         written.add_done_callback(sent)
         return out
 
-    async def _collect(
+    def _collect(
         self,
         by_leader: dict[int, list[int]],
         answers: dict[int, asyncio.Future[bytes]],
@@ -438,18 +439,45 @@ class Router:
         out: asyncio.Future[list[RefResult]],
         timeout_s: float,
     ) -> None:
-        for lid, idxs in by_leader.items():
-            try:
-                # A leader that never answers (paused, or a lost answer) must not hold the client for ever.
-                got = _DEC_REF_RESULTS.decode(await asyncio.wait_for(answers[lid], timeout_s))
-            except TimeoutError:
-                got = [RefResult(int(ErrorCode.REQUEST_TIMED_OUT), f"leader {lid} did not answer")] * len(idxs)
-            except (ConnectionError, msgspec.DecodeError) as e:
-                got = [RefResult(int(ErrorCode.NOT_LEADER_OR_FOLLOWER), f"leader {lid}: {e}")] * len(idxs)
-            for i, r in zip(idxs, got, strict=False):
-                results[i] = r
-        if not out.done():
+        """Each leader's answer into `results`, then `out`: callbacks and one timer, no task (a
+        relayed produce is on the produce path; each task costs turns of the loop)."""
+        loop = asyncio.get_running_loop()
+        lat = self.broker.latency.relay["leader"]
+        sent_at = now()
+        left = len(answers)
+
+        def finish() -> None:
+            timer.cancel()
+            if out.done():
+                return
+            for lid, idxs in by_leader.items():
+                for i in idxs:
+                    if results[i] is None:
+                        # A leader that never answers (paused, or a lost answer) must not hold the client for ever.
+                        results[i] = RefResult(int(ErrorCode.REQUEST_TIMED_OUT), f"leader {lid} did not answer")
             out.set_result([r or RefResult(int(ErrorCode.UNKNOWN_SERVER_ERROR), "no answer") for r in results])
+
+        def got(answer: asyncio.Future[bytes], idxs: list[int], lid: int) -> None:
+            nonlocal left
+            lat.observe(now() - sent_at)
+            if out.done():
+                _retrieved(answer)
+                return
+            try:
+                decoded = _DEC_REF_RESULTS.decode(answer.result())
+            except (ConnectionError, msgspec.DecodeError) as e:
+                decoded = [RefResult(int(ErrorCode.NOT_LEADER_OR_FOLLOWER), f"leader {lid}: {e}")] * len(idxs)
+            for i, r in zip(idxs, decoded, strict=False):
+                results[i] = r
+            left -= 1
+            if left == 0:
+                finish()
+
+        timer = loop.call_later(timeout_s, finish)
+        if not answers:
+            finish()
+        for lid, answer in answers.items():
+            answer.add_done_callback(lambda f, idxs=by_leader[lid], lid=lid: got(f, idxs, lid))
 
     # --- leader: AppendRefs -------------------------------------------------------------------
 
@@ -473,7 +501,7 @@ class Router:
             n = await self.relay.delete_before(horizon_ms)
             self.broker.counters["relay_objects_deleted"] += n
 
-    def _start_reads(self, req: AppendRefs) -> tuple[list[asyncio.Future[bytes] | None], list[int], int]:
+    def _start_reads(self, req: AppendRefs) -> _Started:
         """Start reading every referenced batch now (a request's reads overlap the appends of the
         requests before it); refuse references older than the accept window."""
         storage = self.broker.storage
@@ -507,19 +535,61 @@ class Router:
             reads.append(read)
         return reads, created, now_ms
 
+    def _append_now(self, req: AppendRefs, started: _Started, answer: Callable[[list[RefResult]], None]) -> bool:
+        """Append on the spot when nothing has to be waited for (the connection's previous
+        AppendRefs appended, every read done on the loop, every partition open): no task, no
+        turn of the loop before the WAL has the REF records. False: take the async way."""
+        reads = started[0]
+        parts: list[Partition | None] = []
+        for item, read in zip(req.items, reads, strict=True):
+            if read is not None and not read.done():
+                return False
+            part = self.broker.partition_now(item.topic, item.partition)
+            if part is None and read is not None:
+                return False
+            parts.append(part)
+        self._when_durable(*self._append_items(req, started, parts), req.timeout_ms, answer)
+        return True
+
     async def _append_refs(
         self,
         req: AppendRefs,
-        started: tuple[list[asyncio.Future[bytes] | None], list[int], int],
+        started: _Started,
         before: asyncio.Task[Any] | None,
-    ) -> Awaitable[list[RefResult]]:
+        answer: Callable[[list[RefResult]], None],
+    ) -> None:
         """Append after the connection's previous AppendRefs (order is what idempotence checks)."""
-        if before is not None and not before.done():
-            await asyncio.wait([before])
+        try:
+            if before is not None and not before.done():
+                await asyncio.wait([before])
+            parts: list[Partition | BaseException | None] = []
+            for item, read in zip(req.items, started[0], strict=True):
+                if read is None:
+                    parts.append(None)
+                    continue
+                try:
+                    parts.append(await self.broker.partition(item.topic, item.partition))
+                except (BrokerError, StorageError, ObjectStoreError) as e:
+                    parts.append(e)
+                with contextlib.suppress(Exception):  # the append reports it
+                    await read
+            self._when_durable(*self._append_items(req, started, parts), req.timeout_ms, answer)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # A bug, not a refusal: the proxy still gets an answer (its client retries).
+            log.exception("AppendRefs failed")
+            answer([RefResult(int(ErrorCode.UNKNOWN_SERVER_ERROR), str(e))] * len(req.items))
+
+    def _append_items(
+        self, req: AppendRefs, started: _Started, parts: Sequence[Partition | BaseException | None]
+    ) -> tuple[list[RefResult], list[tuple[int, AppendResult]]]:
+        """Append each item whose read is done and whose partition is open (`parts`); the results
+        and the appends to wait for."""
         b = self.broker
         reads, created, now_ms = started
         results = [RefResult() for _ in req.items]
-        pending: list[tuple[int, Any]] = []
+        pending: list[tuple[int, AppendResult]] = []
         try:
             for i, item in enumerate(req.items):
                 res = results[i]
@@ -529,10 +599,14 @@ class Router:
                     res.message = "the relayed batch is older than the relay accept window"
                     continue
                 try:
-                    part = await b.partition(item.topic, item.partition)
+                    part = parts[i]
+                    if part is None:
+                        part = b.partition_now(item.topic, item.partition)
+                    if isinstance(part, BaseException):
+                        raise part
+                    assert part is not None
                     part.check_leader_epoch(item.leader_epoch)
-                    raw = await read
-                    records = memoryview(bytearray(raw))
+                    records = memoryview(bytearray(read.result()))
                     batches = read_batches(records)
                     result = part.append(records, batches, now_ms, relay=item.ref)
                     b.counters["relayed_appends"] += 1
@@ -558,30 +632,54 @@ class Router:
                     self._inflight[ms] = n
                 else:
                     del self._inflight[ms]
-        return self._durable(results, pending, req.timeout_ms)
+        return results, pending
 
-    async def _durable(
-        self, results: list[RefResult], pending: list[tuple[int, Any]], timeout_ms: int
-    ) -> list[RefResult]:
-        if pending:
-            # asyncio.wait neither cancels nor wraps them: no extra hop per batch.
-            futures = [r.done for _, r in pending]
-            waiting = [f for f in futures if not f.done()]
-            appended = now()
-            if waiting:
-                await asyncio.wait(waiting, timeout=max(timeout_ms, 1) / 1000)
+    def _when_durable(
+        self,
+        results: list[RefResult],
+        pending: list[tuple[int, AppendResult]],
+        timeout_ms: int,
+        answer: Callable[[list[RefResult]], None],
+    ) -> None:
+        """`answer(results)` once every append is durable or the timeout passed: callbacks and a
+        timer, as a direct produce waits (handlers/produce.py), not a task."""
+        if not pending:
+            answer(results)
+            return
+        loop = asyncio.get_running_loop()
+        appended = now()
+        left = len(pending)
+        answered = False
+
+        def finish() -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            timer.cancel()
             self.broker.latency.relay["durable"].observe(now() - appended)
-            done = {f for f in futures if f.done()}
-            for (i, _), fut in zip(pending, futures, strict=True):
-                res = results[i]
-                if fut not in done:
+            for i, result in pending:
+                res, fut = results[i], result.done
+                if not fut.done():
                     res.error_code, res.message = int(ErrorCode.REQUEST_TIMED_OUT), "not durable in time"
                     res.base_offset = -1
-                elif fut.exception() is not None:
-                    exc = fut.exception()
-                    assert exc is not None
+                    fut.add_done_callback(_retrieved)
+                elif fut.cancelled():
+                    res.error_code, res.message = int(ErrorCode.NOT_LEADER_OR_FOLLOWER), "the partition closed"
+                    res.base_offset = -1
+                elif (exc := fut.exception()) is not None:
                     res.error_code, res.message, res.base_offset = int(error_code_for(exc)), str(exc), -1
-        return results
+            answer(results)
+
+        def one_done(_: asyncio.Future[int]) -> None:
+            nonlocal left
+            left -= 1
+            if left == 0:
+                finish()
+
+        timer = loop.call_later(max(timeout_ms, 1) / 1000, finish)
+        for _, result in pending:
+            result.done.add_done_callback(one_done)
 
     # --- leader: Tail ---------------------------------------------------------------------------
 
@@ -869,12 +967,17 @@ class Router:
         try:
             if method == APPEND_REFS:
                 req = _DEC_REFS.decode(body)
-                step = asyncio.get_running_loop().create_task(
-                    self._append_refs(req, self._start_reads(req), self._chains.get(send))
-                )
+                started = self._start_reads(req)
+
+                def answer(results: list[RefResult], corr: int = corr) -> None:
+                    send(frame([_CORR.pack(corr), _ENC.encode(results)]))
+
+                before = self._chains.get(send)
+                if (before is None or before.done()) and self._append_now(req, started, answer):
+                    return True
+                step = asyncio.get_running_loop().create_task(self._append_refs(req, started, before, answer))
                 self._chains[send] = step
                 step.add_done_callback(lambda t, k=send: self._chains.pop(k) if self._chains.get(k) is t else None)
-                self._spawn(self._answer_after(corr, step, send, len(req.items)))
             elif method == TAIL:
                 self._spawn(self._answer_later(corr, self._tail(_DEC_TAIL.decode(body)), send))
             elif method == OFFSETS:
@@ -890,19 +993,6 @@ class Router:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _answer_after(
-        self, corr: int, step: asyncio.Task[Awaitable[list[RefResult]]], send: Callable[[list[Any]], None], n: int
-    ) -> None:
-        try:
-            results = await (await step)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            # A bug, not a refusal: the proxy still gets an answer (its client retries).
-            log.exception("AppendRefs failed")
-            results = [RefResult(int(ErrorCode.UNKNOWN_SERVER_ERROR), str(e))] * n
-        send(frame([_CORR.pack(corr), _ENC.encode(results)]))
 
     async def _answer_later(self, corr: int, rest: Awaitable[Any], send: Callable[[list[Any]], None]) -> None:
         try:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from typing import Any
 
 from engine.broker.context import RequestContext
 from engine.broker.errors import ANSWERED, error_code_for
@@ -103,21 +104,37 @@ async def begin(ctx: RequestContext, request: ProduceRequest) -> Awaitable[Produ
     return _settle(out, pending, request.acks, request.timeout_ms)
 
 
-async def _relayed(
+def _relayed(
     out: ProduceResponse,
     pending: list[tuple[PartitionResponse, AppendResult]],
     acks: int,
     timeout_ms: int,
     relayed: list[PartitionResponse],
-    relay: Awaitable[list[RefResult]],
-) -> ProduceResponse:
-    for resp, r in zip(relayed, await relay, strict=True):
-        if r.error_code:
-            _fail(resp, ErrorCode(r.error_code), r.message)
+    relay: asyncio.Future[list[RefResult]],
+) -> asyncio.Future[ProduceResponse]:
+    """The response once the relayed partitions' leaders answered and this broker's own appends
+    are durable (both waited for at once, by callbacks, as _settle does)."""
+    answer: asyncio.Future[ProduceResponse] = asyncio.get_running_loop().create_future()
+    settled = _settle(out, pending, acks, timeout_ms)
+
+    def both(_: asyncio.Future[Any]) -> None:
+        if not (relay.done() and settled.done()) or answer.done():
+            return
+        if relay.cancelled() or relay.exception() is not None:
+            for resp in relayed:
+                _fail(resp, ErrorCode.UNKNOWN_SERVER_ERROR, "the relay failed")
         else:
-            resp.base_offset, resp.log_append_time_ms, resp.log_start_offset = (
-                r.base_offset, r.log_append_time, r.log_start_offset)  # fmt: skip
-    return await _settle(out, pending, acks, timeout_ms)
+            for resp, r in zip(relayed, relay.result(), strict=True):
+                if r.error_code:
+                    _fail(resp, ErrorCode(r.error_code), r.message)
+                else:
+                    resp.base_offset, resp.log_append_time_ms, resp.log_start_offset = (
+                        r.base_offset, r.log_append_time, r.log_start_offset)  # fmt: skip
+        answer.set_result(out)
+
+    relay.add_done_callback(both)
+    settled.add_done_callback(both)
+    return answer
 
 
 def _settle(
