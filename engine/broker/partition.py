@@ -328,12 +328,17 @@ class Partition:
     # --- appending -----------------------------------------------------------------------------
 
     def append(
-        self, records: memoryview, batches: list[RecordBatch], now_ms: int, relay: RelayRef | None = None
+        self,
+        records: memoryview,
+        batches: list[RecordBatch],
+        now_ms: int,
+        relay: RelayRef | None = None,
+        relay_sync: str | None = None,
     ) -> AppendResult:
         """Validate producer state, give the batches offsets and hand them to the stream.
 
         `relay`: the bytes are in a zone proxy's relay object (engine/broker/router.py); the
-        WAL gets only a reference to them.
+        WAL gets only a reference to them (and makes the file `relay_sync` durable first).
 
         Synchronous up to stream.append, so batches of concurrent requests cannot interleave
         between the sequence check and the offset assignment.
@@ -374,7 +379,7 @@ class Partition:
         done = (
             stream.append(bytes(records), end - first)
             if ref is None
-            else stream.append(bytes(records), end - first, ref)
+            else stream.append(bytes(records), end - first, ref, relay_sync)
         )
         done.add_done_callback(self._append_done)
         self._last_done = done

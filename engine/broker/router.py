@@ -42,6 +42,7 @@ from engine.storage.relay import (
     ACCEPT_WINDOW_MS,
     Location,
     RefRecord,
+    Relayed,
     RelayLog,
     RelayRef,
     RelayUnavailable,
@@ -97,6 +98,9 @@ class AppendRef(msgspec.Struct, array_like=True):
     partition: int
     leader_epoch: int  # the client's current leader epoch (-1: not sent)
     ref: RelayRef
+    #: False: the proxy wrote the relay file without an fdatasync; the leader's WAL syncs it
+    #: before the REF record (engine/storage/relay.py, RelayLog.leader_syncs).
+    durable: bool = True
 
 
 class AppendRefs(msgspec.Struct, array_like=True):
@@ -405,14 +409,14 @@ class Router:
         self.broker.counters["relayed_bytes"] += sum(len(r) for *_, r in items)
         out: asyncio.Future[list[RefResult]] = loop.create_future()
 
-        def sent(refs_fut: asyncio.Future[list[RelayRef]]) -> None:
+        def sent(refs_fut: asyncio.Future[Relayed]) -> None:
             # Runs in the order the relay writes finished, which is the order of the requests.
             lat["write"].observe(now() - began)
             if refs_fut.exception() is not None:
                 failed = RefResult(int(ErrorCode.KAFKA_STORAGE_ERROR), f"relay write failed: {refs_fut.exception()}")
                 out.set_result([failed] * len(items))
                 return
-            refs = refs_fut.result()
+            refs, durable = refs_fut.result()
             by_leader: dict[int, list[int]] = {}
             answers: dict[int, asyncio.Future[bytes]] = {}
             results: list[RefResult | None] = [None] * len(items)
@@ -424,7 +428,9 @@ class Router:
                 by_leader.setdefault(leader.id, []).append(i)
             for lid, idxs in by_leader.items():
                 leader = next(x for x in self._routing_brokers() if x.id == lid)
-                req = AppendRefs([AppendRef(items[i][0], items[i][1], items[i][2], refs[i]) for i in idxs], timeout_ms)
+                req = AppendRefs(
+                    [AppendRef(items[i][0], items[i][1], items[i][2], refs[i], durable) for i in idxs], timeout_ms
+                )
                 answers[lid] = self._client(leader).send(APPEND_REFS, _ENC.encode(req))
             self._collect(by_leader, answers, results, out, timeout_ms / 1000 + 5)
 
@@ -608,7 +614,9 @@ class Router:
                     part.check_leader_epoch(item.leader_epoch)
                     records = memoryview(bytearray(read.result()))
                     batches = read_batches(records)
-                    result = part.append(records, batches, now_ms, relay=item.ref)
+                    assert b.storage is not None  # else the read was refused
+                    sync = None if item.durable else b.storage.shared.relay_path(item.ref)
+                    result = part.append(records, batches, now_ms, relay=item.ref, relay_sync=sync)
                     b.counters["relayed_appends"] += 1
                     b.counters["produce_bytes"] += len(records)
                     b.counters["produce_batches"] += len(batches)

@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import crc32c
 import msgspec
@@ -168,6 +168,14 @@ class SharedReader:
         body = self._read_now(ref.key, ref.offset, ref.length)
         return None if body is None else self._checked_ref(ref, body)
 
+    def relay_path(self, ref: RelayRef) -> str:
+        """The file of an `nfs` relay reference (for the WAL to sync), checked as reads are."""
+        if self.kind != "nfs" or self.root is None:
+            raise RelayUnavailable("only an nfs relay can be synced by the leader")
+        if not _RELAY_KEY.fullmatch(ref.key):
+            raise RelayUnavailable(f"not a relay reference: {ref.key!r}")
+        return str(self.root / ref.key)
+
     @staticmethod
     def _checked_ref(ref: RelayRef, body: bytes) -> bytes:
         if len(body) != ref.length or crc32c.crc32c(body) != ref.crc:
@@ -279,8 +287,16 @@ def _pread(path: Path, offset: int, length: int) -> bytes:
         os.close(fd)
 
 
+class Relayed(NamedTuple):
+    """A relay write's references, in order, and whether the proxy made them durable: if not, the
+    leader's WAL syncs the file before the references (RelayLog.leader_syncs)."""
+
+    refs: list[RelayRef]
+    durable: bool
+
+
 #: Payloads waiting for a relay write, and the future of their references.
-_Waiting = tuple[list[bytes], "asyncio.Future[list[RelayRef]]"]
+_Waiting = tuple[list[bytes], "asyncio.Future[Relayed]"]
 
 
 class RelayLog:
@@ -306,6 +322,11 @@ class RelayLog:
         self.objects_written = 0
         self.objects_deleted = 0
         self._closed = False
+        #: nfs on a local file system (every broker of the host sees one page cache): the proxy
+        #: writes without an fdatasync and the leader's WAL syncs the file before its REF record,
+        #: so the two syncs of a relayed batch overlap instead of following one another. On a
+        #: remote file system another host sees the bytes only after the writer flushes them.
+        self.leader_syncs = False
 
     async def open(self) -> None:
         """Find the objects an earlier incarnation left, so the horizon deletes them too."""
@@ -316,15 +337,16 @@ class RelayLog:
             d = self.root / self.prefix
             d.mkdir(parents=True, exist_ok=True)
             keys = [self.prefix + p.name for p in d.iterdir() if not p.name.endswith(".tmp")]
+            self.leader_syncs = local_file_system(d)
         self._written = sorted((relay_created_ms(k), k) for k in keys)
 
-    def write(self, payloads: list[bytes]) -> asyncio.Future[list[RelayRef]]:
+    def write(self, payloads: list[bytes]) -> asyncio.Future[Relayed]:
         """Make `payloads` durable in one relay object (with whatever else waits); refs in order.
 
         Futures resolve in call order, so references reach leaders in the order clients sent.
         """
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[RelayRef]] = loop.create_future()
+        fut: asyncio.Future[Relayed] = loop.create_future()
         if self._closed:
             fut.set_exception(ObjectStoreError("the relay is closed"))
             return fut
@@ -347,14 +369,14 @@ class RelayLog:
             size += sum(len(p) for p in item[0])
         return group, [p for payloads, _ in group for p in payloads], size
 
-    def _written_as(self, group: list[_Waiting], size: int, written: tuple[str, int] | Exception) -> None:
+    def _written_as(self, group: list[_Waiting], size: int, written: tuple[str, int, bool] | Exception) -> None:
         if isinstance(written, Exception):
             err = written if isinstance(written, ObjectStoreError) else ObjectStoreError(str(written))
             for _, fut in group:
                 if not fut.done():
                     fut.set_exception(err)
             return
-        key, at = written
+        key, at, durable = written
         self.bytes_written += size
         for payloads, fut in group:
             refs = []
@@ -362,7 +384,7 @@ class RelayLog:
                 refs.append(RelayRef(key, at, len(p), crc32c.crc32c(p)))
                 at += len(p)
             if not fut.done():
-                fut.set_result(refs)
+                fut.set_result(Relayed(refs, durable))
 
     def _write_inline(self) -> None:
         """nfs: the group commit on the loop's thread. A write and an fdatasync of a preallocated
@@ -373,9 +395,10 @@ class RelayLog:
         try:
             group, parts, size = self._take_group()
             try:
-                key, at, synced = self._put_nfs(parts, size)
-                self.sync_seconds.observe(synced)
-                written: tuple[str, int] | Exception = (key, at)
+                key, at, synced = self._put_nfs(parts, size, sync=not self.leader_syncs)
+                if synced is not None:
+                    self.sync_seconds.observe(synced)
+                written: tuple[str, int, bool] | Exception = (key, at, synced is not None)
             except OSError as e:
                 written = e
             self._written_as(group, size, written)
@@ -395,7 +418,7 @@ class RelayLog:
             while self._queue:
                 group, parts, size = self._take_group()
                 try:
-                    written: tuple[str, int] | Exception = await self._put(parts, size)
+                    written: tuple[str, int, bool] | Exception = await self._put(parts, size)
                 except (OSError, ObjectStoreError) as e:
                     written = e
                 self._written_as(group, size, written)
@@ -413,23 +436,24 @@ class RelayLog:
         created = int(time.time() * 1000)
         return created, f"{self.prefix}{created:013d}-{next(self._seq):08d}"
 
-    async def _put(self, parts: list[bytes], size: int) -> tuple[str, int]:
-        """Write `parts` durably; (key, offset of the first byte)."""
+    async def _put(self, parts: list[bytes], size: int) -> tuple[str, int, bool]:
+        """Write `parts` durably; (key, offset of the first byte, True)."""
         if self.kind == "s3":
             created, key = self._new_key()
             await self.store.put(key, b"".join(parts))
             self._written.append((created, key))
             self.objects_written += 1
-            return key, 0
+            return key, 0, True
         self._slow_writes -= 1
         key, at, synced = await self._in_writer(self._put_nfs, parts, size)
+        assert synced is not None
         self.sync_seconds.observe(synced)  # on the loop: histograms take no lock
-        return key, at
+        return key, at, True
 
-    def _put_nfs(self, parts: list[bytes], size: int) -> tuple[str, int, float]:
-        """Append `parts` durably to the open segment (a new one when it is old or full): key, offset
-        of the first byte, the fdatasync's seconds. On the loop or in the writer thread, never both
-        at once (`_writing`)."""
+    def _put_nfs(self, parts: list[bytes], size: int, sync: bool = True) -> tuple[str, int, float | None]:
+        """Append `parts` to the open segment (a new one when it is old or full), with an fdatasync
+        if `sync`: key, offset of the first byte, the fdatasync's seconds (None: not synced). On the
+        loop or in the writer thread, never both at once (`_writing`)."""
         assert self.root is not None
         seg = self._segment
         full = seg is not None and seg[2] > 0 and seg[2] + size > SEGMENT_BYTES
@@ -445,7 +469,11 @@ class RelayLog:
             self.objects_written += 1
         key, fd, at = seg
         try:
-            synced = _append_durably(fd, parts, at)
+            synced: float | None = None
+            if sync:
+                synced = _append_durably(fd, parts, at)
+            else:
+                _append(fd, parts, at)
         except OSError:
             # The segment is given up: its torn tail is never referenced, the next write starts another.
             self._segment = None
@@ -498,6 +526,29 @@ class RelayLog:
             self._segment = None
 
 
+#: File systems whose pages every process of the host shares (no client-side cache of a server).
+_LOCAL_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "zfs", "f2fs", "bcachefs"})
+
+
+def local_file_system(path: Path, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Whether `path` is on a local file system (by the longest mount point above it)."""
+    target = os.path.realpath(path)
+    best, fstype = "", ""
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                fields = line.split()
+                if " - " not in line or len(fields) < 5:
+                    continue
+                mount = fields[4].replace("\\040", " ")
+                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, fstype = mount, line.split(" - ", 1)[1].split()[0]
+    except OSError:
+        return False
+    return fstype in _LOCAL_FS
+
+
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -517,12 +568,16 @@ def _create_durably(path: Path) -> int:
     return fd
 
 
-def _append_durably(fd: int, parts: list[bytes], at: int) -> float:
-    """Write and fdatasync; the seconds the fdatasync took."""
+def _append(fd: int, parts: list[bytes], at: int) -> None:
     view = memoryview(b"".join(parts))
     while view:
         n = os.pwrite(fd, view, at)
         view, at = view[n:], at + n
+
+
+def _append_durably(fd: int, parts: list[bytes], at: int) -> float:
+    """Write and fdatasync; the seconds the fdatasync took."""
+    _append(fd, parts, at)
     started = time.perf_counter()
     os.fdatasync(fd)
     return time.perf_counter() - started

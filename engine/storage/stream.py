@@ -68,11 +68,14 @@ class Stream:
     def fenced(self) -> bool:
         return isinstance(self._error, FencedError)
 
-    def append(self, payload: bytes, record_count: int, ref: RefRecord | None = None) -> asyncio.Future[int]:
+    def append(
+        self, payload: bytes, record_count: int, ref: RefRecord | None = None, sync_path: str | None = None
+    ) -> asyncio.Future[int]:
         """Append a batch of `record_count` records; resolves to its base offset once durable.
 
-        With `ref` the bytes are already durable in a relay object: the WAL gets only the
-        reference, readers and the uploader get `payload` from the log cache.
+        With `ref` the bytes are in a relay object: the WAL gets only the reference, readers and
+        the uploader get `payload` from the log cache. `sync_path`: the relay file is not durable
+        yet, and the WAL syncs it before the reference (engine/storage/wal/base.py).
         """
         if record_count <= 0:
             raise ValueError("a batch holds at least one record")
@@ -86,7 +89,9 @@ class Stream:
         if ref is None:
             record = WalRecord(self.stream_id, self.epoch, base, record_count, payload)
         else:
-            record = WalRecord(self.stream_id, self.epoch, base, record_count, ref.encode(), kind=KIND_REF)
+            record = WalRecord(
+                self.stream_id, self.epoch, base, record_count, ref.encode(), kind=KIND_REF, sync_path=sync_path
+            )
         entry.wal_frame = record.frame_size
         result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._engine.submit(

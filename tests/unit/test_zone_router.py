@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +17,7 @@ from engine.broker.zones import wants_real_leaders
 from engine.controller.api import BrokerRecord
 from engine.protocol.records import Record, build_batch, read_batches
 from engine.storage import relay
+from engine.storage.errors import StorageError
 from engine.storage.relay import (
     Location,
     RefRecord,
@@ -23,6 +27,8 @@ from engine.storage.relay import (
     SharedReader,
     relay_created_ms,
 )
+from engine.storage.wal.base import KIND_REF, WalRecord
+from engine.storage.wal.ring import RingWal
 
 
 def _brokers(*zones: str) -> list[BrokerRecord]:
@@ -83,9 +89,9 @@ def test_relay_log_writes_reads_and_deletes_behind_the_horizon(tmp_path: Path, m
         log = RelayLog("nfs", store, str(tmp_path), "broker-1")  # type: ignore[arg-type]
         await log.open()
         reader = SharedReader("nfs", store, str(tmp_path))  # type: ignore[arg-type]
-        a, b = await asyncio.gather(log.write([b"one", b"two"]), log.write([b"three"]))
+        a, b = [w.refs for w in await asyncio.gather(log.write([b"one", b"two"]), log.write([b"three"]))]
         assert a[0].key == b[0].key  # one group commit
-        b = await log.write([b"three"])
+        b = (await log.write([b"three"])).refs
         assert [await reader.read_ref(r) for r in a + b] == [b"one", b"two", b"three"]
         assert relay_created_ms(a[0].key) > 0
         with pytest.raises(RelayUnavailable):
@@ -98,7 +104,7 @@ def test_relay_log_writes_reads_and_deletes_behind_the_horizon(tmp_path: Path, m
             with pytest.raises(RelayUnavailable):
                 await reader.read_ref(ref)
         monkeypatch.setattr(relay, "SEGMENT_MS", 60_000)
-        (c,) = await log.write([b"four"])
+        (c,) = (await log.write([b"four"])).refs
         assert await log.delete_before(relay_created_ms(c.key) + 60_000) == 0  # still written to: kept
         assert await reader.read_ref(c) == b"four"
         again = RelayLog("nfs", store, str(tmp_path), "broker-1")  # type: ignore[arg-type]
@@ -111,33 +117,99 @@ def test_relay_log_writes_reads_and_deletes_behind_the_horizon(tmp_path: Path, m
 def test_relay_writes_on_the_loop_while_the_file_system_is_fast_else_in_a_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fast nfs is written on the loop (a thread hop costs more than the write); writes that
-    average over the bar go to the writer thread, and every byte is where its reference says."""
+    """A fast local file system is written on the loop and not synced (the leader's WAL syncs it
+    before its REF record); writes that average over the bar go to the writer thread, which
+    syncs them itself. Every byte is where its reference says."""
     threads: list[str] = []
-    real = relay._append_durably
+    synced: list[bool] = []
+    real_append, real_sync = relay._append, os.fdatasync
 
-    def slow(fd: int, parts: list[bytes], at: int) -> float:
-        import threading
-        import time
-
+    def slow(fd: int, parts: list[bytes], at: int) -> None:
         threads.append(threading.current_thread().name)
         time.sleep(0.05)
-        return real(fd, parts, at)
+        real_append(fd, parts, at)
+
+    def fdatasync(fd: int) -> None:
+        synced.append(True)
+        real_sync(fd)
 
     async def run() -> None:
         log = RelayLog("nfs", None, str(tmp_path), "broker-1")  # type: ignore[arg-type]
         await log.open()
+        assert log.leader_syncs  # tmp_path is on a local file system
         reader = SharedReader("nfs", None, str(tmp_path))  # type: ignore[arg-type]
-        (fast,) = await log.write([b"fast"])
-        assert log._writer is None  # no thread was needed
-        monkeypatch.setattr(relay, "_append_durably", slow)
-        refs = [r for _ in range(4) for r in await log.write([b"slow"])]
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        fast = await log.write([b"fast"])
+        assert not fast.durable and log._writer is None and not synced  # no thread, no sync
+        monkeypatch.setattr(relay, "_append", slow)
+        slow_ones = [await log.write([b"slow"]) for _ in range(4)]
         assert threads[0] == "MainThread" and threads[-1].startswith("relay")
-        assert [await reader.read_ref(r) for r in [fast, *refs]] == [b"fast"] + [b"slow"] * 4
+        assert not slow_ones[0].durable and slow_ones[-1].durable and synced
+        refs = [*fast.refs, *(r for w in slow_ones for r in w.refs)]
+        assert [await reader.read_ref(r) for r in refs] == [b"fast"] + [b"slow"] * 4
+        assert reader.relay_path(refs[0]) == str(tmp_path / refs[0].key)
         log.close()
         reader.close()
 
     asyncio.run(run())
+
+
+def test_the_wal_syncs_an_unsynced_relay_file_before_the_ref_that_points_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No REF record may be durable before its bytes: the relay file's fdatasync comes first,
+    once per file per group; a file that cannot be synced fails the group (and the WAL)."""
+    relay_file = tmp_path / "relay-segment"
+    relay_file.write_bytes(b"batches")
+    order: list[str] = []
+    real_sync, real_pwritev = os.fdatasync, os.pwritev
+
+    def fdatasync(fd: int) -> None:
+        order.append("sync " + os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1])
+        real_sync(fd)
+
+    def pwritev(fd: int, buffers: list[bytes], offset: int) -> int:
+        order.append("write ring")
+        return real_pwritev(fd, buffers, offset)
+
+    async def main() -> None:
+        wal = RingWal(tmp_path / "wal", 1 << 20, "test")
+        await wal.open()
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        monkeypatch.setattr(os, "pwritev", pwritev)
+        loop = asyncio.get_running_loop()
+        futures = []
+        for i, path in enumerate([str(relay_file), str(relay_file), None]):
+            fut: asyncio.Future[int] = loop.create_future()
+            rec = WalRecord(1, 1, i, 1, b"ref", kind=KIND_REF, sync_path=path)
+            wal.append(rec, lambda end, err, fut=fut: fut.set_exception(err) if err else fut.set_result(end))
+            futures.append(fut)
+        await asyncio.gather(*futures)
+        assert order[0] == "sync relay-segment" and order[-1] == "sync wal.ring"
+        assert order.count("sync relay-segment") <= 2  # once per group (the three may be one group)
+        gone: asyncio.Future[int] = loop.create_future()
+        rec = WalRecord(1, 1, 3, 1, b"ref", kind=KIND_REF, sync_path=str(tmp_path / "deleted"))
+        wal.append(rec, lambda end, err: gone.set_exception(err) if err else gone.set_result(end))
+        with pytest.raises(StorageError):
+            await gone
+        monkeypatch.undo()
+        await wal.close()
+
+    asyncio.run(main())
+
+
+def test_a_local_file_system_is_told_from_a_remote_one(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+        "40 27 0:50 / /mnt/shared\\040wal rw,relatime - nfs4 server:/export rw,vers=4.2\n"
+        "41 40 0:51 / /mnt/shared\\040wal/tmp rw - tmpfs tmpfs rw\n"
+    )
+    local = relay.local_file_system
+    assert local(Path("/srv/amq"), str(info))
+    assert not local(Path("/mnt/shared wal/relay"), str(info))
+    assert local(Path("/mnt/shared wal/tmp/x"), str(info))
+    assert not local(Path("/x"), str(tmp_path / "missing"))  # unknown: the proxy syncs
 
 
 @pytest.mark.parametrize(

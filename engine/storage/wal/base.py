@@ -15,8 +15,9 @@ incarnation are told apart from live ones.
 
 from __future__ import annotations
 
+import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,6 +48,9 @@ class WalRecord:
     payload: bytes
     position: int = -1  # assigned by the WAL when written
     kind: int = KIND_DATA
+    #: KIND_REF only: a relay file the proxy wrote without an fdatasync (engine/storage/relay.py).
+    #: The WAL makes it durable before this record, so no REF is ever durable before its bytes.
+    sync_path: str | None = None
 
     @property
     def frame_size(self) -> int:
@@ -119,6 +123,21 @@ class WalStats:
     def synced(self, seconds: float, nbytes: int) -> None:
         self.sync_seconds.observe(seconds)
         self.group_bytes.observe(nbytes)
+
+
+def sync_relay_files(records: Iterable[WalRecord]) -> None:
+    """fdatasync each relay file the records name (once per file), before they are written.
+
+    The path is opened here: a writeback error that happened before the open would not be
+    reported to this descriptor, but the proxy wrote the bytes moments ago and nothing else
+    syncs them (the kernel's periodic writeback leaves data this young alone unless memory is short).
+    """
+    for path in {r.sync_path for r in records if r.sync_path is not None}:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
 
 # Called on the event loop once a record is durable (end position, None) or failed (-1, error).

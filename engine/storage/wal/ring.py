@@ -39,6 +39,7 @@ from engine.storage.wal.base import (
     decode_frame,
     encode_header,
     pad_frame,
+    sync_relay_files,
 )
 from engine.util.histogram import now
 
@@ -277,6 +278,7 @@ class RingWal:
         if self._failed is not None:
             raise self._failed
         pos = self._write_pos
+        sync_relay_files(rec for rec, _ in group)  # before the REF records that point to them
         # Headers and payloads go to the kernel as one iovec list per contiguous region: no copies.
         regions: list[tuple[int, list[bytes]]] = []
         chunk: list[bytes] = []

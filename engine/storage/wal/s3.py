@@ -98,6 +98,10 @@ class S3Wal:
         if self._closing:
             done(-1, StorageError("the WAL is closed"))
             return
+        if record.sync_path is not None:
+            # s3 relays are PUT before they are referenced: a file to sync means a misconfiguration.
+            done(-1, StorageError("an s3 WAL cannot make a relay file durable"))
+            return
         self._buffer.append((record, done))
         self._buffered += record.frame_size
         self.stats.records_written += 1
