@@ -214,13 +214,12 @@ class RouterClient:
         self._delayed: list[tuple[float, bytes]] = []
         self._delayer: asyncio.Task[None] | None = None
         self._on_bytes = on_bytes  # (sent, received, method) -> None, for the zone ledger
-        self._writer: asyncio.StreamWriter | None = None
+        self._transport: asyncio.Transport | None = None
         self._outbox: list[bytes] = []
         self._waiting: OrderedDict[int, asyncio.Future[bytes]] = OrderedDict()
         self._methods: dict[int, int] = {}
         self._corr = 0
         self._connecting: asyncio.Task[None] | None = None
-        self._reader_task: asyncio.Task[None] | None = None
         self.closed = False
 
     def send(self, method: int, body: bytes) -> asyncio.Future[bytes]:
@@ -253,38 +252,35 @@ class RouterClient:
             self._write(msg)
 
     def _write(self, msg: bytes) -> None:
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(msg)
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(msg)
         else:
             self._outbox.append(msg)
             if self._connecting is None or self._connecting.done():
                 self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: _Answers(self), self.host, self.port), 5.0
+            )
         except (OSError, TimeoutError) as e:
             self._fail(ConnectionError(f"broker {self.host}:{self.port} unreachable: {e}"))
             return
-        self._writer = writer
+        self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
         for msg in self._outbox:
-            writer.write(msg)
+            transport.write(msg)
         self._outbox.clear()
-        self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                head = await reader.readexactly(4)
-                (n,) = struct.unpack(">i", head)
-                data = await reader.readexactly(n)
-                (corr,) = _CORR.unpack_from(data)
-                self._on_bytes(0, n + 4, self._methods.pop(corr, 0))
-                fut = self._waiting.pop(corr, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(data[4:])
-        except (asyncio.IncompleteReadError, OSError) as e:
-            self._fail(ConnectionError(f"broker {self.host}:{self.port} closed the connection: {e}"))
+    def _answered(self, data: bytes) -> None:
+        """One answer frame (without its size): resolves its request's future on the spot (a
+        protocol callback, not a reader task: one turn of the loop less per answer)."""
+        (corr,) = _CORR.unpack_from(data)
+        self._on_bytes(0, len(data) + 4, self._methods.pop(corr, 0))
+        fut = self._waiting.pop(corr, None)
+        if fut is not None and not fut.done():
+            fut.set_result(data[4:])
 
     def _fail(self, err: BaseException) -> None:
         waiting, self._waiting = self._waiting, OrderedDict()
@@ -293,18 +289,49 @@ class RouterClient:
         for fut in waiting.values():
             if not fut.done():
                 fut.set_exception(err)
-        if self._writer is not None:
-            self._writer.close()
-        self._writer = None
+        if self._transport is not None:
+            self._transport.close()
+        self._transport = None
 
     async def close(self) -> None:
         self.closed = True
         self._fail(ConnectionError("router client closed"))
-        for t in (self._connecting, self._reader_task, self._delayer):
+        for t in (self._connecting, self._delayer):
             if t is not None and not t.done():
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+
+
+class _Answers(asyncio.Protocol):
+    """The answers on a RouterClient's connection: size-prefixed frames, in any order."""
+
+    def __init__(self, client: RouterClient) -> None:
+        self.client = client
+        self.buf = bytearray()
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        at = 0
+        while len(buf) - at >= 4:
+            (n,) = struct.unpack_from(">i", buf, at)
+            if len(buf) - at - 4 < n:
+                break
+            self.client._answered(bytes(buf[at + 4 : at + 4 + n]))
+            at += 4 + n
+        if at:
+            del buf[:at]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        c = self.client
+        if c._transport is not None and c._transport is not self.transport:
+            return  # an older connection's end: the client has a newer one
+        c._fail(ConnectionError(f"broker {c.host}:{c.port} closed the connection: {exc or 'EOF'}"))
 
 
 # --- the router ------------------------------------------------------------------------------
@@ -394,27 +421,30 @@ class Router:
     # --- proxy: produce ---------------------------------------------------------------------
 
     def relay_produce(
-        self, items: list[tuple[str, int, int, memoryview]], timeout_ms: int
-    ) -> asyncio.Future[list[RefResult]]:
-        """Relay (topic, partition, leader epoch, records) to their leaders; results in item order.
+        self,
+        items: list[tuple[str, int, int, memoryview]],
+        timeout_ms: int,
+        deliver: Callable[[list[RefResult]], None],
+    ) -> None:
+        """Relay (topic, partition, leader epoch, records) to their leaders; `deliver(results)`,
+        in item order, once each leader answered or the timeout passed (called once, from a
+        callback: a future would cost a turn of the loop).
 
         Called in request order; the relay write and the AppendRefs to each leader keep that order.
         """
         assert self.relay is not None
-        loop = asyncio.get_running_loop()
         began = now()
         lat = self.broker.latency.relay
         written = self.relay.write([bytes(r) for _, _, _, r in items])
         self.broker.counters["relayed_batches"] += len(items)
         self.broker.counters["relayed_bytes"] += sum(len(r) for *_, r in items)
-        out: asyncio.Future[list[RefResult]] = loop.create_future()
 
         def sent(refs_fut: asyncio.Future[Relayed]) -> None:
             # Runs in the order the relay writes finished, which is the order of the requests.
             lat["write"].observe(now() - began)
             if refs_fut.exception() is not None:
                 failed = RefResult(int(ErrorCode.KAFKA_STORAGE_ERROR), f"relay write failed: {refs_fut.exception()}")
-                out.set_result([failed] * len(items))
+                deliver([failed] * len(items))
                 return
             refs, durable = refs_fut.result()
             by_leader: dict[int, list[int]] = {}
@@ -432,41 +462,43 @@ class Router:
                     [AppendRef(items[i][0], items[i][1], items[i][2], refs[i], durable) for i in idxs], timeout_ms
                 )
                 answers[lid] = self._client(leader).send(APPEND_REFS, _ENC.encode(req))
-            self._collect(by_leader, answers, results, out, timeout_ms / 1000 + 5)
+            self._collect(by_leader, answers, results, deliver, timeout_ms / 1000 + 5)
 
         written.add_done_callback(sent)
-        return out
 
     def _collect(
         self,
         by_leader: dict[int, list[int]],
         answers: dict[int, asyncio.Future[bytes]],
         results: list[RefResult | None],
-        out: asyncio.Future[list[RefResult]],
+        deliver: Callable[[list[RefResult]], None],
         timeout_s: float,
     ) -> None:
-        """Each leader's answer into `results`, then `out`: callbacks and one timer, no task (a
+        """Each leader's answer into `results`, then `deliver`: callbacks and one timer, no task (a
         relayed produce is on the produce path; each task costs turns of the loop)."""
         loop = asyncio.get_running_loop()
         lat = self.broker.latency.relay["leader"]
         sent_at = now()
         left = len(answers)
+        delivered = False
 
         def finish() -> None:
+            nonlocal delivered
             timer.cancel()
-            if out.done():
+            if delivered:
                 return
+            delivered = True
             for lid, idxs in by_leader.items():
                 for i in idxs:
                     if results[i] is None:
                         # A leader that never answers (paused, or a lost answer) must not hold the client for ever.
                         results[i] = RefResult(int(ErrorCode.REQUEST_TIMED_OUT), f"leader {lid} did not answer")
-            out.set_result([r or RefResult(int(ErrorCode.UNKNOWN_SERVER_ERROR), "no answer") for r in results])
+            deliver([r or RefResult(int(ErrorCode.UNKNOWN_SERVER_ERROR), "no answer") for r in results])
 
         def got(answer: asyncio.Future[bytes], idxs: list[int], lid: int) -> None:
             nonlocal left
             lat.observe(now() - sent_at)
-            if out.done():
+            if delivered:
                 _retrieved(answer)
                 return
             try:

@@ -99,41 +99,41 @@ async def begin(ctx: RequestContext, request: ProduceRequest) -> Awaitable[Produ
         for _, result in pending:
             result.done.add_done_callback(_swallow)
     if relay_items:
-        relay = b.router.relay_produce(relay_items, request.timeout_ms)
-        return _relayed(out, pending, request.acks, request.timeout_ms, relayed, relay)
+        return _relayed(b, out, pending, request, relayed, relay_items)
     return _settle(out, pending, request.acks, request.timeout_ms)
 
 
 def _relayed(
+    b: Any,
     out: ProduceResponse,
     pending: list[tuple[PartitionResponse, AppendResult]],
-    acks: int,
-    timeout_ms: int,
+    request: ProduceRequest,
     relayed: list[PartitionResponse],
-    relay: asyncio.Future[list[RefResult]],
+    relay_items: list[tuple[str, int, int, memoryview]],
 ) -> asyncio.Future[ProduceResponse]:
     """The response once the relayed partitions' leaders answered and this broker's own appends
     are durable (both waited for at once, by callbacks, as _settle does)."""
     answer: asyncio.Future[ProduceResponse] = asyncio.get_running_loop().create_future()
-    settled = _settle(out, pending, acks, timeout_ms)
+    settled = _settle(out, pending, request.acks, request.timeout_ms)
+    got: list[list[RefResult]] = []
 
-    def both(_: asyncio.Future[Any]) -> None:
-        if not (relay.done() and settled.done()) or answer.done():
+    def both() -> None:
+        if not got or not settled.done() or answer.done():
             return
-        if relay.cancelled() or relay.exception() is not None:
-            for resp in relayed:
-                _fail(resp, ErrorCode.UNKNOWN_SERVER_ERROR, "the relay failed")
-        else:
-            for resp, r in zip(relayed, relay.result(), strict=True):
-                if r.error_code:
-                    _fail(resp, ErrorCode(r.error_code), r.message)
-                else:
-                    resp.base_offset, resp.log_append_time_ms, resp.log_start_offset = (
-                        r.base_offset, r.log_append_time, r.log_start_offset)  # fmt: skip
+        for resp, r in zip(relayed, got[0], strict=True):
+            if r.error_code:
+                _fail(resp, ErrorCode(r.error_code), r.message)
+            else:
+                resp.base_offset, resp.log_append_time_ms, resp.log_start_offset = (
+                    r.base_offset, r.log_append_time, r.log_start_offset)  # fmt: skip
         answer.set_result(out)
 
-    relay.add_done_callback(both)
-    settled.add_done_callback(both)
+    def delivered(results: list[RefResult]) -> None:
+        got.append(results)
+        both()
+
+    settled.add_done_callback(lambda _f: both())
+    b.router.relay_produce(relay_items, request.timeout_ms, delivered)
     return answer
 
 
