@@ -46,7 +46,7 @@ BEGIN, END = "<!-- zones:begin -->", "<!-- zones:end -->"
 ZONES = ["az1", "az2", "az3"]
 RECORD = 1024
 PHASES = ("produce_total", "produce_durable", "relay_write", "relay_leader", "relay_read", "relay_durable",
-          "relay_sync", "wal_sync", "loop_lag")  # fmt: skip
+          "relay_sync", "wal_relay_sync", "wal_sync", "loop_lag")  # fmt: skip
 
 
 def pct(xs: list[float], q: float) -> float:

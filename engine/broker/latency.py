@@ -102,7 +102,10 @@ _HELP = {
     "durable (REF record durable, at the leader).",
     "amq_loop_lag_seconds": f"How late the event loop ran a {int(LOOP_LAG_INTERVAL_S * 1000)} ms timer.",
     "amq_wal_sync_seconds": "Time for a WAL group to become durable: fdatasync (file, nfs) or the PUT (s3).",
-    "amq_relay_sync_seconds": "Time for a relay group commit's fdatasync (zone router, nfs WAL).",
+    "amq_relay_sync_seconds": "Time for a relay group commit's fdatasync at the proxy (zone router, nfs WAL on a "
+    "remote or slow file system).",
+    "amq_wal_relay_sync_seconds": "Time for the leader's WAL to fdatasync the relay files a group's REF records "
+    "point to (zone router, nfs WAL on a local file system), before the group.",
     "amq_wal_group_bytes": "Bytes per WAL group made durable.",
     "amq_s3_request_seconds": "Successful object store calls by operation (a multipart upload is one put).",
 }
@@ -126,6 +129,7 @@ def series(broker: Broker) -> list[Series]:
         out.append(Series("wal_sync", "amq_wal_sync_seconds", (), wal.sync_seconds.snapshot()))
         if relay is not None:
             out.append(Series("relay_sync", "amq_relay_sync_seconds", (), relay.sync_seconds.snapshot()))
+            out.append(Series("wal_relay_sync", "amq_wal_relay_sync_seconds", (), wal.relay_sync_seconds.snapshot()))
         out.append(Series("wal_group_bytes", "amq_wal_group_bytes", (), wal.group_bytes.snapshot(), seconds=False))
         s3 = storage.store.stats.latency
         out += [Series(f"s3_{op}", "amq_s3_request_seconds", (("op", op),), s3[op].snapshot()) for op in S3_OPS]

@@ -133,7 +133,11 @@ def test_broker_series_json_and_prometheus() -> None:
     lat = BrokerLatency()
     lat.produce["durable"].observe(0.003)
     stats = SimpleNamespace(
-        wal=SimpleNamespace(stats=SimpleNamespace(sync_seconds=Histogram(), group_bytes=Histogram(BYTES))),
+        wal=SimpleNamespace(
+            stats=SimpleNamespace(
+                sync_seconds=Histogram(), group_bytes=Histogram(BYTES), relay_sync_seconds=Histogram()
+            )
+        ),
         store=SimpleNamespace(stats=ObjectStoreStats()),
     )
     stats.wal.stats.group_bytes.observe(5000)
@@ -145,7 +149,7 @@ def test_broker_series_json_and_prometheus() -> None:
     assert set(objects["latency"]) == {
         "produce_decode", "produce_append", "produce_durable", "produce_total",
         "fetch_read", "fetch_wait", "fetch_total", "loop_lag", "wal_sync",
-        "relay_write", "relay_leader", "relay_read", "relay_durable", "relay_sync",
+        "relay_write", "relay_leader", "relay_read", "relay_durable", "relay_sync", "wal_relay_sync",
         "s3_put", "s3_get", "s3_list", "s3_delete",
     }  # fmt: skip
     assert objects["latency"]["relay_leader"]["count"] == 1

@@ -187,6 +187,7 @@ def test_the_wal_syncs_an_unsynced_relay_file_before_the_ref_that_points_to_it(
         await asyncio.gather(*futures)
         assert order[0] == "sync relay-segment" and order[-1] == "sync wal.ring"
         assert order.count("sync relay-segment") <= 2  # once per group (the three may be one group)
+        assert wal.stats.relay_sync_seconds.snapshot().count == order.count("sync relay-segment")
         gone: asyncio.Future[int] = loop.create_future()
         rec = WalRecord(1, 1, 3, 1, b"ref", kind=KIND_REF, sync_path=str(tmp_path / "deleted"))
         wal.append(rec, lambda end, err: gone.set_exception(err) if err else gone.set_result(end))

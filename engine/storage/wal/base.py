@@ -23,7 +23,7 @@ from typing import Protocol
 
 import crc32c
 
-from engine.util.histogram import BYTES, Histogram
+from engine.util.histogram import BYTES, Histogram, now
 
 MAGIC = 0xA3171A1F
 HEADER = struct.Struct("<IIIQQQQQII")
@@ -119,20 +119,33 @@ class WalStats:
     #: took and how many bytes it held. Observed on the event loop (engine/util/histogram.py).
     sync_seconds: Histogram = field(default_factory=Histogram)
     group_bytes: Histogram = field(default_factory=lambda: Histogram(BYTES))
+    #: Per group holding REF records to relay files the proxy did not sync: those files' fdatasync.
+    relay_sync_seconds: Histogram = field(default_factory=Histogram)
 
     def synced(self, seconds: float, nbytes: int) -> None:
         self.sync_seconds.observe(seconds)
         self.group_bytes.observe(nbytes)
 
 
-def sync_relay_files(records: Iterable[WalRecord]) -> None:
-    """fdatasync each relay file the records name (once per file), before they are written.
+def sync_relay_files(records: Iterable[WalRecord]) -> float | None:
+    """fdatasync each relay file the records name (once per file), before they are written; the
+    seconds it took (None: no file named)."""
+    paths = {r.sync_path for r in records if r.sync_path is not None}
+    if not paths:
+        return None
+    started = now()
+    _sync_files(paths)
+    return now() - started
+
+
+def _sync_files(paths: Iterable[str]) -> None:
+    """Open, fdatasync and close each file.
 
     The path is opened here: a writeback error that happened before the open would not be
     reported to this descriptor, but the proxy wrote the bytes moments ago and nothing else
     syncs them (the kernel's periodic writeback leaves data this young alone unless memory is short).
     """
-    for path in {r.sync_path for r in records if r.sync_path is not None}:
+    for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fdatasync(fd)

@@ -264,7 +264,7 @@ class RingWal:
                 continue
             self._complete(group, ends, None, synced)
 
-    def _write_group(self, group: list[Pending]) -> tuple[list[int], tuple[float, int]]:
+    def _write_group(self, group: list[Pending]) -> tuple[list[int], tuple[float, int, float | None]]:
         """Write and sync one group: the end position of each record, and (fdatasync seconds, bytes)."""
         need = self._needed(self._write_pos, group)
         with self._cond:
@@ -278,7 +278,7 @@ class RingWal:
         if self._failed is not None:
             raise self._failed
         pos = self._write_pos
-        sync_relay_files(rec for rec, _ in group)  # before the REF records that point to them
+        relay_s = sync_relay_files(rec for rec, _ in group)  # before the REF records that point to them
         # Headers and payloads go to the kernel as one iovec list per contiguous region: no copies.
         regions: list[tuple[int, list[bytes]]] = []
         chunk: list[bytes] = []
@@ -310,7 +310,7 @@ class RingWal:
                 written += n
         started = now()
         os.fdatasync(self._fd)
-        synced = (now() - started, written)
+        synced = (now() - started, written, relay_s)
         self.stats.syncs += 1
         self.stats.bytes_written += written
         if self._check_owner and os.stat(self.header_path).st_ino != self._header_ino:
@@ -333,7 +333,7 @@ class RingWal:
         group: list[Pending],
         ends: list[int] | None,
         err: BaseException | None,
-        synced: tuple[float, int] | None = None,
+        synced: tuple[float, int, float | None] | None = None,
     ) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -341,7 +341,9 @@ class RingWal:
 
         def resolve() -> None:
             if synced is not None:
-                self.stats.synced(*synced)  # on the loop: histograms take no lock
+                self.stats.synced(synced[0], synced[1])  # on the loop: histograms take no lock
+                if synced[2] is not None:
+                    self.stats.relay_sync_seconds.observe(synced[2])
             for i, (_, done) in enumerate(group):
                 if err is not None:
                     done(-1, err)
