@@ -638,11 +638,9 @@ class Router:
                     continue
                 try:
                     part = parts[i]
-                    if part is None:
-                        part = b.partition_now(item.topic, item.partition)
                     if isinstance(part, BaseException):
                         raise part
-                    assert part is not None
+                    assert part is not None  # None only where the read was refused
                     part.check_leader_epoch(item.leader_epoch)
                     records = memoryview(bytearray(read.result()))
                     batches = read_batches(records)

@@ -387,13 +387,16 @@ class RelayLog:
                 fut.set_result(Relayed(refs, durable))
 
     def _write_inline(self) -> None:
-        """nfs: the group commit on the loop's thread. A write and an fdatasync of a preallocated
-        file here take about 0.5 ms, less than the two thread hops they would otherwise cost on a
-        busy host (measured p99 3-6 ms each way, docs/zones.md); a slow file system (a remote NFS)
-        sends writes to the writer thread instead, as reads do."""
+        """nfs: the group commit on the loop's thread. A write of a preallocated file (and its
+        fdatasync, unless the leader's WAL does that: leader_syncs) takes about 0.5 ms here, less
+        than the two thread hops it would otherwise cost on a busy host (p99 3-6 ms each way,
+        BENCHMARKS.md); a slow file system sends writes to the writer thread, as reads do."""
         started = time.perf_counter()
         try:
             group, parts, size = self._take_group()
+            if self._closed:  # closed since the write was queued
+                self._written_as(group, size, ObjectStoreError("the relay is closed"))
+                return
             try:
                 key, at, synced = self._put_nfs(parts, size, sync=not self.leader_syncs)
                 if synced is not None:
@@ -409,9 +412,13 @@ class RelayLog:
             if self._write_s > _INLINE_WRITE_S:
                 self._slow_writes = 1000  # in the writer thread for a while, then look again
             self._writing = False
-            if self._queue:
+            if self._queue:  # more than one group's bytes were waiting
                 self._writing = True
-                self._task = asyncio.get_running_loop().create_task(self._write_loop())
+                loop = asyncio.get_running_loop()
+                if self._slow_writes <= 0:
+                    loop.call_soon(self._write_inline)
+                else:
+                    self._task = loop.create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
         try:
