@@ -51,6 +51,7 @@ ACCEPT_WINDOW_MS = 15_000
 DELETE_MARGIN_MS = 5_000
 _MAX_GROUP_BYTES = 16 << 20
 _INLINE_READ_MAX = 1 << 20
+#: Reads and relay writes stay on the loop while their moving average is under these.
 _INLINE_READ_S = 0.002
 _INLINE_WRITE_S = 0.002
 #: Files a SharedReader keeps open, and for how long one may stay open unused.
@@ -137,6 +138,16 @@ def relay_created_ms(key: str) -> int:
         return 0
 
 
+def inline_average(average: float, took: float) -> float:
+    """The moving average that decides whether reads and relay writes stay on the loop. One
+    sample counts for at most 10 ms: a single stall (a GIL wait, the CPU taken away, an fdatasync's
+    tail: p99 5-10 ms here) is not a slow file system, and each switch to the thread costs two
+    hops per operation for the next thousand (profiled: a quarter of the relay reads of a zones.py
+    run went through threads after such stalls). A file system slow at every operation still crosses
+    the bar within a few dozen."""
+    return 0.95 * average + 0.05 * min(took, 0.010)
+
+
 class SharedReader:
     """Reads relay objects and WAL frames of any broker from shared storage."""
 
@@ -215,7 +226,7 @@ class SharedReader:
         except OSError as e:
             raise RelayUnavailable(f"{path}: {e}") from e
         took = time.perf_counter() - start
-        self._read_s = 0.9 * self._read_s + 0.1 * took
+        self._read_s = inline_average(self._read_s, took)
         if self._read_s > _INLINE_READ_S:
             self._slow_reads = 1000  # in a thread for a while, then look again
         self.reads += 1
@@ -407,8 +418,7 @@ class RelayLog:
             self._written_as(group, size, written)
         finally:
             took = time.perf_counter() - started
-            # Slowly: an fdatasync's tail (p99 5-10 ms here) is not a slow file system.
-            self._write_s = 0.95 * self._write_s + 0.05 * took
+            self._write_s = inline_average(self._write_s, took)
             if self._write_s > _INLINE_WRITE_S:
                 self._slow_writes = 1000  # in the writer thread for a while, then look again
             self._writing = False
