@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from engine.broker.broker import Broker
     from engine.broker.partition import AppendResult, Partition
     from engine.controller.api import BrokerRecord
+    from engine.storage.stream import Stream
 
 log = logging.getLogger(__name__)
 
@@ -726,28 +727,13 @@ class Router:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(req.max_wait_ms, 0) / 1000
         while True:
-            results: list[TailResult] = []
-            waits = []
+            parts: list[Partition | BaseException] = []
             for item in req.items:
-                res = TailResult()
-                results.append(res)
                 try:
-                    part = await b.partition(item.topic, item.partition)
-                    part.check_leader_epoch(item.leader_epoch)
-                    stream = part.ready
-                    res.high_watermark = stream.end_offset
-                    res.log_start_offset = stream.start_offset
-                    res.committed_offset = stream.committed_offset
-                    res.stream_id = stream.stream_id
-                    res.leader_epoch = part.leader_epoch
-                    if item.offset >= stream.end_offset:
-                        waits.append((stream, item.offset))
-                        continue
-                    res.entries, res.keys = self._locations(
-                        stream.stream_id, item.offset, stream.end_offset, item.max_bytes
-                    )
+                    parts.append(await b.partition(item.topic, item.partition))
                 except ANSWERED as e:
-                    res.error_code, res.message = int(error_code_for(e)), str(e)
+                    parts.append(e)
+            results, waits = self._tail_pass(req, parts)
             left = deadline - loop.time()
             if len(waits) < len(req.items) or left <= 0:
                 return results
@@ -762,6 +748,45 @@ class Router:
                 _wake(wake)
             if not any(s.end_offset > off for s, off in waits):
                 await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+
+    def _tail_now(self, req: Tail) -> list[TailResult] | None:
+        """The answer on the spot when it needs no waiting (every partition open, and data or an
+        error for one of them, or no wait asked): no task. None: the async way."""
+        found = [self.broker.partition_now(item.topic, item.partition) for item in req.items]
+        parts = [p for p in found if p is not None]
+        if len(parts) < len(found):
+            return None
+        results, waits = self._tail_pass(req, parts)
+        return results if len(waits) < len(req.items) or req.max_wait_ms <= 0 else None
+
+    def _tail_pass(
+        self, req: Tail, parts: Sequence[Partition | BaseException]
+    ) -> tuple[list[TailResult], list[tuple[Stream, int]]]:
+        """One look at each partition: its result, and the streams whose end the poll waits on."""
+        results: list[TailResult] = []
+        waits: list[tuple[Stream, int]] = []
+        for item, part in zip(req.items, parts, strict=True):
+            res = TailResult()
+            results.append(res)
+            try:
+                if isinstance(part, BaseException):
+                    raise part
+                part.check_leader_epoch(item.leader_epoch)
+                stream = part.ready
+                res.high_watermark = stream.end_offset
+                res.log_start_offset = stream.start_offset
+                res.committed_offset = stream.committed_offset
+                res.stream_id = stream.stream_id
+                res.leader_epoch = part.leader_epoch
+                if item.offset >= stream.end_offset:
+                    waits.append((stream, item.offset))
+                    continue
+                res.entries, res.keys = self._locations(
+                    stream.stream_id, item.offset, stream.end_offset, item.max_bytes
+                )
+            except ANSWERED as e:
+                res.error_code, res.message = int(error_code_for(e)), str(e)
+        return results, waits
 
     def _locations(self, stream_id: int, offset: int, end: int, max_bytes: int) -> tuple[list[TailEntry], list[str]]:
         storage = self.broker.storage
@@ -810,6 +835,9 @@ class Router:
             body = await asyncio.wait_for(asked, max_wait_ms / 1000 + 30)
         except TimeoutError:
             raise ConnectionError(f"broker {leader.id} did not answer a Tail") from None
+        return self._tail_results(items, body)
+
+    def _tail_results(self, items: list[TailItem], body: bytes) -> list[TailResult]:
         results = _DEC_TAIL_RESULTS.decode(body)
         for item, res in zip(items, results, strict=False):
             if not res.error_code:
@@ -834,19 +862,31 @@ class Router:
                 new.append((item, fut))
             out.append(fut)
         if new:
-            self._spawn(self._poll(leader, new, max_wait_ms))
+            self._poll(leader, new, max_wait_ms)
         return out
 
-    async def _poll(
+    def _poll(
         self, leader: BrokerRecord, new: list[tuple[TailItem, asyncio.Future[TailResult]]], max_wait_ms: int
     ) -> None:
-        results: list[TailResult] | None = None
-        failed: BaseException = ConnectionError("the long poll ended without an answer")
-        try:
-            results = await self.tail(leader, [item for item, _ in new], max_wait_ms)
-        except (ConnectionError, msgspec.DecodeError) as e:
-            failed = e
-        finally:
+        """Ask `leader` for the tails of `new` and resolve their futures from its answer's callback
+        (no task per poll: a fetch in another zone costs one)."""
+        items = [item for item, _ in new]
+        asked = self._client(leader).send(TAIL, _ENC.encode(Tail(items, max_wait_ms)))
+
+        def give_up() -> None:
+            if not asked.done():
+                asked.set_exception(ConnectionError(f"broker {leader.id} did not answer a Tail"))
+
+        timer = asyncio.get_running_loop().call_later(max_wait_ms / 1000 + 30, give_up)
+
+        def answered(_: asyncio.Future[bytes]) -> None:
+            timer.cancel()
+            results: list[TailResult] | None = None
+            failed: BaseException = ConnectionError("the long poll ended without an answer")
+            try:
+                results = self._tail_results(items, asked.result())
+            except (ConnectionError, msgspec.DecodeError) as e:
+                failed = e
             for n, (item, fut) in enumerate(new):
                 key = (item.topic, item.partition, item.offset, item.leader_epoch)
                 if self._polls.get(key) is fut:
@@ -857,6 +897,8 @@ class Router:
                     fut.set_result(results[n])
                 else:
                     fut.set_exception(failed)
+
+        asked.add_done_callback(answered)
 
     def caught_up(self, topic: str, partition: int, offset: int) -> TailResult | None:
         """The last answer for a partition whose end a consumer has reached: it need not be asked
@@ -1017,7 +1059,12 @@ class Router:
                 self._chains[send] = step
                 step.add_done_callback(lambda t, k=send: self._chains.pop(k) if self._chains.get(k) is t else None)
             elif method == TAIL:
-                self._spawn(self._answer_later(corr, self._tail(_DEC_TAIL.decode(body)), send))
+                tail = _DEC_TAIL.decode(body)
+                now_answered = self._tail_now(tail)
+                if now_answered is not None:
+                    send(frame([_CORR.pack(corr), _ENC.encode(now_answered)]))
+                else:
+                    self._spawn(self._answer_later(corr, self._tail(tail), send))
             elif method == OFFSETS:
                 self._spawn(self._answer_later(corr, self._offsets(_DEC_OFFSETS.decode(body)), send))
             else:

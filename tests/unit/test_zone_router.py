@@ -10,9 +10,10 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 
-from engine.broker.router import Router, TailItem, TailResult, materialize, proxy_for
+from engine.broker.router import Router, Tail, TailItem, TailResult, materialize, proxy_for
 from engine.broker.zones import wants_real_leaders
 from engine.controller.api import BrokerRecord
 from engine.protocol.records import Record, build_batch, read_batches
@@ -250,14 +251,19 @@ def test_fetches_waiting_at_the_same_offset_share_one_long_poll_at_the_leader() 
     )
     router = Router(broker)  # type: ignore[arg-type]
     asked: list[list[tuple[str, int, int]]] = []
-    answers: list[asyncio.Future[list[TailResult]]] = []
+    answers: list[asyncio.Future[bytes]] = []
 
-    async def tail(leader: object, items: list[TailItem], max_wait_ms: int) -> list[TailResult]:
-        asked.append([(i.topic, i.partition, i.offset) for i in items])
-        answers.append(asyncio.get_running_loop().create_future())
-        return await answers[-1]
+    class Client:  # the leader's end of the channel: Tail requests in, encoded answers out
+        def send(self, method: int, body: bytes) -> asyncio.Future[bytes]:
+            tail = msgspec.msgpack.decode(body, type=Tail)
+            asked.append([(i.topic, i.partition, i.offset) for i in tail.items])
+            answers.append(asyncio.get_running_loop().create_future())
+            return answers[-1]
 
-    router.tail = tail  # type: ignore[method-assign]
+    def answer(n: int, results: list[TailResult]) -> None:
+        answers[n].set_result(msgspec.msgpack.encode(results))
+
+    router._client = lambda leader: Client()  # type: ignore[method-assign, assignment, return-value]
     leader = SimpleNamespace(id=1)
 
     async def run() -> None:
@@ -269,13 +275,13 @@ def test_fetches_waiting_at_the_same_offset_share_one_long_poll_at_the_leader() 
         await asyncio.sleep(0)
         assert later[0] is first[0]  # same partition, offset and epoch: the same poll
         assert asked == [[("t", 0, 5), ("t", 1, 7)], [("t", 1, 8)]]  # only the new offset is asked for
-        answers[0].set_result([TailResult(high_watermark=6), TailResult(high_watermark=7)])
+        answer(0, [TailResult(high_watermark=6), TailResult(high_watermark=7)])
         assert (await first[0]).high_watermark == 6 and (await first[1]).high_watermark == 7
         again = router.poll(leader, [a], 500)  # type: ignore[arg-type]
         assert again[0] is not first[0]  # an answered poll is not handed out again
         await asyncio.sleep(0)
         answers[1].set_exception(ConnectionError("leader gone"))
-        answers[2].set_result([TailResult(high_watermark=9)])
+        answer(2, [TailResult(high_watermark=9)])
         with pytest.raises(ConnectionError):
             await later[1]
         assert (await again[0]).high_watermark == 9 and not router._polls
