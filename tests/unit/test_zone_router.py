@@ -201,6 +201,27 @@ def test_the_wal_syncs_an_unsynced_relay_file_before_the_ref_that_points_to_it(
     asyncio.run(main())
 
 
+def test_relay_writes_queued_in_one_turn_beyond_a_group_make_several_groups_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay, "_MAX_GROUP_BYTES", 8)  # two 5-byte payloads do not fit one group
+
+    async def run() -> None:
+        log = RelayLog("nfs", None, str(tmp_path), "broker-1")  # type: ignore[arg-type]
+        await log.open()
+        reader = SharedReader("nfs", None, str(tmp_path))  # type: ignore[arg-type]
+        payloads = [f"pay{i:02d}".encode() for i in range(6)]
+        written = await asyncio.gather(*(log.write([p]) for p in payloads))
+        refs = [w.refs[0] for w in written]
+        assert [r.offset for r in refs] == sorted(r.offset for r in refs)  # in call order
+        assert [await reader.read_ref(r) for r in refs] == payloads
+        assert log._writer is None  # every group on the loop
+        log.close()
+        reader.close()
+
+    asyncio.run(run())
+
+
 def test_one_stall_does_not_send_reads_and_writes_to_a_thread_but_a_slow_file_system_does() -> None:
     avg = 0.0
     for took in [0.0003] * 50 + [0.5] + [0.0003] * 5:  # a half-second stall among fast operations
