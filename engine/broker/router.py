@@ -48,6 +48,7 @@ from engine.storage.relay import (
     RelayUnavailable,
     SharedReader,
 )
+from engine.util.futures import when_all
 from engine.util.histogram import now
 
 if TYPE_CHECKING:
@@ -475,48 +476,29 @@ class Router:
         deliver: Callable[[list[RefResult]], None],
         timeout_s: float,
     ) -> None:
-        """Each leader's answer into `results`, then `deliver`: callbacks and one timer, no task (a
-        relayed produce is on the produce path; each task costs turns of the loop)."""
-        loop = asyncio.get_running_loop()
-        lat = self.broker.latency.relay["leader"]
-        sent_at = now()
-        left = len(answers)
-        delivered = False
+        """Each leader's answer into `results`, then `deliver`: no task (a relayed produce is on the
+        produce path; each task costs turns of the loop)."""
+        lat, sent_at = self.broker.latency.relay["leader"], now()
+        for answer in answers.values():
+            answer.add_done_callback(lambda _f: lat.observe(now() - sent_at))
 
         def finish() -> None:
-            nonlocal delivered
-            timer.cancel()
-            if delivered:
-                return
-            delivered = True
             for lid, idxs in by_leader.items():
-                for i in idxs:
-                    if results[i] is None:
-                        # A leader that never answers (paused, or a lost answer) must not hold the client for ever.
-                        results[i] = RefResult(int(ErrorCode.REQUEST_TIMED_OUT), f"leader {lid} did not answer")
+                answer = answers[lid]
+                if not answer.done():
+                    # A leader that never answers (paused, or a lost answer) must not hold the client for ever.
+                    answer.add_done_callback(_retrieved)
+                    got = [RefResult(int(ErrorCode.REQUEST_TIMED_OUT), f"leader {lid} did not answer")] * len(idxs)
+                else:
+                    try:
+                        got = _DEC_REF_RESULTS.decode(answer.result())
+                    except (ConnectionError, msgspec.DecodeError) as e:
+                        got = [RefResult(int(ErrorCode.NOT_LEADER_OR_FOLLOWER), f"leader {lid}: {e}")] * len(idxs)
+                for i, r in zip(idxs, got, strict=False):
+                    results[i] = r
             deliver([r or RefResult(int(ErrorCode.UNKNOWN_SERVER_ERROR), "no answer") for r in results])
 
-        def got(answer: asyncio.Future[bytes], idxs: list[int], lid: int) -> None:
-            nonlocal left
-            lat.observe(now() - sent_at)
-            if delivered:
-                _retrieved(answer)
-                return
-            try:
-                decoded = _DEC_REF_RESULTS.decode(answer.result())
-            except (ConnectionError, msgspec.DecodeError) as e:
-                decoded = [RefResult(int(ErrorCode.NOT_LEADER_OR_FOLLOWER), f"leader {lid}: {e}")] * len(idxs)
-            for i, r in zip(idxs, decoded, strict=False):
-                results[i] = r
-            left -= 1
-            if left == 0:
-                finish()
-
-        timer = loop.call_later(timeout_s, finish)
-        if not answers:
-            finish()
-        for lid, answer in answers.items():
-            answer.add_done_callback(lambda f, idxs=by_leader[lid], lid=lid: got(f, idxs, lid))
+        when_all(list(answers.values()), timeout_s, finish)
 
     # --- leader: AppendRefs -------------------------------------------------------------------
 
@@ -680,22 +662,14 @@ class Router:
         timeout_ms: int,
         answer: Callable[[list[RefResult]], None],
     ) -> None:
-        """`answer(results)` once every append is durable or the timeout passed: callbacks and a
-        timer, as a direct produce waits (handlers/produce.py), not a task."""
+        """`answer(results)` once every append is durable or the timeout passed, as a direct
+        produce waits (handlers/produce.py)."""
         if not pending:
             answer(results)
             return
-        loop = asyncio.get_running_loop()
         appended = now()
-        left = len(pending)
-        answered = False
 
         def finish() -> None:
-            nonlocal answered
-            if answered:
-                return
-            answered = True
-            timer.cancel()
             self.broker.latency.relay["durable"].observe(now() - appended)
             for i, result in pending:
                 res, fut = results[i], result.done
@@ -710,15 +684,7 @@ class Router:
                     res.error_code, res.message, res.base_offset = int(error_code_for(exc)), str(exc), -1
             answer(results)
 
-        def one_done(_: asyncio.Future[int]) -> None:
-            nonlocal left
-            left -= 1
-            if left == 0:
-                finish()
-
-        timer = loop.call_later(max(timeout_ms, 1) / 1000, finish)
-        for _, result in pending:
-            result.done.add_done_callback(one_done)
+        when_all([result.done for _, result in pending], max(timeout_ms, 1) / 1000, finish)
 
     # --- leader: Tail ---------------------------------------------------------------------------
 

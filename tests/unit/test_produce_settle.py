@@ -9,6 +9,7 @@ from engine.broker.handlers.produce import PartitionResponse, _settle
 from engine.broker.partition import AppendResult
 from engine.protocol import ErrorCode
 from engine.protocol.messages import ProduceResponse
+from engine.util.futures import when_all
 
 Pending = list[tuple[PartitionResponse, AppendResult]]
 
@@ -75,5 +76,29 @@ def test_acks_zero_answers_at_once() -> None:
         out, pending = _pending(loop, 2)
         answer = _settle(out, pending, 0, 30_000)
         assert answer.done() and answer.result() is out
+
+    asyncio.run(run())
+
+
+def test_when_all_calls_once_when_all_are_done_or_at_the_timeout() -> None:
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        calls: list[str] = []
+        a, b = loop.create_future(), loop.create_future()
+        when_all([a, b], 10.0, lambda: calls.append("all"))
+        a.set_result(1)
+        await asyncio.sleep(0)
+        assert calls == []  # one still waits
+        b.set_result(2)
+        await asyncio.sleep(0)
+        assert calls == ["all"]
+        late = loop.create_future()
+        when_all([late], 0.01, lambda: calls.append("timeout"))
+        await asyncio.sleep(0.05)
+        late.set_result(3)  # after the timeout: not a second call
+        await asyncio.sleep(0)
+        assert calls == ["all", "timeout"]
+        when_all([], 10.0, lambda: calls.append("none"))
+        assert calls[-1] == "none"  # nothing to wait for: at once
 
     asyncio.run(run())

@@ -20,6 +20,7 @@ from engine.broker.router import RefResult
 from engine.protocol import ApiKey, CorruptRecords, ErrorCode
 from engine.protocol.messages import ProduceRequest, ProduceResponse
 from engine.protocol.records import read_batches
+from engine.util.futures import when_all
 
 API_KEY = ApiKey.PRODUCE
 log = logging.getLogger(__name__)
@@ -140,23 +141,13 @@ def _relayed(
 def _settle(
     out: ProduceResponse, pending: list[tuple[PartitionResponse, AppendResult]], acks: int, timeout_ms: int
 ) -> asyncio.Future[ProduceResponse]:
-    """The response, once every append is durable or the request's timeout has passed.
-
-    Callbacks on the appends' futures and one timer, not a task with asyncio.wait: librdkafka
-    sends one partition per request, so this runs once per partition produced to, and a task,
-    two shields and a wait cost more than the rest of the request (docs/perf.md).
-    """
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[ProduceResponse] = loop.create_future()
+    """The response, once every append is durable or the request's timeout has passed."""
+    answer: asyncio.Future[ProduceResponse] = asyncio.get_running_loop().create_future()
     if acks == 0 or not pending:
         answer.set_result(out)
         return answer
-    left = len(pending)
 
     def finish() -> None:
-        if answer.done():
-            return
-        timer.cancel()
         for resp, result in pending:
             fut = result.done
             if not fut.done():
@@ -170,15 +161,7 @@ def _settle(
                 resp.base_offset = fut.result()
         answer.set_result(out)
 
-    def one_done(_: asyncio.Future[int]) -> None:
-        nonlocal left
-        left -= 1
-        if left == 0:
-            finish()
-
-    timer = loop.call_later(max(timeout_ms, 1) / 1000, finish)
-    for _, result in pending:
-        result.done.add_done_callback(one_done)
+    when_all([result.done for _, result in pending], max(timeout_ms, 1) / 1000, finish)
     return answer
 
 
