@@ -51,9 +51,6 @@ ACCEPT_WINDOW_MS = 15_000
 DELETE_MARGIN_MS = 5_000
 _MAX_GROUP_BYTES = 16 << 20
 _INLINE_READ_MAX = 1 << 20
-#: Reads and relay writes stay on the loop while their moving average is under these.
-_INLINE_READ_S = 0.002
-_INLINE_WRITE_S = 0.002
 #: Files a SharedReader keeps open, and for how long one may stay open unused.
 _OPEN_FILES = 32
 _OPEN_IDLE_S = 10.0
@@ -138,14 +135,36 @@ def relay_created_ms(key: str) -> int:
         return 0
 
 
-def inline_average(average: float, took: float) -> float:
-    """The moving average that decides whether reads and relay writes stay on the loop. One
-    sample counts for at most 10 ms: a single stall (a GIL wait, the CPU taken away, an fdatasync's
-    tail: p99 5-10 ms here) is not a slow file system, and each switch to the thread costs two
-    hops per operation for the next thousand (profiled: a quarter of the relay reads of a zones.py
-    run went through threads after such stalls). A file system slow at every operation still crosses
-    the bar within a few dozen."""
-    return 0.95 * average + 0.05 * min(took, 0.010)
+class InlineGate:
+    """Whether small reads and relay writes of a shared file system stay on the loop's thread.
+
+    On a fast one an operation costs less than the two thread hops that would carry it (p99 3-6 ms
+    each way on a busy host, BENCHMARKS.md); a slow one (a remote NFS) would stall the loop, so
+    while the moving average of inline operations is over `bar_s` the next thousand go to a
+    thread, then the loop tries again. One sample counts for at most 10 ms: a single stall (a GIL
+    wait, the CPU taken away, an fdatasync's tail: p99 5-10 ms here) is not a slow file system
+    (profiled: a quarter of a zones.py run's relay reads had gone through threads after such
+    stalls), while one slow at every operation still crosses the bar within a few dozen.
+    """
+
+    def __init__(self, bar_s: float = 0.002) -> None:
+        self.bar_s = bar_s
+        self.average_s = 0.0
+        self._in_thread = 0
+
+    @property
+    def inline(self) -> bool:
+        return self._in_thread <= 0
+
+    def took(self, seconds: float) -> None:
+        """An operation done on the loop took `seconds`."""
+        self.average_s = 0.95 * self.average_s + 0.05 * min(seconds, 0.010)
+        if self.average_s > self.bar_s:
+            self._in_thread = 1000
+
+    def threaded(self) -> None:
+        """An operation went to a thread instead."""
+        self._in_thread -= 1
 
 
 class SharedReader:
@@ -157,8 +176,7 @@ class SharedReader:
         self.root = Path(nfs_root) if nfs_root else None
         self.bytes_read = 0
         self.reads = 0
-        self._read_s = 0.0  # moving average of inline read times
-        self._slow_reads = 0
+        self.gate = InlineGate()
         # Open files by path, least recently used first: an open per read cost more than the read
         # (and, under other processes' fsyncs, often pushed reads into threads).
         self._fds: OrderedDict[Path, tuple[int, float]] = OrderedDict()
@@ -216,7 +234,7 @@ class SharedReader:
 
     def _read_now(self, key: str, offset: int, length: int) -> bytes | None:
         """The bytes, read on the loop, when the file system is fast and the read small; else None."""
-        if self.kind == "s3" or length > _INLINE_READ_MAX or self._slow_reads > 0:
+        if self.kind == "s3" or length > _INLINE_READ_MAX or not self.gate.inline:
             return None
         assert self.root is not None
         path = self.root / key
@@ -225,18 +243,14 @@ class SharedReader:
             body = self._pread_cached(path, offset, length)
         except OSError as e:
             raise RelayUnavailable(f"{path}: {e}") from e
-        took = time.perf_counter() - start
-        self._read_s = inline_average(self._read_s, took)
-        if self._read_s > _INLINE_READ_S:
-            self._slow_reads = 1000  # in a thread for a while, then look again
+        self.gate.took(time.perf_counter() - start)
         self.reads += 1
         self.bytes_read += len(body)
         return body
 
     async def _pread(self, path: Path, offset: int, length: int) -> bytes:
-        """A read _read_now left: large, or while reads are slow (a remote NFS), in a thread (small
-        reads of a fast file system are done on the loop: a thread hop costs more than the read)."""
-        self._slow_reads -= 1
+        """A read _read_now left (large, or while the gate sends reads to a thread), in a thread."""
+        self.gate.threaded()
         return await asyncio.to_thread(_pread, path, offset, length)
 
     def _pread_cached(self, path: Path, offset: int, length: int) -> bytes:
@@ -325,8 +339,7 @@ class RelayLog:
         self._segment: tuple[str, int, int] | None = None  # nfs: (key, fd, size) of the open segment
         self._writer: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
-        self._write_s = 0.0  # moving average of inline group commits
-        self._slow_writes = 0
+        self.gate = InlineGate()
         self.bytes_written = 0
         #: nfs: the fdatasync of each group commit (the s3 kind's PUTs are in the store's stats).
         self.sync_seconds = Histogram()
@@ -363,13 +376,17 @@ class RelayLog:
             return fut
         self._queue.append((payloads, fut))
         if not self._writing:
-            self._writing = True
-            if self.kind == "nfs" and self._slow_writes <= 0:
-                # After the requests this turn of the loop reads: they join the group commit.
-                loop.call_soon(self._write_inline)
-            else:
-                self._task = loop.create_task(self._write_loop())
+            self._start_writing()
         return fut
+
+    def _start_writing(self) -> None:
+        self._writing = True
+        loop = asyncio.get_running_loop()
+        if self.kind == "nfs" and self.gate.inline:
+            # After the requests this turn of the loop reads: they join the group commit.
+            loop.call_soon(self._write_inline)
+        else:
+            self._task = loop.create_task(self._write_loop())
 
     def _take_group(self) -> tuple[list[_Waiting], list[bytes], int]:
         group: list[_Waiting] = []
@@ -398,10 +415,8 @@ class RelayLog:
                 fut.set_result(Relayed(refs, durable))
 
     def _write_inline(self) -> None:
-        """nfs: the group commit on the loop's thread. A write of a preallocated file (and its
-        fdatasync, unless the leader's WAL does that: leader_syncs) takes about 0.5 ms here, less
-        than the two thread hops it would otherwise cost on a busy host (p99 3-6 ms each way,
-        BENCHMARKS.md); a slow file system sends writes to the writer thread, as reads do."""
+        """nfs: the group commit on the loop's thread while the gate says so (InlineGate): the
+        write of a preallocated file, and its fdatasync unless the leader's WAL does that."""
         started = time.perf_counter()
         try:
             group, parts, size = self._take_group()
@@ -417,18 +432,10 @@ class RelayLog:
                 written = e
             self._written_as(group, size, written)
         finally:
-            took = time.perf_counter() - started
-            self._write_s = inline_average(self._write_s, took)
-            if self._write_s > _INLINE_WRITE_S:
-                self._slow_writes = 1000  # in the writer thread for a while, then look again
+            self.gate.took(time.perf_counter() - started)
             self._writing = False
             if self._queue:  # more than one group's bytes were waiting
-                self._writing = True
-                loop = asyncio.get_running_loop()
-                if self._slow_writes <= 0:
-                    loop.call_soon(self._write_inline)
-                else:
-                    self._task = loop.create_task(self._write_loop())
+                self._start_writing()
 
     async def _write_loop(self) -> None:
         try:
@@ -461,7 +468,7 @@ class RelayLog:
             self._written.append((created, key))
             self.objects_written += 1
             return key, 0, True
-        self._slow_writes -= 1
+        self.gate.threaded()
         key, at, synced = await self._in_writer(self._put_nfs, parts, size)
         assert synced is not None
         self.sync_seconds.observe(synced)  # on the loop: histograms take no lock

@@ -223,14 +223,19 @@ def test_relay_writes_queued_in_one_turn_beyond_a_group_make_several_groups_in_o
 
 
 def test_one_stall_does_not_send_reads_and_writes_to_a_thread_but_a_slow_file_system_does() -> None:
-    avg = 0.0
+    gate = relay.InlineGate()
     for took in [0.0003] * 50 + [0.5] + [0.0003] * 5:  # a half-second stall among fast operations
-        avg = relay.inline_average(avg, took)
-        assert avg < relay._INLINE_READ_S
-    slow, ops = 0.0, 0
-    while slow <= relay._INLINE_READ_S and ops < 100:  # every operation 3 ms: a remote file system
-        slow, ops = relay.inline_average(slow, 0.003), ops + 1
+        gate.took(took)
+        assert gate.inline
+    slow, ops = relay.InlineGate(), 0
+    while slow.inline and ops < 100:  # every operation 3 ms: a remote file system
+        slow.took(0.003)
+        ops += 1
     assert ops < 40
+    for _ in range(1000):  # a thousand operations in threads, then the loop is tried again
+        assert not slow.inline
+        slow.threaded()
+    assert slow.inline
 
 
 def test_a_local_file_system_is_told_from_a_remote_one(tmp_path: Path) -> None:

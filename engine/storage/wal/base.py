@@ -129,28 +129,23 @@ class WalStats:
 
 def sync_relay_files(records: Iterable[WalRecord]) -> float | None:
     """fdatasync each relay file the records name (once per file), before they are written; the
-    seconds it took (None: no file named)."""
+    seconds it took (None: no file named).
+
+    Each path is opened here: a writeback error that happened before the open would not be
+    reported to this descriptor, but the proxy wrote the bytes moments ago and nothing else
+    syncs them (the kernel's periodic writeback leaves data this young alone unless memory is short).
+    """
     paths = {r.sync_path for r in records if r.sync_path is not None}
     if not paths:
         return None
     started = now()
-    _sync_files(paths)
-    return now() - started
-
-
-def _sync_files(paths: Iterable[str]) -> None:
-    """Open, fdatasync and close each file.
-
-    The path is opened here: a writeback error that happened before the open would not be
-    reported to this descriptor, but the proxy wrote the bytes moments ago and nothing else
-    syncs them (the kernel's periodic writeback leaves data this young alone unless memory is short).
-    """
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fdatasync(fd)
         finally:
             os.close(fd)
+    return now() - started
 
 
 # Called on the event loop once a record is durable (end position, None) or failed (-1, error).
