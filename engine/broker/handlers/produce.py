@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from engine.broker.context import RequestContext
 from engine.broker.errors import ANSWERED, error_code_for
@@ -26,6 +25,8 @@ API_KEY = ApiKey.PRODUCE
 log = logging.getLogger(__name__)
 
 PartitionResponse = ProduceResponse.PartitionProduceResponse
+#: (topic, partition, leader epoch, records) a zone proxy relays (engine/broker/router.py).
+RelayItems = list[tuple[str, int, int, memoryview]]
 
 
 def _fail(resp: PartitionResponse, code: ErrorCode, message: str | None) -> None:
@@ -49,7 +50,7 @@ async def begin(ctx: RequestContext, request: ProduceRequest) -> Awaitable[Produ
     out = ProduceResponse()
     pending: list[tuple[PartitionResponse, AppendResult]] = []
     relayed: list[PartitionResponse] = []
-    relay_items: list[tuple[str, int, int, memoryview]] = []
+    relay_items: RelayItems = []
     bad_request: tuple[ErrorCode, str] | None = None
     if request.acks not in (0, 1, -1):
         bad_request = (ErrorCode.INVALID_REQUIRED_ACKS, f"acks must be 0, 1 or -1, got {request.acks}")
@@ -100,41 +101,41 @@ async def begin(ctx: RequestContext, request: ProduceRequest) -> Awaitable[Produ
         for _, result in pending:
             result.done.add_done_callback(_swallow)
     if relay_items:
-        return _relayed(b, out, pending, request, relayed, relay_items)
+        return _relayed(b.router.relay_produce, out, pending, request, relayed, relay_items)
     return _settle(out, pending, request.acks, request.timeout_ms)
 
 
 def _relayed(
-    b: Any,
+    relay_produce: Callable[[RelayItems, int, Callable[[list[RefResult]], None]], None],
     out: ProduceResponse,
     pending: list[tuple[PartitionResponse, AppendResult]],
     request: ProduceRequest,
     relayed: list[PartitionResponse],
-    relay_items: list[tuple[str, int, int, memoryview]],
+    relay_items: RelayItems,
 ) -> asyncio.Future[ProduceResponse]:
     """The response once the relayed partitions' leaders answered and this broker's own appends
     are durable (both waited for at once, by callbacks, as _settle does)."""
     answer: asyncio.Future[ProduceResponse] = asyncio.get_running_loop().create_future()
     settled = _settle(out, pending, request.acks, request.timeout_ms)
-    got: list[list[RefResult]] = []
+    relay_answered = False
 
     def both() -> None:
-        if not got or not settled.done() or answer.done():
-            return
-        for resp, r in zip(relayed, got[0], strict=True):
+        if relay_answered and settled.done() and not answer.done():
+            answer.set_result(out)
+
+    def delivered(results: list[RefResult]) -> None:
+        nonlocal relay_answered
+        for resp, r in zip(relayed, results, strict=True):
             if r.error_code:
                 _fail(resp, ErrorCode(r.error_code), r.message)
             else:
                 resp.base_offset, resp.log_append_time_ms, resp.log_start_offset = (
                     r.base_offset, r.log_append_time, r.log_start_offset)  # fmt: skip
-        answer.set_result(out)
-
-    def delivered(results: list[RefResult]) -> None:
-        got.append(results)
+        relay_answered = True
         both()
 
     settled.add_done_callback(lambda _f: both())
-    b.router.relay_produce(relay_items, request.timeout_ms, delivered)
+    relay_produce(relay_items, request.timeout_ms, delivered)
     return answer
 
 
