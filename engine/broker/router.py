@@ -839,20 +839,16 @@ class Router:
         items = [item for item, _ in new]
         asked = self._client(leader).send(TAIL, _ENC.encode(Tail(items, max_wait_ms)))
 
-        def give_up() -> None:
-            if not asked.done():
-                asked.set_exception(ConnectionError(f"broker {leader.id} did not answer a Tail"))
-
-        timer = asyncio.get_running_loop().call_later(max_wait_ms / 1000 + 30, give_up)
-
-        def answered(_: asyncio.Future[bytes]) -> None:
-            timer.cancel()
+        def answered() -> None:
             results: list[TailResult] | None = None
-            failed: BaseException = ConnectionError("the long poll ended without an answer")
-            try:
-                results = self._tail_results(items, asked.result())
-            except (ConnectionError, msgspec.DecodeError) as e:
-                failed = e
+            failed: BaseException = ConnectionError(f"broker {leader.id} did not answer a Tail")
+            if not asked.done():
+                asked.add_done_callback(_retrieved)
+            else:
+                try:
+                    results = self._tail_results(items, asked.result())
+                except (ConnectionError, msgspec.DecodeError) as e:
+                    failed = e
             for n, (item, fut) in enumerate(new):
                 key = (item.topic, item.partition, item.offset, item.leader_epoch)
                 if self._polls.get(key) is fut:
@@ -864,7 +860,7 @@ class Router:
                 else:
                     fut.set_exception(failed)
 
-        asked.add_done_callback(answered)
+        when_all([asked], max_wait_ms / 1000 + 30, answered)
 
     def caught_up(self, topic: str, partition: int, offset: int) -> TailResult | None:
         """The last answer for a partition whose end a consumer has reached: it need not be asked
