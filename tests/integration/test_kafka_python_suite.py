@@ -27,6 +27,9 @@ CACHE_DIR = Path.home() / ".cache" / "amq" / f"kafka-python-{VERSION}"
 SDIST_NAME = f"kafka_python-{VERSION}.tar.gz"
 RUN_TIMEOUT_S = 420
 _EXCLUSION = re.compile(r"^\s*[-*]\s+`([^`]+)`")
+# pytest's headers of failures (`____ test_x[a] ____`) and its short summary lines.
+_NOTABLE = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b")
+_FAILED = re.compile(r"^(_{3,} \S.* _{3,}|(FAILED|ERROR) \S+)")
 
 
 def exclusions(text: str) -> list[str]:
@@ -83,8 +86,20 @@ def test_kafka_python_integration_suite(broker_cluster: LocalCluster, tmp_path: 
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     env.pop("PYTEST_ADDOPTS", None)
-    cmd = [sys.executable, "-m", "pytest", "test/integration", "-q", "-p", "no:cacheprovider", "-rfEs"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "test/integration",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:warnings",
+        "-rfEs",
+    ]
     cmd += ["--log-level=WARNING", *exclusion_args(excluded)]
+    log_start = broker_cluster.broker_log.stat().st_size
     try:
         proc = subprocess.run(
             cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=RUN_TIMEOUT_S
@@ -92,7 +107,19 @@ def test_kafka_python_integration_suite(broker_cluster: LocalCluster, tmp_path: 
     except subprocess.TimeoutExpired as e:  # run() has killed the child by now
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         pytest.fail(f"kafka-python's integration tests ran past {RUN_TIMEOUT_S} s:\n{out[-8000:]}")
-    tail = "\n".join(proc.stdout.splitlines()[-80:])
+    lines = proc.stdout.splitlines()
+    tail = "\n".join(lines[-80:])
     print(tail)  # the summary, shown with -s or -rP
-    assert proc.returncode == 0, f"kafka-python's integration tests failed (exit {proc.returncode}):\n{tail}"
+    # A long assertion diff can push the names of the failed tests out of the tail: name them first.
+    failed = "\n".join(line[:200] for line in lines if _FAILED.match(line))
+    if proc.returncode != 0:
+        with broker_cluster.broker_log.open("rb") as f:
+            f.seek(log_start)
+            logged = f.read().decode(errors="replace").splitlines()
+        warned = [ln[:300] for ln in logged if _NOTABLE.search(ln)]
+        pytest.fail(
+            f"kafka-python's integration tests failed (exit {proc.returncode}):\n{failed}\n"
+            f"broker warnings meanwhile ({len(warned)}, the last 30):\n" + "\n".join(warned[-30:]) + "\n"
+            "the broker log's last 15 lines:\n" + "\n".join(ln[:300] for ln in logged[-15:]) + f"\n{tail}"
+        )
     assert " passed" in tail, tail
