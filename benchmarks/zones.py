@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import threading
@@ -138,14 +139,16 @@ def trial(router: bool, wal: str, rate: int, seconds: float, latency_ms: int) ->
             cpu_before = [cpu_seconds(p) for p in pids]
             before = metrics(state["metrics"])
             run, lock, stop = Run(), threading.Lock(), threading.Event()
-            consumers = [threading.Thread(target=consume, args=(bootstrap, topic, z, leader_zone, stop, run, lock))
-                         for z in ZONES]  # fmt: skip
+            # Daemons: Ctrl-C or SIGTERM reaches the main thread's `finally`, which stops the cluster.
+            consumers = [threading.Thread(target=consume, args=(bootstrap, topic, z, leader_zone, stop, run, lock),
+                                          daemon=True) for z in ZONES]  # fmt: skip
             for t in consumers:
                 t.start()
             time.sleep(3)  # consumers assigned and polling before the first record
             # One producer per (zone, partition): a request through a proxy never waits for a direct one.
             producers = [threading.Thread(target=produce, args=(bootstrap, topic, z, part, leader_zone, rate, seconds,
-                                                                run, lock)) for z in ZONES for part in leader_zone]  # fmt: skip
+                                                                run, lock), daemon=True)
+                         for z in ZONES for part in leader_zone]  # fmt: skip
             for t in producers:
                 t.start()
             for t in producers:
@@ -209,16 +212,25 @@ def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _interrupted(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # through trial()'s `finally`: the cluster is stopped
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wal", default="nfs", choices=["nfs", "s3"])
     ap.add_argument("--rate", type=int, default=100, help="records/s per producer per partition (9 streams)")
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--zone-latency-ms", type=int, default=0, help="simulated latency between zones, each way")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="clusters off, on, off, on, ...: latencies pooled per setting (a noisy minute hits both)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="clusters off, on, off, on, ...: latencies pooled per setting (a noisy minute hits both)",
+    )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, _interrupted)
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
