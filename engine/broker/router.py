@@ -9,9 +9,11 @@ Who does what (docs/zones.md has the whole picture):
   (engine/storage/relay.py) and sends the leader AppendRefs (where the bytes are). The leader
   reads them from shared storage, checks idempotence and ordering as for any produce, gives
   them offsets and writes only the reference into its WAL; it answers once that is durable.
-- Fetch from a proxy: the proxy asks the leader for the tail's locations (Tail, a long poll
-  answered as soon as the leader's end moves) and reads the bytes from shared storage; what
-  is already in S3 objects it reads from there itself.
+- Fetch from a proxy: the proxy learns where the tail's batches are from the leader and reads
+  the bytes from shared storage; what is already in S3 objects it reads from there itself.
+  While its zone's consumers keep up, it Watches the partition: the leader pushes a notice
+  (the new end and where its batches are) each time the end moves, one message per proxy
+  for all the partitions that moved in a turn of its loop. Other offsets it asks with Tail.
 
 Broker-to-broker messages travel on the Kafka port under a private API key (ROUTER_API_KEY)
 that no Kafka client sends: msgpack bodies, answered in order per connection.
@@ -20,6 +22,7 @@ that no Kafka client sends: msgpack bodies, answered in order per connection.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import struct
@@ -27,6 +30,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -69,8 +73,21 @@ _CORR = struct.Struct(">i")
 APPEND_REFS = 1
 TAIL = 2
 OFFSETS = 3
+WATCH = 4
 LIST, EPOCH = 1, 2  # OffsetItem kinds: ListOffsets, OffsetForLeaderEpoch
-_METHOD_BYTES = {APPEND_REFS: "router_append_refs_bytes", TAIL: "router_tail_bytes", OFFSETS: "router_offsets_bytes"}
+# A Watch's notices are tails too: counted with them.
+_METHOD_BYTES = {
+    APPEND_REFS: "router_append_refs_bytes",
+    TAIL: "router_tail_bytes",
+    OFFSETS: "router_offsets_bytes",
+    WATCH: "router_tail_bytes",
+}
+#: How long a leader keeps a Watch item without hearing of it again; a proxy renews the items its
+#: consumers still wait on after _RENEW_S, so the two never disagree about one being watched.
+WATCH_LEASE_S = 30.0
+_RENEW_S = 10.0
+#: Tail entries a proxy keeps per watched partition (for consumers a little behind the end).
+_WINDOW_ENTRIES = 512
 #: Bytes of tail batches a proxy keeps for its zone's consumers (all partitions).
 TAIL_CACHE_BYTES = 64 << 20
 
@@ -128,7 +145,13 @@ class TailItem(msgspec.Struct, array_like=True):
 
 class Tail(msgspec.Struct, array_like=True):
     items: list[TailItem]
-    max_wait_ms: int
+
+
+class Watch(msgspec.Struct, array_like=True):
+    """Proxy -> leader: push me where these partitions' tails are, from `offset` on, as they move.
+    An item already watched (same leader epoch) is only renewed."""
+
+    items: list[TailItem]
 
 
 _KINDS = ("relay", "ring", "s3wal")
@@ -165,6 +188,14 @@ class TailResult(msgspec.Struct, array_like=True):
     keys: list[str] = []
 
 
+class Moved(msgspec.Struct, array_like=True):
+    """Leader -> proxy, in a Watch's notice: a partition's end moved (or its watch ended: an error)."""
+
+    topic: str
+    partition: int
+    result: TailResult
+
+
 class OffsetItem(msgspec.Struct, array_like=True):
     kind: int  # LIST: value is a timestamp; EPOCH: value is a leader epoch
     topic: str
@@ -187,6 +218,8 @@ _DEC_REFS = msgspec.msgpack.Decoder(AppendRefs)
 _DEC_REF_RESULTS = msgspec.msgpack.Decoder(list[RefResult])
 _DEC_TAIL = msgspec.msgpack.Decoder(Tail)
 _DEC_TAIL_RESULTS = msgspec.msgpack.Decoder(list[TailResult])
+_DEC_WATCH = msgspec.msgpack.Decoder(Watch)
+_DEC_MOVED = msgspec.msgpack.Decoder(list[Moved])
 
 
 def materialize(raw: bytes, base_offset: int, rec: RefRecord) -> bytes:
@@ -221,6 +254,9 @@ class RouterClient:
         self._waiting: OrderedDict[int, asyncio.Future[bytes]] = OrderedDict()
         self._methods: dict[int, int] = {}
         self._corr = 0
+        # Every Watch of this connection shares one correlation id; its notices come back with it.
+        self._watch_corr = -1
+        self._on_notice: Callable[[bytes | BaseException], None] | None = None
         self._connecting: asyncio.Task[None] | None = None
         self.closed = False
 
@@ -230,11 +266,32 @@ class RouterClient:
         if self.closed:
             fut.set_exception(ConnectionError("router client closed"))
             return fut
+        corr = self._next_corr()
+        self._waiting[corr] = fut
+        self._methods[corr] = method
+        self._queue(method, corr, body)
+        return fut
+
+    def watch(self, body: bytes, on_notice: Callable[[bytes | BaseException], None]) -> None:
+        """Send a Watch; `on_notice` gets each notice's body, or the error that ends them all
+        (the connection failed: the leader forgets this connection's watches)."""
+        if self.closed:
+            on_notice(ConnectionError("router client closed"))
+            return
+        self._on_notice = on_notice
+        if self._watch_corr < 0:
+            self._watch_corr = self._next_corr()
+        self._queue(WATCH, self._watch_corr, body)
+
+    def _next_corr(self) -> int:
         self._corr = (self._corr + 1) & 0x7FFFFFFF
-        data = _HEAD.pack(ROUTER_API_KEY, method, self._corr) + body
+        if self._corr == self._watch_corr:
+            self._corr = (self._corr + 1) & 0x7FFFFFFF
+        return self._corr
+
+    def _queue(self, method: int, corr: int, body: bytes) -> None:
+        data = _HEAD.pack(ROUTER_API_KEY, method, corr) + body
         msg = struct.pack(">i", len(data)) + data
-        self._waiting[self._corr] = fut
-        self._methods[self._corr] = method
         self._on_bytes(len(msg), 0, method)
         if self._delay:
             self._delayed.append((asyncio.get_running_loop().time() + self._delay, msg))
@@ -242,7 +299,6 @@ class RouterClient:
                 self._delayer = asyncio.get_running_loop().create_task(self._send_delayed())
         else:
             self._write(msg)
-        return fut
 
     async def _send_delayed(self) -> None:
         loop = asyncio.get_running_loop()
@@ -279,6 +335,13 @@ class RouterClient:
         """One answer frame (without its size): resolves its request's future on the spot (a
         protocol callback, not a reader task: one turn of the loop less per answer)."""
         (corr,) = _CORR.unpack_from(data)
+        if corr == self._watch_corr and self._on_notice is not None:
+            self._on_bytes(0, len(data) + 4, WATCH)
+            if self._delay:  # a notice crosses once: half of a request's round trip
+                asyncio.get_running_loop().call_later(self._delay / 2, self._on_notice, data[4:])
+            else:
+                self._on_notice(data[4:])
+            return
         self._on_bytes(0, len(data) + 4, self._methods.pop(corr, 0))
         fut = self._waiting.pop(corr, None)
         if fut is not None and not fut.done():
@@ -291,6 +354,9 @@ class RouterClient:
         for fut in waiting.values():
             if not fut.done():
                 fut.set_exception(err)
+        on_notice, self._on_notice, self._watch_corr = self._on_notice, None, -1
+        if on_notice is not None:
+            on_notice(err)
         if self._transport is not None:
             self._transport.close()
         self._transport = None
@@ -336,6 +402,109 @@ class _Answers(asyncio.Protocol):
         c._fail(ConnectionError(f"broker {c.host}:{c.port} closed the connection: {exc or 'EOF'}"))
 
 
+# --- Watch: the leader's end pushed to zone proxies ---------------------------------------------
+
+
+class _Watched:
+    """A partition a proxy watches: the offset its next notice starts from."""
+
+    __slots__ = ("expires", "leader_epoch", "max_bytes", "offset")
+
+    def __init__(self, offset: int, leader_epoch: int, max_bytes: int, expires: float) -> None:
+        self.offset = offset
+        self.leader_epoch = leader_epoch
+        self.max_bytes = max_bytes
+        self.expires = expires
+
+
+class _Watcher:
+    """At a leader: one proxy connection's watched partitions, and those that moved since its last notice."""
+
+    def __init__(self, send: Callable[[list[Any]], None]) -> None:
+        self.send = send
+        self.corr = 0
+        self.items: dict[tuple[str, int], _Watched] = {}
+        self.pending: set[tuple[str, int]] = set()
+        self.scheduled = False
+
+
+class _Window:
+    """At a proxy: what a partition's leader said of its tail (Tail answers and Watch notices):
+    its end, and where the batches of the last stretch before it are."""
+
+    def __init__(self, leader_id: int, leader_epoch: int) -> None:
+        self.leader_id = leader_id
+        self.leader_epoch = leader_epoch  # the epoch the leader checked, as the consumer sent it
+        self.result: TailResult | None = None  # the last end, log start, committed end, stream (no entries)
+        self.entries: list[TailEntry] = []  # contiguous, their keys indexes into self.keys
+        self.keys: list[str] = []
+        self.watching = False
+        self.renewed = 0.0
+        self.changed: asyncio.Future[None] | None = None
+
+    def learn(self, res: TailResult) -> None:
+        if res.error_code:
+            self.watching = False
+            self.result, self.entries, self.keys = None, [], []
+            self.wake()
+            return
+        if self.result is not None and self.result.stream_id != res.stream_id:
+            self.entries, self.keys = [], []
+        elif self.result is not None and res.high_watermark < self.result.high_watermark:
+            # Older than a notice already learned: a Tail's answer is read a turn of the loop after
+            # it arrived, a notice at once. Its end would make a consumer wait for one already here.
+            return
+        self.result = TailResult(0, None, res.high_watermark, res.log_start_offset, res.committed_offset,
+                                 res.stream_id, res.leader_epoch)  # fmt: skip
+        if res.entries:
+            last = self.entries[-1] if self.entries else None
+            if last is None or last.base_offset + last.record_count != res.entries[0].base_offset:
+                self.entries, self.keys = [], []
+            if len(self.keys) > 64:  # keys of entries trimmed long ago
+                self._rekey()
+            # New entries, not the answer's changed: its caller reads them with the answer's keys.
+            # (Entries once here are never changed either: a fetch may be reading a slice of them.)
+            index = {k: i for i, k in enumerate(self.keys)}
+            for e in res.entries:
+                key = res.keys[e.key]
+                at = index.get(key)
+                if at is None:
+                    at = index[key] = len(self.keys)
+                    self.keys.append(key)
+                self.entries.append(msgspec.structs.replace(e, key=at))
+            if len(self.entries) > _WINDOW_ENTRIES:
+                del self.entries[: len(self.entries) - _WINDOW_ENTRIES]
+        self.wake()
+
+    def _rekey(self) -> None:
+        used = sorted({e.key for e in self.entries})
+        remap = {old: new for new, old in enumerate(used)}
+        self.keys = [self.keys[old] for old in used]
+        self.entries = [msgspec.structs.replace(e, key=remap[e.key]) for e in self.entries]
+
+    def result_at(self, offset: int) -> TailResult | None:
+        """The tail from `offset` as a Tail answer would give it; None when that is not known here."""
+        known = self.result
+        if known is None or offset > known.high_watermark:
+            return None
+        if offset == known.high_watermark:
+            return known
+        entries = self.entries
+        if not entries or offset < entries[0].base_offset:
+            return None
+        i = bisect.bisect_right(entries, offset, key=lambda e: e.base_offset) - 1
+        e = entries[i]
+        if offset >= e.base_offset + e.record_count:
+            return None  # past the last entry known (the leader sent no more than max_bytes)
+        return TailResult(0, None, known.high_watermark, known.log_start_offset, known.committed_offset,
+                          known.stream_id, known.leader_epoch, entries[i : i + 256], self.keys)  # fmt: skip
+
+    def wake(self) -> None:
+        changed, self.changed = self.changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+
 # --- the router ------------------------------------------------------------------------------
 
 
@@ -351,13 +520,20 @@ class Router:
         self._inflight: dict[int, int] = {}  # created ms of references being appended -> count
         self._tail_cache: OrderedDict[tuple[int, int], Batch] = OrderedDict()
         self._tail_cache_bytes = 0
-        self._ends: dict[tuple[str, int], TailResult] = {}  # the last Tail answer per partition
-        # Long polls in flight by (topic, partition, offset, leader epoch): see poll().
-        self._polls: dict[tuple[str, int, int, int], asyncio.Future[TailResult]] = {}
+        # Proxy: what each partition's leader said of its tail (see watch()).
+        self._windows: dict[tuple[str, int], _Window] = {}
+        # Leader: proxies' watches, by their connection and by partition; the streams listened to.
+        self._watchers: dict[Callable[[list[Any]], None], _Watcher] = {}
+        self._watched_by: dict[tuple[str, int], set[_Watcher]] = {}
+        self._armed: dict[tuple[str, int], tuple[Stream, asyncio.Future[None]]] = {}
         self.horizon_ms = -1
         self._tasks: set[asyncio.Task[None]] = set()
         #: The last AppendRefs step of each connection (by its answer callable), to append in order.
         self._chains: dict[Callable[[list[Any]], None], asyncio.Task[Any]] = {}
+        # The routing brokers by id, for the metadata version (and this broker's epoch) they were
+        # built from: every produce and fetch in another zone asks, and building it cost more than
+        # the rest of leader_to_proxy (a profiled zones.py run).
+        self._routing: tuple[tuple[int, int, int], list[BrokerRecord], dict[int, BrokerRecord]] | None = None
 
     async def start(self) -> None:
         if not self.enabled:
@@ -380,7 +556,15 @@ class Router:
     # --- who answers for a partition --------------------------------------------------------
 
     def _routing_brokers(self) -> list[BrokerRecord]:
-        return [x for x in self.broker.live_brokers() if x.state == "running"]
+        return self._routing_view()[0]
+
+    def _routing_view(self) -> tuple[list[BrokerRecord], dict[int, BrokerRecord]]:
+        b = self.broker
+        key = (b.image.version, b.broker_epoch, b.advertised_port)
+        if self._routing is None or self._routing[0] != key:
+            brokers = [x for x in b.live_brokers() if x.state == "running"]
+            self._routing = (key, brokers, {x.id: x for x in brokers})
+        return self._routing[1], self._routing[2]
 
     def metadata_leader(self, topic: str, partition: int, leader: int, client_zone: str) -> int:
         """The broker a client of `client_zone` should see as this partition's leader."""
@@ -403,7 +587,7 @@ class Router:
         leader = t.partitions[partition].leader
         if leader == self.broker.node_id:
             return None
-        return next((x for x in self._routing_brokers() if x.id == leader), None)
+        return self._routing_view()[1].get(leader)
 
     def _client(self, b: BrokerRecord) -> RouterClient:
         c = self._clients.get(b.id)
@@ -459,7 +643,7 @@ class Router:
                     continue
                 by_leader.setdefault(leader.id, []).append(i)
             for lid, idxs in by_leader.items():
-                leader = next(x for x in self._routing_brokers() if x.id == lid)
+                leader = self._routing_view()[1][lid]
                 req = AppendRefs(
                     [AppendRef(items[i][0], items[i][1], items[i][2], refs[i], durable) for i in idxs], timeout_ms
                 )
@@ -689,70 +873,43 @@ class Router:
     # --- leader: Tail ---------------------------------------------------------------------------
 
     async def _tail(self, req: Tail) -> list[TailResult]:
-        b = self.broker
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(req.max_wait_ms, 0) / 1000
-        while True:
-            parts: list[Partition | BaseException] = []
-            for item in req.items:
-                try:
-                    parts.append(await b.partition(item.topic, item.partition))
-                except ANSWERED as e:
-                    parts.append(e)
-            results, waits = self._tail_pass(req, parts)
-            left = deadline - loop.time()
-            if len(waits) < len(req.items) or left <= 0:
-                return results
-            wake: asyncio.Future[None] = loop.create_future()
-            timer = loop.call_later(left, _wake, wake)
-            for s, _ in waits:
-                s.add_data_waiter(wake)
+        """A Tail with a partition not open on the spot: opened (or refused) first."""
+        parts: list[Partition | BaseException] = []
+        for item in req.items:
             try:
-                await wake
-            finally:
-                timer.cancel()
-                _wake(wake)
-            if not any(s.end_offset > off for s, off in waits):
-                await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+                parts.append(await self.broker.partition(item.topic, item.partition))
+            except ANSWERED as e:
+                parts.append(e)
+        return self._tail_pass(req.items, parts)
 
     def _tail_now(self, req: Tail) -> list[TailResult] | None:
-        """The answer on the spot when it needs no waiting (every partition open, and data or an
-        error for one of them, or no wait asked): no task. None: the async way."""
+        """The answer on the spot when every partition is open: no task. None: the async way."""
         found = [self.broker.partition_now(item.topic, item.partition) for item in req.items]
         parts = [p for p in found if p is not None]
         if len(parts) < len(found):
             return None
-        results, waits = self._tail_pass(req, parts)
-        return results if len(waits) < len(req.items) or req.max_wait_ms <= 0 else None
+        return self._tail_pass(req.items, parts)
 
-    def _tail_pass(
-        self, req: Tail, parts: Sequence[Partition | BaseException]
-    ) -> tuple[list[TailResult], list[tuple[Stream, int]]]:
-        """One look at each partition: its result, and the streams whose end the poll waits on."""
+    def _tail_pass(self, items: list[TailItem], parts: Sequence[Partition | BaseException]) -> list[TailResult]:
         results: list[TailResult] = []
-        waits: list[tuple[Stream, int]] = []
-        for item, part in zip(req.items, parts, strict=True):
-            res = TailResult()
-            results.append(res)
+        for item, part in zip(items, parts, strict=True):
             try:
                 if isinstance(part, BaseException):
                     raise part
                 part.check_leader_epoch(item.leader_epoch)
-                stream = part.ready
-                res.high_watermark = stream.end_offset
-                res.log_start_offset = stream.start_offset
-                res.committed_offset = stream.committed_offset
-                res.stream_id = stream.stream_id
-                res.leader_epoch = part.leader_epoch
-                if item.offset >= stream.end_offset:
-                    waits.append((stream, item.offset))
-                    continue
-                res.entries, res.keys = self._locations(
-                    stream.stream_id, item.offset, stream.end_offset, item.max_bytes
-                )
+                results.append(self._tail_from(part, part.ready, item.offset, item.max_bytes))
             except ANSWERED as e:
-                res.error_code, res.message = int(error_code_for(e)), str(e)
-        return results, waits
+                results.append(TailResult(int(error_code_for(e)), str(e)))
+        return results
+
+    def _tail_from(self, part: Partition, stream: Stream, offset: int, max_bytes: int) -> TailResult:
+        """The partition's end, and where its batches from `offset` are (none when at the end)."""
+        end = stream.end_offset
+        res = TailResult(0, None, end, stream.start_offset, stream.committed_offset, stream.stream_id,
+                         part.leader_epoch)  # fmt: skip
+        if offset < end:
+            res.entries, res.keys = self._locations(stream.stream_id, offset, end, max_bytes)
+        return res
 
     def _locations(self, stream_id: int, offset: int, end: int, max_bytes: int) -> tuple[list[TailEntry], list[str]]:
         storage = self.broker.storage
@@ -793,83 +950,186 @@ class Router:
             size += len(batch.payload)
         return out, list(keys)
 
+    # --- leader: Watch ------------------------------------------------------------------------
+
+    def _watch(self, req: Watch, corr: int, send: Callable[[list[Any]], None]) -> None:
+        """Register (or renew) a proxy's watched partitions; what already moved is sent at once."""
+        w = self._watchers.get(send)
+        if w is None:
+            w = self._watchers[send] = _Watcher(send)
+            self._sweep_watches()  # a proxy that reconnected left its old connection's watcher
+        w.corr = corr
+        expires = time.monotonic() + WATCH_LEASE_S
+        for it in req.items:
+            key = (it.topic, it.partition)
+            cur = w.items.get(key)
+            if cur is not None and cur.leader_epoch == it.leader_epoch:
+                cur.expires = expires
+                continue
+            w.items[key] = _Watched(it.offset, it.leader_epoch, it.max_bytes, expires)
+            self._watched_by.setdefault(key, set()).add(w)
+            w.pending.add(key)
+        self._schedule(w)
+
+    def _schedule(self, w: _Watcher) -> None:
+        # One notice per proxy for every partition that moved in this turn of the loop (a WAL
+        # group's appends all become durable in one turn).
+        if w.pending and not w.scheduled:
+            w.scheduled = True
+            asyncio.get_running_loop().call_soon(self._notify, w)
+
+    def _notify(self, w: _Watcher) -> None:
+        w.scheduled = False
+        pending, w.pending = w.pending, set()
+        moved: list[Moved] = []
+        t = time.monotonic()
+        for key in pending:
+            it = w.items.get(key)
+            if it is None:
+                continue
+            if it.expires < t:
+                self._unwatch(w, key)
+                continue
+            res = TailResult()
+            part = self.broker.partition_now(*key)
+            try:
+                if part is None:
+                    # Led elsewhere, or not open here this moment: the proxy asks a Tail, which waits for it.
+                    raise BrokerError(ErrorCode.NOT_LEADER_OR_FOLLOWER, "not open here now; ask again")
+                part.check_leader_epoch(it.leader_epoch)
+                stream = part.ready
+                self._arm(key, stream)
+                end = stream.end_offset
+                if end <= it.offset:
+                    continue
+                res = self._tail_from(part, stream, it.offset, it.max_bytes)
+                last = res.entries[-1] if res.entries else None
+                it.offset = end if last is None else last.base_offset + last.record_count
+                if it.offset < end:
+                    w.pending.add(key)  # more than max_bytes moved: the rest in the next notice
+            except ANSWERED as e:
+                res.error_code, res.message = int(error_code_for(e)), str(e)
+                self._unwatch(w, key)
+            moved.append(Moved(key[0], key[1], res))
+        if moved:
+            w.send(frame([_CORR.pack(w.corr), _ENC.encode(moved)]))
+        self._schedule(w)
+
+    def _arm(self, key: tuple[str, int], stream: Stream) -> None:
+        """Hear of the next move of `stream`'s end (or of it closing)."""
+        armed = self._armed.get(key)
+        if armed is not None and armed[0] is stream and not armed[1].done():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._armed[key] = (stream, fut)
+        fut.add_done_callback(partial(self._end_moved, key))
+        stream.add_data_waiter(fut)
+
+    def _end_moved(self, key: tuple[str, int], fut: asyncio.Future[None]) -> None:
+        armed = self._armed.get(key)
+        if armed is not None and armed[1] is fut:
+            del self._armed[key]
+        for w in self._watched_by.get(key, ()):
+            w.pending.add(key)
+            self._schedule(w)
+
+    def _unwatch(self, w: _Watcher, key: tuple[str, int]) -> None:
+        w.items.pop(key, None)
+        by = self._watched_by.get(key)
+        if by is not None:
+            by.discard(w)
+            if not by:
+                del self._watched_by[key]
+        if not w.items and self._watchers.get(w.send) is w:
+            del self._watchers[w.send]
+
+    def _sweep_watches(self) -> None:
+        t = time.monotonic()
+        for w in list(self._watchers.values()):
+            for key in [k for k, it in w.items.items() if it.expires < t]:
+                self._unwatch(w, key)
+
     # --- proxy: fetch ----------------------------------------------------------------------------
 
-    async def tail(self, leader: BrokerRecord, items: list[TailItem], max_wait_ms: int) -> list[TailResult]:
-        asked = self._client(leader).send(TAIL, _ENC.encode(Tail(items, max_wait_ms)))
+    async def tail(self, leader: BrokerRecord, items: list[TailItem]) -> list[TailResult]:
+        """Where the batches from each item's offset are, asked now (no waiting at the leader)."""
+        asked = self._client(leader).send(TAIL, _ENC.encode(Tail(items)))
         try:
-            body = await asyncio.wait_for(asked, max_wait_ms / 1000 + 30)
+            body = await asyncio.wait_for(asked, 30)
         except TimeoutError:
             raise ConnectionError(f"broker {leader.id} did not answer a Tail") from None
-        return self._tail_results(items, body)
-
-    def _tail_results(self, items: list[TailItem], body: bytes) -> list[TailResult]:
         results = _DEC_TAIL_RESULTS.decode(body)
         for item, res in zip(items, results, strict=False):
-            if not res.error_code:
-                self._ends[(item.topic, item.partition)] = res
+            w = self._windows.get((item.topic, item.partition))
+            if w is None or w.leader_id != leader.id or w.leader_epoch != item.leader_epoch:
+                w = self._windows[(item.topic, item.partition)] = _Window(leader.id, item.leader_epoch)
+            w.learn(res)
         return results
 
-    def poll(self, leader: BrokerRecord, items: list[TailItem], max_wait_ms: int) -> list[asyncio.Future[TailResult]]:
-        """Long polls at `leader`, one future per item, shared by every fetch that waits at the same
-        (partition, offset, leader epoch): a consumer's next fetch finds the poll its last fetch
-        left behind (a fetch returns as soon as any of its partitions has data) instead of adding
-        another that the leader would answer too."""
+    def known_tail(self, topic: str, partition: int, offset: int, leader_epoch: int) -> TailResult | None:
+        """What a watched partition's notices say from `offset` (nothing to ask the leader), or
+        None: ask it (not watched, another leader epoch, or `offset` outside what is known)."""
+        w = self._windows.get((topic, partition))
+        if w is None or not w.watching or time.monotonic() - w.renewed > WATCH_LEASE_S:
+            return None
+        if leader_epoch != w.leader_epoch and leader_epoch >= 0:
+            return None
+        return w.result_at(offset)
+
+    def watch(self, leader: BrokerRecord, items: list[TailItem]) -> list[asyncio.Future[None]]:
+        """A future per item that resolves when its partition's end moves past the item's offset
+        (or its watch ends); the leader is asked to Watch the partitions not watched yet."""
         loop = asyncio.get_running_loop()
-        out: list[asyncio.Future[TailResult]] = []
-        new: list[tuple[TailItem, asyncio.Future[TailResult]]] = []
+        t = time.monotonic()
+        ask: list[TailItem] = []
+        out: list[asyncio.Future[None]] = []
         for item in items:
-            key = (item.topic, item.partition, item.offset, item.leader_epoch)
-            fut = self._polls.get(key)
-            if fut is None or fut.done():
-                fut = loop.create_future()
-                fut.add_done_callback(_retrieved)
-                self._polls[key] = fut
-                new.append((item, fut))
-            out.append(fut)
-        if new:
-            self._poll(leader, new, max_wait_ms)
+            key = (item.topic, item.partition)
+            w = self._windows.get(key)
+            if w is None or w.leader_id != leader.id or w.leader_epoch != item.leader_epoch:
+                if w is not None:
+                    w.wake()
+                w = self._windows[key] = _Window(leader.id, item.leader_epoch)
+            if not w.watching or t - w.renewed > _RENEW_S:
+                ask.append(item)
+                w.watching, w.renewed = True, t
+            if w.result is not None and w.result.high_watermark > item.offset:
+                moved: asyncio.Future[None] = loop.create_future()
+                moved.set_result(None)
+                out.append(moved)
+                continue
+            if w.changed is None:
+                w.changed = loop.create_future()
+            out.append(w.changed)
+        if ask:
+            self._client(leader).watch(_ENC.encode(Watch(ask)), partial(self._noticed, leader.id))
         return out
 
-    def _poll(
-        self, leader: BrokerRecord, new: list[tuple[TailItem, asyncio.Future[TailResult]]], max_wait_ms: int
-    ) -> None:
-        """Ask `leader` for the tails of `new` and resolve their futures from its answer's callback
-        (no task per poll: a fetch in another zone costs one)."""
-        items = [item for item, _ in new]
-        asked = self._client(leader).send(TAIL, _ENC.encode(Tail(items, max_wait_ms)))
+    def _noticed(self, leader_id: int, body: bytes | BaseException) -> None:
+        moved: list[Moved] = []
+        if not isinstance(body, BaseException):
+            try:
+                moved = _DEC_MOVED.decode(body)
+            except msgspec.DecodeError as e:
+                log.warning("bad Watch notice from broker %d: %s", leader_id, e)
+                body = e
+        if isinstance(body, BaseException):
+            for w in self._windows.values():
+                if w.leader_id == leader_id:
+                    w.watching = False
+                    w.wake()
+            return
+        for m in moved:
+            found = self._windows.get((m.topic, m.partition))
+            if found is not None and found.leader_id == leader_id:
+                found.learn(m.result)
 
-        def answered() -> None:
-            results: list[TailResult] | None = None
-            failed: BaseException = ConnectionError(f"broker {leader.id} did not answer a Tail")
-            if not asked.done():
-                asked.add_done_callback(_retrieved)
-            else:
-                try:
-                    results = self._tail_results(items, asked.result())
-                except (ConnectionError, msgspec.DecodeError) as e:
-                    failed = e
-            for n, (item, fut) in enumerate(new):
-                key = (item.topic, item.partition, item.offset, item.leader_epoch)
-                if self._polls.get(key) is fut:
-                    del self._polls[key]
-                if fut.done():
-                    continue
-                if results is not None and n < len(results):
-                    fut.set_result(results[n])
-                else:
-                    fut.set_exception(failed)
+    def forget(self, topic: str, partition: int) -> None:
+        """What is known of a partition's tail led nowhere (its bytes were gone): ask again."""
+        w = self._windows.pop((topic, partition), None)
+        if w is not None:
+            w.wake()
 
-        when_all([asked], max_wait_ms / 1000 + 30, answered)
-
-    def caught_up(self, topic: str, partition: int, offset: int) -> TailResult | None:
-        """The last answer for a partition whose end a consumer has reached: it need not be asked
-        again before the long poll (which answers at once if the end moved meanwhile)."""
-        last = self._ends.get((topic, partition))
-        if last is None or last.high_watermark != offset:
-            return None
-        return TailResult(0, None, last.high_watermark, last.log_start_offset, last.committed_offset,
-                          last.stream_id, last.leader_epoch)  # fmt: skip
 
     async def read_tail(self, res: TailResult, offset: int, max_bytes: int) -> list[Batch]:
         """The batches `res` locates from `offset`, from this proxy's cache or shared storage; then,
@@ -1027,6 +1287,8 @@ class Router:
                     send(frame([_CORR.pack(corr), _ENC.encode(now_answered)]))
                 else:
                     self._spawn(self._answer_later(corr, self._tail(tail), send))
+            elif method == WATCH:
+                self._watch(_DEC_WATCH.decode(body), corr, send)
             elif method == OFFSETS:
                 self._spawn(self._answer_later(corr, self._offsets(_DEC_OFFSETS.decode(body)), send))
             else:

@@ -7,15 +7,18 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import msgspec
 import pytest
 
-from engine.broker.router import Router, Tail, TailItem, TailResult, materialize, proxy_for
+from engine.broker.errors import BrokerError
+from engine.broker.router import Moved, Router, TailEntry, TailItem, TailResult, Watch, materialize, proxy_for
 from engine.broker.zones import wants_real_leaders
 from engine.controller.api import BrokerRecord
+from engine.protocol import ErrorCode
 from engine.protocol.records import Record, build_batch, read_batches
 from engine.storage import relay
 from engine.storage.errors import StorageError
@@ -269,47 +272,161 @@ def test_a_frame_location_is_a_wal(tmp_path: Path, key: str) -> None:
         asyncio.run(reader.read_frame(Location("ring", key, 0, 100, 0)))
 
 
-def test_fetches_waiting_at_the_same_offset_share_one_long_poll_at_the_leader() -> None:
-    """A fetch returns when any of its partitions has data; the polls it leaves at leaders are
-    found by the next fetch instead of being asked for again (each would be answered too)."""
+def _proxy_router() -> Router:
     broker = SimpleNamespace(
         config=SimpleNamespace(zone_router=True, storage=SimpleNamespace(wal=SimpleNamespace(kind="nfs")))
     )
-    router = Router(broker)  # type: ignore[arg-type]
-    asked: list[list[tuple[str, int, int]]] = []
-    answers: list[asyncio.Future[bytes]] = []
+    return Router(broker)  # type: ignore[arg-type]
 
-    class Client:  # the leader's end of the channel: Tail requests in, encoded answers out
-        def send(self, method: int, body: bytes) -> asyncio.Future[bytes]:
-            tail = msgspec.msgpack.decode(body, type=Tail)
-            asked.append([(i.topic, i.partition, i.offset) for i in tail.items])
-            answers.append(asyncio.get_running_loop().create_future())
-            return answers[-1]
 
-    def answer(n: int, results: list[TailResult]) -> None:
-        answers[n].set_result(msgspec.msgpack.encode(results))
+def _entry(base: int, count: int, key: int = 0) -> TailEntry:
+    return TailEntry(base, count, 0, key, 100 * base, 10 * count)
+
+
+def test_a_proxy_watches_a_partition_once_and_serves_fetches_from_its_notices() -> None:
+    """Fetches that wait at a partition's end share one Watch at its leader; the leader's notices
+    (ends and where the batches are) answer the fetches that follow without asking it."""
+    router = _proxy_router()
+    watches: list[list[tuple[str, int, int]]] = []
+    notify: list[Callable[[bytes | BaseException], None]] = []
+
+    class Client:  # the proxy's end of the channel to the leader
+        def watch(self, body: bytes, on_notice: Callable[[bytes | BaseException], None]) -> None:
+            watches.append([(i.topic, i.partition, i.offset) for i in msgspec.msgpack.decode(body, type=Watch).items])
+            notify.append(on_notice)
+
+    def notice(*moved: Moved) -> None:
+        notify[-1](msgspec.msgpack.encode(list(moved)))
 
     router._client = lambda leader: Client()  # type: ignore[method-assign, assignment, return-value]
     leader = SimpleNamespace(id=1)
 
     async def run() -> None:
-        a = TailItem("t", 0, 5, 0, 1024)
-        b = TailItem("t", 1, 7, 0, 1024)
-        first = router.poll(leader, [a, b], 500)  # type: ignore[arg-type]
-        await asyncio.sleep(0)
-        later = router.poll(leader, [a, TailItem("t", 1, 8, 0, 1024)], 500)  # type: ignore[arg-type]
-        await asyncio.sleep(0)
-        assert later[0] is first[0]  # same partition, offset and epoch: the same poll
-        assert asked == [[("t", 0, 5), ("t", 1, 7)], [("t", 1, 8)]]  # only the new offset is asked for
-        answer(0, [TailResult(high_watermark=6), TailResult(high_watermark=7)])
-        assert (await first[0]).high_watermark == 6 and (await first[1]).high_watermark == 7
-        again = router.poll(leader, [a], 500)  # type: ignore[arg-type]
-        assert again[0] is not first[0]  # an answered poll is not handed out again
-        await asyncio.sleep(0)
-        answers[1].set_exception(ConnectionError("leader gone"))
-        answer(2, [TailResult(high_watermark=9)])
-        with pytest.raises(ConnectionError):
-            await later[1]
-        assert (await again[0]).high_watermark == 9 and not router._polls
+        a, b = TailItem("t", 0, 5, 0, 1024), TailItem("t", 1, 7, 0, 1024)
+        first = router.watch(leader, [a, b])  # type: ignore[arg-type]
+        again = router.watch(leader, [a, b])  # type: ignore[arg-type]
+        assert watches == [[("t", 0, 5), ("t", 1, 7)]]  # watched once, not per fetch
+        assert again == first and not any(f.done() for f in first)
+        notice(Moved("t", 0, TailResult(0, None, 6, 0, 0, 3, 0, [_entry(5, 1)], ["relay/x"])))
+        assert first[0].done() and not first[1].done()
+        got = router.known_tail("t", 0, 5, 0)
+        assert got is not None and [e.base_offset for e in got.entries] == [5]
+        assert got.entries[0].location(got.keys).key == "relay/x"
+        caught_up = router.known_tail("t", 0, 6, 0)
+        assert caught_up is not None and caught_up.high_watermark == 6 and not caught_up.entries
+        assert router.known_tail("t", 0, 4, 0) is None  # before what the notices located: ask
+        assert router.known_tail("t", 0, 5, 1) is None  # another leader epoch: the leader must check it
+        assert router.known_tail("t", 1, 7, 0) is None  # watched, nothing heard yet
+        # Contiguous notices extend what is known; keys are mapped into the window's own list.
+        notice(Moved("t", 0, TailResult(0, None, 8, 0, 0, 3, 0, [_entry(6, 2)], ["relay/y"])))
+        got = router.known_tail("t", 0, 5, 0)
+        assert got is not None and [(e.base_offset, e.location(got.keys).key) for e in got.entries] == [
+            (5, "relay/x"), (6, "relay/y")]  # fmt: skip
+        assert router.known_tail("t", 0, 7, 0) is not None  # inside the batch at 6
+        # A Tail answer older than the notices (read a turn later) does not move the end back.
+        router._windows[("t", 0)].learn(TailResult(0, None, 6, 0, 0, 3, 0, [_entry(5, 1)], ["relay/x"]))
+        assert router.known_tail("t", 0, 8, 0) is not None and router.known_tail("t", 0, 6, 0) is not None
+        # A Tail answer is learned too, its own entries left as they were (the caller reads them).
+        answer = TailResult(0, None, 9, 0, 0, 3, 0, [_entry(8, 1, key=1)], ["relay/a", "relay/b"])
+        router._windows[("t", 0)].learn(answer)
+        assert answer.entries[0].location(answer.keys).key == "relay/b"
+        got = router.known_tail("t", 0, 8, 0)
+        assert got is not None and got.entries[0].location(got.keys).key == "relay/b"
+        # An error ends the partition's watch (it moved): fetches ask the leader again.
+        notice(Moved("t", 0, TailResult(int(ErrorCode.NOT_LEADER_OR_FOLLOWER), "moved")))
+        assert router.known_tail("t", 0, 8, 0) is None
+        router.watch(leader, [TailItem("t", 0, 8, 0, 1024)])  # type: ignore[arg-type]
+        assert watches[-1] == [("t", 0, 8)]
+        # The connection failed: every watch of that leader ends and wakes its fetches.
+        waiting = router.watch(leader, [b])  # type: ignore[arg-type]
+        notify[-1](ConnectionError("leader gone"))
+        assert waiting[0].done() and router.known_tail("t", 1, 7, 0) is None
+        router.watch(leader, [b])  # type: ignore[arg-type]
+        assert watches[-1] == [("t", 1, 7)]
+
+    asyncio.run(run())
+
+
+class _Stream:
+    def __init__(self, stream_id: int, end: int) -> None:
+        self.stream_id, self.end_offset, self.start_offset, self.committed_offset = stream_id, end, 0, 0
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def add_data_waiter(self, fut: asyncio.Future[None]) -> None:
+        self.waiters.append(fut)
+
+    def move_to(self, end: int) -> None:
+        self.end_offset = end
+        waiters, self.waiters = self.waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+
+class _Part:
+    leader_epoch = 4
+
+    def __init__(self, stream: _Stream) -> None:
+        self.ready = stream
+
+    def check_leader_epoch(self, epoch: int) -> None:
+        if epoch not in (-1, self.leader_epoch):
+            raise BrokerError(ErrorCode.FENCED_LEADER_EPOCH, "old epoch")
+
+
+def test_a_leader_pushes_one_notice_per_proxy_for_the_partitions_that_moved_in_a_turn() -> None:
+    router = _proxy_router()
+    streams = {("t", 0): _Stream(10, 5), ("t", 1): _Stream(11, 7)}
+    parts: dict[tuple[str, int], _Part] = {k: _Part(s) for k, s in streams.items()}
+    router.broker.partition_now = lambda topic, index: parts.get((topic, index))  # type: ignore[attr-defined]
+    located: list[tuple[int, int, int]] = []
+
+    def locations(stream_id: int, offset: int, end: int, max_bytes: int) -> tuple[list[TailEntry], list[str]]:
+        located.append((stream_id, offset, end))
+        return [_entry(offset, end - offset)], [f"relay/{stream_id}"]
+
+    router._locations = locations  # type: ignore[method-assign]
+    sent: list[tuple[int, list[Moved]]] = []
+
+    def send(parts_: list[bytes]) -> None:
+        data = b"".join(parts_)[4:]
+        sent.append((int.from_bytes(data[:4], "big"), msgspec.msgpack.decode(data[4:], type=list[Moved])))
+
+    async def turn() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    async def run() -> None:
+        router._watch(Watch([TailItem("t", 0, 5, 4, 1024), TailItem("t", 1, 6, 4, 1024)]), 7, send)
+        await turn()
+        # Partition 1 had moved past the proxy's offset already: told at once; partition 0 not.
+        assert [(c, [(m.partition, m.result.high_watermark) for m in ms]) for c, ms in sent] == [(7, [(1, 7)])]
+        assert sent[0][1][0].result.entries[0].base_offset == 6 and sent[0][1][0].result.stream_id == 11
+        streams[("t", 0)].move_to(6)
+        streams[("t", 1)].move_to(9)
+        await turn()
+        assert len(sent) == 2  # both moves in one notice
+        assert sorted((m.partition, m.result.high_watermark) for m in sent[1][1]) == [(0, 6), (1, 9)]
+        assert sorted(located[1:]) == [(10, 5, 6), (11, 7, 9)]  # each from where the last notice ended
+        # Renewing keeps the offset (nothing re-sent); another leader epoch is refused and unwatched.
+        router._watch(Watch([TailItem("t", 0, 0, 4, 1024)]), 7, send)
+        await turn()
+        assert len(sent) == 2
+        router._watch(Watch([TailItem("t", 0, 6, 3, 1024)]), 7, send)
+        await turn()
+        assert sent[2][1][0].result.error_code == ErrorCode.FENCED_LEADER_EPOCH
+        assert ("t", 0) not in router._watched_by
+        # A partition no longer led here ends its watch with an error; an expired item goes quietly.
+        del parts[("t", 1)]
+        streams[("t", 1)].move_to(10)
+        await turn()
+        assert sent[3][1][0].result.error_code == ErrorCode.NOT_LEADER_OR_FOLLOWER and not router._watchers
+        parts[("t", 1)] = _Part(streams[("t", 1)])
+        router._watch(Watch([TailItem("t", 1, 10, 4, 1024)]), 8, send)
+        await turn()
+        router._watchers[send].items[("t", 1)].expires = 0.0
+        streams[("t", 1)].move_to(11)
+        await turn()
+        assert len(sent) == 4 and not router._watchers and not router._watched_by
 
     asyncio.run(run())

@@ -28,11 +28,8 @@ PartitionData = FetchResponse.PartitionData
 Remote = dict[int, tuple["BrokerRecord", list[TailItem]]]
 
 
-Known = dict[tuple[str, int, int], TailResult]
-
-
 async def _read(
-    ctx: RequestContext, request: FetchRequest, known: Known
+    ctx: RequestContext, request: FetchRequest
 ) -> tuple[FetchResponse, int, bool, list[tuple[Partition, int]], Remote]:
     """One pass over the requested partitions: (response, bytes, any error, partitions to wait on,
     and partitions this zone proxy waits on at their leaders)."""
@@ -96,19 +93,19 @@ async def _read(
     remote: Remote = {}
     if proxied:
         # A zone proxy: the leader says where the tail is, the bytes come from shared storage.
-        # What a long poll just brought is used as it is; the rest is asked for now.
+        # What its Watch notices said is used as it is; the rest is asked for now.
         answers: dict[int, TailResult | BaseException] = {}
         by_leader: dict[int, list[int]] = {}
+        watched: set[int] = set()
         for i, (_, item, leader) in enumerate(proxied):
-            found = known.get((item.topic, item.partition, item.offset)) or b.router.caught_up(
-                item.topic, item.partition, item.offset
-            )
+            found = b.router.known_tail(item.topic, item.partition, item.offset, item.leader_epoch)
             if found is not None:
                 answers[i] = found
+                watched.add(i)
             else:
                 by_leader.setdefault(leader.id, []).append(i)
         asked = await asyncio.gather(
-            *(b.router.tail(proxied[idxs[0]][2], [proxied[i][1] for i in idxs], 0) for idxs in by_leader.values()),
+            *(b.router.tail(proxied[idxs[0]][2], [proxied[i][1] for i in idxs]) for idxs in by_leader.values()),
             return_exceptions=True,
         )
         for idxs, got in zip(by_leader.values(), asked, strict=True):
@@ -145,6 +142,10 @@ async def _read(
                     total += size
                     remaining -= size
                     offset = batches[len(chosen) - 1].end_offset
+                elif i in watched:
+                    # What the notices located is gone (uploaded, the relay object deleted): the
+                    # consumer's next fetch asks the leader, whose answer sends it to S3 objects.
+                    b.router.forget(item.topic, item.partition)
             if offset >= res.high_watermark:
                 remote.setdefault(leader.id, (leader, []))[1].append(
                     TailItem(item.topic, item.partition, offset, item.leader_epoch, item.max_bytes)
@@ -172,15 +173,13 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(request.max_wait_ms, 0) / 1000
     min_bytes = max(request.min_bytes, 1)
-    known: Known = {}
     started = now()  # latency histograms: the passes over the partitions (read) and the long polls (wait)
     read_s = 0.0
     wait_s: float | None = None
     while True:
         pass_started = now()
-        out, total, errors, waits, remote = await _read(ctx, request, known)
+        out, total, errors, waits, remote = await _read(ctx, request)
         read_s += now() - pass_started
-        known = {}
         left = deadline - loop.time()
         if total >= min_bytes or errors or left <= 0 or not (waits or remote):
             ctx.broker.counters["fetch_bytes"] += total
@@ -198,34 +197,26 @@ async def handle(ctx: RequestContext, request: FetchRequest) -> FetchResponse:
                 _wake(wake)
                 break
             stream.add_data_waiter(wake)
-        # Proxied partitions: long polls at their leaders, answered as soon as their ends move.
-        # Not cancelled when this fetch returns: the consumer's next fetch waits on them again.
-        polls = [
-            (item, poll)
-            for leader, items in remote.values()
-            for item, poll in zip(items, ctx.broker.router.poll(leader, items, int(left * 1000)), strict=True)
-        ]
+        # Proxied partitions: watched at their leaders, whose notices come as soon as their ends move.
+        polls = [poll for leader, items in remote.values() for poll in ctx.broker.router.watch(leader, items)]
         wake_on = partial(_wake_on, wake)
-        for _, poll in polls:
+        for poll in polls:
             poll.add_done_callback(wake_on)
         try:
             await wake
         finally:
             timer.cancel()
             _wake(wake)
-            for _, poll in polls:
+            for poll in polls:
                 poll.remove_done_callback(wake_on)
-        for item, poll in polls:
-            if poll.done() and not poll.cancelled() and poll.exception() is None:
-                known[(item.topic, item.partition, item.offset)] = poll.result()
         if not polls and not any(p.ready.end_offset > off for p, off in waits) and deadline > loop.time():
             # Woken without data: a stream that stopped taking data (closed, fenced). Do not spin on it.
             await asyncio.sleep(min(0.05, deadline - loop.time()))
         wait_s = (wait_s or 0.0) + now() - wait_started
 
 
-def _wake_on(wake: asyncio.Future[None], _poll: asyncio.Future[object]) -> None:
-    # A long poll whose leader died fails with ConnectionError; the next pass asks again.
+def _wake_on(wake: asyncio.Future[None], _moved: asyncio.Future[None]) -> None:
+    # Also when a watch ended (its leader died, the partition moved): the next pass asks again.
     _wake(wake)
 
 
