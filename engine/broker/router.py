@@ -86,8 +86,9 @@ _METHOD_BYTES = {
 #: consumers still wait on after _RENEW_S, so the two never disagree about one being watched.
 WATCH_LEASE_S = 30.0
 _RENEW_S = 10.0
-#: Tail entries a proxy keeps per watched partition (for consumers a little behind the end).
-_WINDOW_ENTRIES = 512
+#: Tail entries a proxy keeps per watched partition (for consumers a little behind the end; a
+#: few KiB each, so thousands of partitions stay cheap).
+_WINDOW_ENTRIES = 64
 #: Bytes of tail batches a proxy keeps for its zone's consumers (all partitions).
 TAIL_CACHE_BYTES = 64 << 20
 
