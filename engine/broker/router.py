@@ -459,14 +459,15 @@ class _Window:
                                  res.stream_id, res.leader_epoch)  # fmt: skip
         if res.entries:
             last = self.entries[-1] if self.entries else None
-            if last is None or last.base_offset + last.record_count != res.entries[0].base_offset:
+            joins = last is not None and last.base_offset + last.record_count == res.entries[0].base_offset
+            if not joins or len(res.entries) >= _WINDOW_ENTRIES:
                 self.entries, self.keys = [], []
             if len(self.keys) > 64:  # keys of entries trimmed long ago
                 self._rekey()
             # New entries, not the answer's changed: its caller reads them with the answer's keys.
             # (Entries once here are never changed either: a fetch may be reading a slice of them.)
             index = {k: i for i, k in enumerate(self.keys)}
-            for e in res.entries:
+            for e in res.entries[-_WINDOW_ENTRIES:]:  # a long answer (a consumer behind): its end only
                 key = res.keys[e.key]
                 at = index.get(key)
                 if at is None:
@@ -1130,7 +1131,6 @@ class Router:
         w = self._windows.pop((topic, partition), None)
         if w is not None:
             w.wake()
-
 
     async def read_tail(self, res: TailResult, offset: int, max_bytes: int) -> list[Batch]:
         """The batches `res` locates from `offset`, from this proxy's cache or shared storage; then,

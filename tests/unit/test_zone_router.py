@@ -343,6 +343,10 @@ def test_a_proxy_watches_a_partition_once_and_serves_fetches_from_its_notices() 
         assert waiting[0].done() and router.known_tail("t", 1, 7, 0) is None
         router.watch(leader, [b])  # type: ignore[arg-type]
         assert watches[-1] == [("t", 1, 7)]
+        # A long answer (a consumer far behind) leaves only its last stretch in the window.
+        window = router._windows[("t", 1)]
+        window.learn(TailResult(0, None, 300, 0, 0, 5, 0, [_entry(200 + i, 1) for i in range(100)], ["relay/z"]))
+        assert [e.base_offset for e in window.entries] == list(range(236, 300)) and window.keys == ["relay/z"]
 
     asyncio.run(run())
 
