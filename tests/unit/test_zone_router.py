@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -434,3 +436,62 @@ def test_a_leader_pushes_one_notice_per_proxy_for_the_partitions_that_moved_in_a
         assert len(sent) == 4 and not router._watchers and not router._watched_by
 
     asyncio.run(run())
+
+
+_PROXY_THAT_DIES = """
+import asyncio, os, signal, sys
+import msgspec
+from engine.storage.relay import RelayLog
+
+async def main() -> None:
+    log = RelayLog("nfs", None, sys.argv[1], "broker-9")
+    await log.open()
+    assert log.leader_syncs  # a local file system: the proxy leaves the fdatasync to the leader
+    written = await log.write([b"first batch", b"second batch"])
+    assert not written.durable
+    sys.stdout.buffer.write(msgspec.json.encode(written.refs) + b"\\n")
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # before any sync, close or cleanup
+
+asyncio.run(main())
+"""
+
+
+def test_the_leader_makes_a_killed_proxys_unsynced_relay_write_durable(tmp_path: Path) -> None:
+    """kill -9 of a proxy right after its unsynced relay write (AppendRefs sent): the bytes are the
+    kernel's, not the process's; the leader's WAL syncs the file before the REF records, and a
+    restarted leader finds the REFs and reads the bytes back."""
+    relay_dir = tmp_path / "shared"
+    relay_dir.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROXY_THAT_DIES, str(relay_dir)],
+        capture_output=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == -9, proc.stderr.decode()
+    refs = msgspec.json.decode(proc.stdout.splitlines()[0], type=list[RelayRef])
+    reader = SharedReader("nfs", None, str(relay_dir))  # type: ignore[arg-type]
+
+    async def main() -> list[WalRecord]:
+        wal = RingWal(tmp_path / "wal", 1 << 20, "test")
+        await wal.open()
+        loop = asyncio.get_running_loop()
+        done = []
+        for i, ref in enumerate(refs):
+            fut: asyncio.Future[int] = loop.create_future()
+            rec = WalRecord(1, 1, i, 1, msgspec.msgpack.encode(ref), kind=KIND_REF, sync_path=reader.relay_path(ref))
+            wal.append(rec, lambda end, err, fut=fut: fut.set_exception(err) if err else fut.set_result(end))
+            done.append(fut)
+        await asyncio.gather(*done)
+        assert wal.stats.relay_sync_seconds.snapshot().count >= 1
+        await wal.close()
+        again = RingWal(tmp_path / "wal", 1 << 20, "test")
+        recovered = await again.open()
+        await again.close()
+        return recovered
+
+    recovered = asyncio.run(main())
+    assert [msgspec.msgpack.decode(r.payload, type=RelayRef) for r in recovered if r.kind == KIND_REF] == refs
+    assert [asyncio.run(reader.read_ref(r)) for r in refs] == [b"first batch", b"second batch"]
+    reader.close()
