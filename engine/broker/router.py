@@ -1321,11 +1321,6 @@ def _ref(loc: Location) -> RelayRef:
 
 
 def _retrieved(fut: asyncio.Future[Any]) -> None:
-    # A poll nobody waits for any more may fail (its leader died): not worth a log line.
+    # An answer nobody waits for any more may fail (its broker died): not worth a log line.
     if not fut.cancelled():
         fut.exception()
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
