@@ -44,6 +44,30 @@ def exclusion_args(excluded: list[str]) -> list[str]:
     return args
 
 
+def _client_log(lines: list[str], keep: int = 60) -> str:
+    """The start and end of the first failed test's captured client log: what kafka-python asked
+    and was answered (metadata, assignment, offset resets, fetches) before the assertion."""
+    try:
+        start = lines.index("------------------------------ Captured log call -------------------------------") + 1
+    except ValueError:
+        return "(no client log captured)"
+    end = next(
+        (i for i in range(start, len(lines)) if _FAILED.match(lines[i]) or lines[i].startswith("====")), len(lines)
+    )
+    log = [ln[:240] for ln in lines[start:end]]
+    if len(log) > 2 * keep:
+        log = [*log[:keep], f"... {len(log) - 2 * keep} lines ...", *log[-keep:]]
+    return "the failed test's client log (kafka-python, DEBUG):\n" + "\n".join(log)
+
+
+def test_client_log_keeps_the_start_and_end_of_the_first_failure() -> None:
+    header = "------------------------------ Captured log call -------------------------------"
+    lines = ["____ test_a ____", header, *(f"DEBUG line {i}" for i in range(10)), "____ test_b ____", "x"]
+    kept = ["DEBUG line 0", "DEBUG line 1", "DEBUG line 2", "... 4 lines ...", "DEBUG line 7", "DEBUG line 8"]
+    assert _client_log(lines, keep=3).splitlines()[1:] == [*kept, "DEBUG line 9"]
+    assert _client_log(["no log"]) == "(no client log captured)"
+
+
 def test_exclusions_parse() -> None:
     text = "intro `not/this.py`\n- `a/b.py`: why\n  - `a/c.py::test_x`: why not\n* plain text\n"
     assert exclusions(text) == ["a/b.py", "a/c.py::test_x"]
@@ -98,7 +122,8 @@ def test_kafka_python_integration_suite(broker_cluster: LocalCluster, tmp_path: 
         "no:warnings",
         "-rfEs",
     ]
-    cmd += ["--log-level=WARNING", *exclusion_args(excluded)]
+    # The clients' DEBUG log is kept per test and shown only for a failed one (see _client_log).
+    cmd += ["--log-level=DEBUG", *exclusion_args(excluded)]
     log_start = broker_cluster.broker_log.stat().st_size
     try:
         proc = subprocess.run(
@@ -120,6 +145,7 @@ def test_kafka_python_integration_suite(broker_cluster: LocalCluster, tmp_path: 
         pytest.fail(
             f"kafka-python's integration tests failed (exit {proc.returncode}):\n{failed}\n"
             f"broker warnings meanwhile ({len(warned)}, the last 30):\n" + "\n".join(warned[-30:]) + "\n"
-            "the broker log's last 15 lines:\n" + "\n".join(ln[:300] for ln in logged[-15:]) + f"\n{tail}"
+            "the broker log's last 15 lines:\n" + "\n".join(ln[:300] for ln in logged[-15:]) + "\n"
+            f"{_client_log(lines)}\n{tail}"
         )
     assert " passed" in tail, tail
