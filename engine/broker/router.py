@@ -1062,11 +1062,19 @@ class Router:
             raise ConnectionError(f"broker {leader.id} did not answer a Tail") from None
         results = _DEC_TAIL_RESULTS.decode(body)
         for item, res in zip(items, results, strict=False):
-            w = self._windows.get((item.topic, item.partition))
-            if w is None or w.leader_id != leader.id or w.leader_epoch != item.leader_epoch:
-                w = self._windows[(item.topic, item.partition)] = _Window(leader.id, item.leader_epoch)
-            w.learn(res)
+            self._window(leader.id, item).learn(res)
         return results
+
+    def _window(self, leader_id: int, item: TailItem) -> _Window:
+        """The partition's window for this leader and leader epoch; another one's is replaced
+        (its waiting fetches woken: they ask again)."""
+        key = (item.topic, item.partition)
+        w = self._windows.get(key)
+        if w is None or w.leader_id != leader_id or w.leader_epoch != item.leader_epoch:
+            if w is not None:
+                w.wake()
+            w = self._windows[key] = _Window(leader_id, item.leader_epoch)
+        return w
 
     def known_tail(self, topic: str, partition: int, offset: int, leader_epoch: int) -> TailResult | None:
         """What a watched partition's notices say from `offset` (nothing to ask the leader), or
@@ -1086,12 +1094,7 @@ class Router:
         ask: list[TailItem] = []
         out: list[asyncio.Future[None]] = []
         for item in items:
-            key = (item.topic, item.partition)
-            w = self._windows.get(key)
-            if w is None or w.leader_id != leader.id or w.leader_epoch != item.leader_epoch:
-                if w is not None:
-                    w.wake()
-                w = self._windows[key] = _Window(leader.id, item.leader_epoch)
+            w = self._window(leader.id, item)
             if not w.watching or t - w.renewed > _RENEW_S:
                 ask.append(item)
                 w.watching, w.renewed = True, t
